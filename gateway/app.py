@@ -1,0 +1,78 @@
+"""The Starlette application: routes, error handlers, and the ZeroMQ clients it holds for its lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import zmq.asyncio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.errors import APIError
+from gateway.routes.chat import chat_completions
+from gateway.routes.health import health
+from gateway.routes.models import list_models
+from gateway.settings import GatewaySettings
+from gateway.supervisor_client import SupervisorClient
+from gateway.worker_client import WorkerPool
+from protocol import ErrorCode
+
+log = logging.getLogger("gateway")
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "http_error"
+    return JSONResponse(
+        {"error": {"message": exc.detail, "type": "invalid_request_error", "param": None, "code": code}},
+        status_code=exc.status_code,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return APIError(ErrorCode.INTERNAL, "Internal server error").response()
+
+
+def _routes() -> list[Route]:
+    routes = []
+    for prefix in ("/v1", "/api/v1"):
+        routes += [
+            Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
+            Route(f"{prefix}/models", list_models, methods=["GET"]),
+        ]
+    routes += [Route("/api/v1/health", health, methods=["GET"]), Route("/health", health, methods=["GET"])]
+    return routes
+
+
+def create_app(settings: GatewaySettings | None = None) -> Starlette:
+    settings = settings or GatewaySettings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        ctx = zmq.asyncio.Context()
+        app.state.settings = settings
+        app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
+        app.state.workers = WorkerPool(ctx, settings.silence_timeout)
+        log.info(
+            "gateway on http://%s:%d, supervisor at %s", settings.host, settings.port, settings.supervisor_endpoint
+        )
+        try:
+            yield
+        finally:
+            app.state.workers.close()
+            app.state.supervisor.close()
+            ctx.term()
+
+    return Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+    )

@@ -1,0 +1,39 @@
+"""Error codes from any process, turned into OpenAI-shaped HTTP errors. Only the gateway does this."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from protocol import ErrorCode
+
+# code -> (HTTP status, OpenAI error type)
+_STATUS = {
+    ErrorCode.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error"),
+    ErrorCode.MODEL_NOT_FOUND: (404, "invalid_request_error"),
+    ErrorCode.MODEL_LOAD_FAILED: (503, "server_error"),
+    ErrorCode.MODEL_FAILED: (503, "server_error"),
+    ErrorCode.WORKER_CRASHED: (503, "server_error"),
+    ErrorCode.WORKER_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.SHUTTING_DOWN: (503, "server_error"),
+    ErrorCode.TIMEOUT: (504, "server_error"),
+}
+RETRY_AFTER_SECONDS = 1
+
+
+class APIError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.status, self.type = _STATUS.get(code, (500, "server_error"))
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)

@@ -1,0 +1,68 @@
+"""OpenAI Chat Completions request types, validated at the edge with msgspec.
+
+Unknown fields are ignored (clients and SDKs send extras); known fields are checked for type and range, and a
+violation is reported with the offending field as the error's `param`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from gateway.errors import APIError
+from protocol import ErrorCode
+
+
+class TextPart(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageURLPart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: dict
+
+
+class ChatMessageIn(msgspec.Struct, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | ImageURLPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct, kw_only=True):
+    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
+    model: str | None = None  # None: the server's default model
+    temperature: Annotated[float, Meta(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1)] = 1
+    user: str | None = None
+
+
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def decode_request(body: bytes, cls: type[msgspec.Struct]):
+    """Bytes -> typed request; malformed JSON and schema violations become 400s naming the field."""
+    try:
+        return msgspec.json.decode(body, type=cls)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _AT.search(text)
+        param = match.group(1) if match else None
+        message = _AT.sub("", text)
+        raise APIError(
+            ErrorCode.INVALID_REQUEST, f"{message} at '{param}'" if param else message, param=param
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise APIError(ErrorCode.INVALID_REQUEST, f"The request body is not valid JSON: {exc}", param=None) from None

@@ -1,0 +1,144 @@
+"""POST /v1/chat/completions (also /api/v1/chat/completions): OpenAI Chat Completions, streaming or not."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from gateway.errors import APIError
+from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
+from protocol import ErrorCode
+from protocol.ctl import EnsureLoaded
+from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams
+
+SYSTEM_FINGERPRINT = "mlx-llm-server"
+
+
+def _text_of(message: ChatMessageIn, index: int) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    for part in message.content:
+        if isinstance(part, ImageURLPart):
+            raise APIError(
+                ErrorCode.INVALID_REQUEST,
+                "Image inputs are not supported by this model",
+                param=f"messages[{index}].content",
+            )
+    return "".join(part.text for part in message.content)
+
+
+def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
+    if req.n != 1:
+        raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
+    stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    return GenerateRequest(
+        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        messages=[ChatMessage(role=m.role, content=_text_of(m, i)) for i, m in enumerate(req.messages)],
+        sampling=SamplingParams(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=req.max_completion_tokens or req.max_tokens,
+            stop=stop,
+            seed=req.seed,
+        ),
+    )
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _error(event: GenerationError) -> APIError:
+    return APIError(event.code, event.message)
+
+
+def _usage(event: Finished) -> dict:
+    u = event.usage
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
+
+
+async def chat_completions(request: Request):
+    req = decode_request(await request.body(), ChatCompletionRequest)
+    gen = to_generate_request(req)
+    state = request.app.state
+    located = await state.supervisor.call(
+        lambda call_id: EnsureLoaded(call_id=call_id, model=req.model or ""), state.settings.load_timeout
+    )
+    client = state.workers.client(located)
+    stream = await client.open(gen, state.settings.connect_timeout)
+    created = int(time.time())
+    base = {
+        "id": gen.request_id,
+        "created": created,
+        "model": located.model_id,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+    # Wait for the first event before answering, so errors found at admission (context length, a worker
+    # that is gone) still get a proper status code rather than an error inside a 200 stream.
+    try:
+        first = await stream.next()
+    except BaseException:
+        client.release(stream)
+        raise
+    if isinstance(first, GenerationError):
+        client.release(stream)
+        raise _error(first)
+
+    if not req.stream:
+        async with stream:
+            text, event = [], first
+            while not isinstance(event, Finished | GenerationError):
+                text.append(event.text)
+                event = await stream.next()
+        if isinstance(event, GenerationError):
+            raise _error(event)
+        return JSONResponse(
+            base
+            | {
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(text)},
+                        "logprobs": None,
+                        "finish_reason": event.finish_reason,
+                    }
+                ],
+                "usage": _usage(event),
+            }
+        )
+
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        body = base | {
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if include_usage:
+            body["usage"] = None
+        return sse(body)
+
+    async def events():
+        async with stream:
+            yield chunk({"role": "assistant", "content": ""})
+            event = first
+            while True:
+                if isinstance(event, GenerationError):
+                    yield sse(_error(event).body())
+                    return
+                if isinstance(event, Finished):
+                    yield chunk({}, event.finish_reason)
+                    if include_usage:
+                        yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
+                    yield "data: [DONE]\n\n"
+                    return
+                yield chunk({"content": event.text})
+                event = await stream.next()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,28 @@
+"""Gateway settings, from the environment (12-factor: one gateway image, many deployments)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 9123
+    supervisor_endpoint: str = ""
+    load_timeout: float = 600.0  # how long a request may wait for its model to load
+    silence_timeout: float = 600.0  # longest gap between two events of one generation before giving up
+    connect_timeout: float = 10.0  # how long to wait for a worker socket to connect
+
+    @classmethod
+    def from_env(cls) -> GatewaySettings:
+        run_dir = Path(os.environ.get("MLX_SERVER_RUN_DIR", "run")).resolve()
+        return cls(
+            host=os.environ.get("HOST", cls.host),
+            port=int(os.environ.get("PORT", cls.port)),
+            supervisor_endpoint=os.environ.get("SUPERVISOR_ENDPOINT") or f"ipc://{run_dir}/supervisor.sock",
+            load_timeout=float(os.environ.get("GATEWAY_LOAD_TIMEOUT", cls.load_timeout)),
+            silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
+        )

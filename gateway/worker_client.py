@@ -1,0 +1,151 @@
+"""The gateway's data-plane connections: one DEALER per worker instance, demultiplexed by request_id.
+
+A socket monitor watches each connection: when the worker process dies its socket closes, and every request
+still streaming from it gets a `worker_crashed` event at once instead of waiting for tokens that never come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from protocol import DecodeError, ErrorCode, encode
+from protocol.ctl import Located
+from protocol.generation import TERMINAL, Abort, GenerateRequest, GenerationError, worker_outbound_decoder
+
+log = logging.getLogger("gateway.worker")
+
+
+class RequestStream:
+    """The events of one generation. Leaving the `async with` before the end aborts it in the worker."""
+
+    def __init__(self, client: WorkerClient, request_id: str, silence_timeout: float):
+        self._client = client
+        self.request_id = request_id
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._silence = silence_timeout
+        self.done = False
+
+    def put(self, event) -> None:
+        self._queue.put_nowait(event)
+
+    async def next(self):
+        try:
+            event = await asyncio.wait_for(self._queue.get(), self._silence)
+        except TimeoutError:
+            event = GenerationError(
+                request_id=self.request_id,
+                code=ErrorCode.TIMEOUT,
+                message=f"the worker sent nothing for {self._silence:.0f}s",
+                retryable=True,
+            )
+        if isinstance(event, TERMINAL):
+            self.done = True
+        return event
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._client.release(self)
+
+
+class WorkerClient:
+    def __init__(self, ctx: zmq.asyncio.Context, located: Located, silence_timeout: float):
+        self.model_id = located.model_id
+        self.endpoint = located.endpoint
+        self.instance_id = located.instance_id
+        self._silence = silence_timeout
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._sock.connect(self.endpoint)
+        self._streams: dict[str, RequestStream] = {}
+        self.connected = asyncio.Event()
+        self.dead = False
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+
+    async def open(self, request: GenerateRequest, connect_timeout: float) -> RequestStream:
+        if not self.dead and not self.connected.is_set():
+            try:
+                await asyncio.wait_for(self.connected.wait(), connect_timeout)
+            except TimeoutError:
+                self._fail_all(f"could not connect to the worker at {self.endpoint}")
+        stream = RequestStream(self, request.request_id, self._silence)
+        if self.dead:
+            stream.put(self._crash_event(request.request_id, f"the worker for {self.model_id} is gone"))
+            return stream
+        self._streams[request.request_id] = stream
+        await self._sock.send(encode(request))
+        return stream
+
+    def release(self, stream: RequestStream) -> None:
+        if self._streams.pop(stream.request_id, None) is not None and not stream.done and not self.dead:
+            # The client went away mid-generation: free the worker's slot (fire and forget).
+            self._sock.send(encode(Abort(request_id=stream.request_id)))
+
+    async def _read(self) -> None:
+        decoder = worker_outbound_decoder()
+        while True:
+            frame = await self._sock.recv()
+            try:
+                event = decoder.decode(frame)
+            except DecodeError as exc:
+                log.error("malformed frame from worker %s ignored: %s", self.model_id, exc)
+                continue
+            stream = self._streams.get(event.request_id)
+            if stream is not None:
+                stream.put(event)
+
+    async def _watch(self) -> None:
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self.connected.set()
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._fail_all(f"the worker for {self.model_id} exited during the request")
+                return
+
+    def _fail_all(self, reason: str) -> None:
+        self.dead = True
+        for request_id, stream in list(self._streams.items()):
+            stream.put(self._crash_event(request_id, reason))
+
+    @staticmethod
+    def _crash_event(request_id: str, reason: str) -> GenerationError:
+        return GenerationError(request_id=request_id, code=ErrorCode.WORKER_CRASHED, message=reason, retryable=True)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._sock.disable_monitor()
+        self._monitor.close()
+        self._sock.close()
+
+
+class WorkerPool:
+    """One client per live worker instance; a new instance of a model replaces its old client."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, silence_timeout: float):
+        self._ctx = ctx
+        self._silence = silence_timeout
+        self._clients: dict[str, WorkerClient] = {}  # by model id
+
+    def client(self, located: Located) -> WorkerClient:
+        current = self._clients.get(located.model_id)
+        if current is not None and current.instance_id == located.instance_id:
+            return current
+        if current is not None:
+            current._fail_all("the worker was replaced")
+            current.close()
+        client = self._clients[located.model_id] = WorkerClient(self._ctx, located, self._silence)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

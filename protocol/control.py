@@ -1,0 +1,80 @@
+"""Supervisor <-> worker: start-up handshake, heartbeats, shutdown.
+
+worker -> supervisor: Hello (at once), then Ready or LoadFailed; Pong for each Ping.
+supervisor -> worker: Welcome or Refused (answer to Hello), Ping, Shutdown.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.codec import Message, decoder
+
+
+class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
+    mlx_active_bytes: int
+    mlx_peak_bytes: int
+    mlx_cache_bytes: int
+    rss_bytes: int
+
+    @property
+    def resident_bytes(self) -> int:
+        """What the model costs the machine: RSS on unified-memory Macs and CPU; at least MLX's active set."""
+        return max(self.rss_bytes, self.mlx_active_bytes)
+
+
+class Hello(Message, tag="hello"):
+    protocol_version: int
+    model_id: str
+    instance_id: str  # unique per spawned process, so replies from a previous instance are ignored
+    pid: int
+    endpoint: str  # where the worker serves the data plane
+
+
+class Welcome(Message, tag="welcome"):
+    instance_id: str
+
+
+class Refused(Message, tag="refused"):
+    instance_id: str
+    code: str
+    message: str
+
+
+class Ready(Message, tag="ready"):
+    instance_id: str
+    memory: MemoryReport
+    context_length: int
+    load_seconds: float
+    device: str  # e.g. "gpu" (Metal/CUDA) or "cpu"
+    mlx_version: str
+
+
+class LoadFailed(Message, tag="load_failed"):
+    instance_id: str
+    code: str
+    message: str
+
+
+class Ping(Message, tag="ping"):
+    call_id: str
+
+
+class Pong(Message, tag="pong"):
+    call_id: str
+    instance_id: str
+    memory: MemoryReport
+    in_flight: int  # generating now
+    queued: int  # accepted, waiting for the generation thread
+
+
+class Shutdown(Message, tag="shutdown"):
+    grace_seconds: float = 10.0
+
+
+def from_worker_decoder() -> msgspec.msgpack.Decoder:
+    return decoder(Hello, Ready, LoadFailed, Pong)
+
+
+def to_worker_decoder() -> msgspec.msgpack.Decoder:
+    return decoder(Welcome, Refused, Ping, Shutdown)

@@ -1,0 +1,99 @@
+"""Calls to the supervisor from gateways and the operator CLI. Every call carries `call_id`; the reply
+(a result or CallFailed) carries the same id and resolves exactly one waiting future."""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.codec import Message, decoder
+
+
+class EnsureLoaded(Message, tag="ensure_loaded"):
+    """Where does `model` (id or alias) live? Loads it first if needed; one load serves every caller."""
+
+    call_id: str
+    model: str
+
+
+class Load(Message, tag="load"):
+    call_id: str
+    model: str
+
+
+class Unload(Message, tag="unload"):
+    call_id: str
+    model: str
+
+
+class ListModels(Message, tag="list_models"):
+    call_id: str
+
+
+class Status(Message, tag="status"):
+    """Supervisor status; pings every live worker (through its generation loop) before answering."""
+
+    call_id: str
+    ping_timeout: float = 2.0
+
+
+class Located(Message, tag="located"):
+    call_id: str
+    model_id: str
+    endpoint: str
+    instance_id: str
+
+
+class Unloaded(Message, tag="unloaded"):
+    call_id: str
+    model_id: str
+    pid: int | None  # the process that was stopped, None if the model was not loaded
+
+
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    aliases: list[str]
+    type: str
+    source: str
+    state: str  # stopped | starting | ready | stopping | failed
+    context_length: int
+    memory_estimate_bytes: int
+    memory_bytes: int = 0  # resident, as last reported by the worker
+    pid: int | None = None
+    uptime_seconds: float | None = None
+    in_flight: int = 0
+    last_error: str | None = None
+    alive: bool | None = None  # only in Status replies: did a ping reach the generation loop?
+    ping_ms: float | None = None
+
+
+class ModelList(Message, tag="model_list"):
+    call_id: str
+    models: list[ModelInfo]
+
+
+class StatusReport(Message, tag="status_report"):
+    call_id: str
+    pid: int
+    protocol_version: int
+    uptime_seconds: float
+    memory_budget_bytes: int
+    models: list[ModelInfo]
+
+
+class CallFailed(Message, tag="call_failed"):
+    call_id: str
+    code: str  # an ErrorCode value
+    message: str
+    retryable: bool = False
+
+
+CtlCall = EnsureLoaded | Load | Unload | ListModels | Status
+CtlReply = Located | Unloaded | ModelList | StatusReport | CallFailed
+
+
+def call_decoder() -> msgspec.msgpack.Decoder:
+    return decoder(EnsureLoaded, Load, Unload, ListModels, Status)
+
+
+def reply_decoder() -> msgspec.msgpack.Decoder:
+    return decoder(Located, Unloaded, ModelList, StatusReport, CallFailed)

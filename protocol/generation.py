@@ -1,0 +1,79 @@
+"""Data plane: the gateway talks to the worker that holds a model. Every message carries `request_id`.
+
+gateway -> worker: GenerateRequest, Abort
+worker -> gateway: TextChunk*, then exactly one of Finished or GenerationError
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.codec import Message, decoder
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    role: str
+    content: str
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None  # None: up to the end of the model's context
+    stop: list[str] = []
+    seed: int | None = None
+
+
+class GenerateRequest(Message, tag="generate"):
+    request_id: str
+    # Exactly one of the two: chat messages (the worker applies the tokenizer's chat template) or a raw prompt.
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = SamplingParams()
+
+
+class Abort(Message, tag="abort"):
+    request_id: str
+
+
+class TextChunk(Message, tag="chunk"):
+    request_id: str
+    text: str
+    completion_tokens: int  # generated so far, including this chunk
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Finished(Message, tag="finished"):
+    request_id: str
+    finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
+    usage: Usage
+    prompt_tps: float = 0.0
+    generation_tps: float = 0.0
+
+
+class GenerationError(Message, tag="error"):
+    request_id: str
+    code: str  # an ErrorCode value
+    message: str
+    retryable: bool = False
+
+
+WorkerInbound = GenerateRequest | Abort
+WorkerOutbound = TextChunk | Finished | GenerationError
+TERMINAL = (Finished, GenerationError)
+
+
+def worker_inbound_decoder() -> msgspec.msgpack.Decoder:
+    return decoder(GenerateRequest, Abort)
+
+
+def worker_outbound_decoder() -> msgspec.msgpack.Decoder:
+    return decoder(TextChunk, Finished, GenerationError)

@@ -1,0 +1,35 @@
+"""Import a model into the model store: a GGUF file (Q4_0/Q4_1/Q8_0), a Hugging Face safetensors
+directory, or `bundled:<name>` for a model shipped as a Python package. Works without a running supervisor."""
+
+import os
+from pathlib import Path
+
+from supervisor.model_import import BUNDLED, ImportError_, import_model
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("source", help=f"a .gguf file, a safetensors directory, or bundled:NAME ({', '.join(BUNDLED)})")
+    parser.add_argument("name", nargs="?", help="directory name in the store (default: the bundled name)")
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("MLX_MODEL_STORE", "models"),
+        help="model store directory (default: $MLX_MODEL_STORE or ./models)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing model of that name")
+    parser.add_argument("--quantize", action="store_true", help="quantize a safetensors model while converting")
+    parser.add_argument("--q-bits", type=int, default=4)
+
+
+def run(client, args, out) -> int:
+    name = args.name or (args.source.removeprefix("bundled:") if args.source.startswith("bundled:") else None)
+    if not name:
+        print("error: give a NAME for the imported model", file=out)
+        return 2
+    try:
+        dst = import_model(args.source, name, Path(args.store), force=args.force, quantize=args.quantize,
+                           q_bits=args.q_bits)  # fmt: skip
+    except ImportError_ as exc:
+        print(f"error: {exc}", file=out)
+        return 1
+    print(f"imported {args.source} as {name} into {dst}", file=out)
+    return 0

@@ -1,0 +1,17 @@
+"""Unload a model: drain its in-flight requests, stop its worker, give its memory back."""
+
+from protocol.ctl import Unload
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="model id or alias")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the stop")
+
+
+def run(client, args, out) -> int:
+    reply = client.call(lambda call_id: Unload(call_id=call_id, model=args.model), timeout=args.timeout)
+    if reply.pid is None:
+        print(f"{reply.model_id} was not loaded", file=out)
+    else:
+        print(f"{reply.model_id} unloaded (worker pid {reply.pid} stopped)", file=out)
+    return 0

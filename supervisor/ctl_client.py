@@ -1,0 +1,48 @@
+"""A blocking client of the supervisor's ctl socket, for the operator CLI."""
+
+from __future__ import annotations
+
+import uuid
+
+import zmq
+
+from protocol import encode
+from protocol.ctl import CallFailed, reply_decoder
+
+
+class SupervisorUnreachable(RuntimeError):
+    pass
+
+
+class CtlError(RuntimeError):
+    def __init__(self, failure: CallFailed):
+        super().__init__(failure.message)
+        self.code = failure.code
+
+
+class CtlClient:
+    def __init__(self, endpoint: str, timeout: float = 10.0):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._ctx = zmq.Context.instance()
+        self._decoder = reply_decoder()
+
+    def call(self, make_call, timeout: float | None = None):
+        """Send `make_call(call_id=...)`, wait for its reply; raise CtlError for a CallFailed."""
+        call = make_call(call_id=uuid.uuid4().hex)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoint)
+            sock.send(encode(call))
+            if not sock.poll(int((timeout or self.timeout) * 1000)):
+                raise SupervisorUnreachable(
+                    f"no answer from the supervisor at {self.endpoint} within {timeout or self.timeout:.0f}s "
+                    "(is `supervisor run` started?)"
+                )
+            reply = self._decoder.decode(sock.recv())
+        finally:
+            sock.close()
+        if isinstance(reply, CallFailed):
+            raise CtlError(reply)
+        return reply

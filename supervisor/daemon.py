@@ -1,0 +1,237 @@
+"""`supervisor run`: the long-lived process that owns the fleet.
+
+Two ROUTER sockets on one asyncio loop: the ctl socket (gateways and the operator CLI send calls, each answered
+with the same call_id) and the workers socket (each worker's DEALER, identified by its instance id, sends
+Hello/Ready/LoadFailed/Pong and receives Welcome/Refused/Ping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from protocol import PROTOCOL_VERSION, DecodeError, ErrorCode, encode, salvage_id
+from protocol.control import Hello, LoadFailed, Ping, Pong, Ready, Refused, Welcome, from_worker_decoder
+from protocol.ctl import (
+    CallFailed,
+    EnsureLoaded,
+    ListModels,
+    Load,
+    Located,
+    ModelList,
+    Status,
+    StatusReport,
+    Unload,
+    Unloaded,
+    call_decoder,
+)
+from supervisor.config import GB, Config
+from supervisor.fleet import Fleet, FleetError
+from supervisor.worker_process import WorkerProcess
+
+log = logging.getLogger("supervisor")
+
+
+def endpoints(run_dir: Path) -> tuple[str, str]:
+    """(ctl endpoint, workers endpoint) for a run directory; SUPERVISOR_ENDPOINT overrides the first."""
+    ctl = os.environ.get("SUPERVISOR_ENDPOINT") or f"ipc://{run_dir}/supervisor.sock"
+    return ctl, f"ipc://{run_dir}/supervisor-workers.sock"
+
+
+class Supervisor:
+    def __init__(self, config: Config, run_dir: Path):
+        self.config = config
+        self.run_dir = run_dir
+        self.ctl_endpoint, self.workers_endpoint = endpoints(run_dir)
+        self.fleet = Fleet(config, str(run_dir), self.workers_endpoint)
+        self.fleet.pinger = self._ping
+        self.started = time.monotonic()
+        self._ctx = zmq.asyncio.Context()
+        self._pending_pings: dict[str, asyncio.Future[Pong]] = {}
+        self._ping_ids = itertools.count()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self._ctl = self._ctx.socket(zmq.ROUTER)
+        self._workers = self._ctx.socket(zmq.ROUTER)
+        for sock in (self._ctl, self._workers):
+            sock.setsockopt(zmq.LINGER, 500)
+        self._workers.bind(self.workers_endpoint)
+        self._ctl.bind(self.ctl_endpoint)
+        log.info("supervisor pid %d: ctl at %s, %d models configured", os.getpid(), self.ctl_endpoint,
+                 len(self.fleet.slots))  # fmt: skip
+        loops = [
+            asyncio.create_task(self._serve_ctl()),
+            asyncio.create_task(self._serve_workers()),
+            asyncio.create_task(self._heartbeat()),
+        ]
+        self._spawn(self.fleet.auto_load())
+        await self._stopping.wait()
+        log.info("stopping: unloading every model")
+        await self.fleet.stop_all()
+        for task in loops:
+            task.cancel()
+        self._ctl.close()
+        self._workers.close()
+        self._ctx.term()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- ctl calls ---------------------------------------------------------------------------------------
+
+    async def _serve_ctl(self) -> None:
+        decoder = call_decoder()
+        while True:
+            identity, frame = await self._ctl.recv_multipart()
+            try:
+                call = decoder.decode(frame)
+            except DecodeError as exc:
+                call_id = salvage_id(frame, "call_id") or ""
+                reply = CallFailed(call_id=call_id, code=ErrorCode.MALFORMED_FRAME, message=str(exc))
+                await self._ctl.send_multipart([identity, encode(reply)])
+                continue
+            self._spawn(self._answer(identity, call))  # a long load must not hold up other calls
+
+    async def _answer(self, identity: bytes, call) -> None:
+        try:
+            reply = await self._dispatch(call)
+        except FleetError as exc:
+            reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc), retryable=exc.retryable)
+        except Exception as exc:
+            log.exception("ctl call %r failed", call)
+            reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=str(exc))
+        await self._ctl.send_multipart([identity, encode(reply)])
+
+    async def _dispatch(self, call):
+        fleet = self.fleet
+        match call:
+            case EnsureLoaded() | Load():
+                worker = await fleet.ensure_loaded(call.model, retry_failed=isinstance(call, Load))
+                return Located(
+                    call_id=call.call_id,
+                    model_id=worker.model_id,
+                    endpoint=worker.endpoint,
+                    instance_id=worker.instance_id,
+                )
+            case Unload():
+                pid = await fleet.unload(call.model)
+                return Unloaded(call_id=call.call_id, model_id=fleet.slot(call.model).spec.id, pid=pid)
+            case ListModels():
+                return ModelList(call_id=call.call_id, models=[s.info() for s in fleet.slots.values()])
+            case Status():
+                slots = list(fleet.slots.values())
+                pings = await asyncio.gather(*(fleet.ping(s, call.ping_timeout) for s in slots))
+                models = [
+                    s.info(alive=alive if s.worker else None, ping_ms=ms)
+                    for s, (alive, ms) in zip(slots, pings, strict=True)
+                ]
+                return StatusReport(
+                    call_id=call.call_id,
+                    pid=os.getpid(),
+                    protocol_version=PROTOCOL_VERSION,
+                    uptime_seconds=time.monotonic() - self.started,
+                    memory_budget_bytes=int(self.config.settings.memory_budget_gb * GB),
+                    models=models,
+                )
+        raise FleetError(ErrorCode.INVALID_REQUEST, f"unsupported call {type(call).__name__}")
+
+    # -- workers ----------------------------------------------------------------------------------------
+
+    async def _serve_workers(self) -> None:
+        decoder = from_worker_decoder()
+        while True:
+            identity, frame = await self._workers.recv_multipart()
+            try:
+                message = decoder.decode(frame)
+            except DecodeError as exc:
+                log.error("malformed frame from worker %r ignored: %s", identity, exc)
+                continue
+            match message:
+                case Hello():
+                    await self._on_hello(identity, message)
+                case Ready() | LoadFailed():
+                    worker = self.fleet.by_instance.get(message.instance_id)
+                    if worker is not None:
+                        (worker.on_ready if isinstance(message, Ready) else worker.on_load_failed)(message)
+                case Pong():
+                    self.fleet.on_pong(message)
+                    future = self._pending_pings.pop(message.call_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+
+    async def _on_hello(self, identity: bytes, hello: Hello) -> None:
+        worker = self.fleet.by_instance.get(hello.instance_id)
+        if hello.protocol_version != PROTOCOL_VERSION:
+            text = f"worker speaks protocol version {hello.protocol_version}, this supervisor speaks {PROTOCOL_VERSION}"
+            await self._workers.send_multipart(
+                [
+                    identity,
+                    encode(Refused(instance_id=hello.instance_id, code=ErrorCode.PROTOCOL_MISMATCH, message=text)),
+                ]
+            )
+            if worker is not None:
+                worker.on_load_failed(LoadFailed(instance_id=hello.instance_id, code="protocol_mismatch", message=text))
+            return
+        if worker is None:
+            log.warning("hello from unknown worker %s (pid %d) ignored", hello.instance_id, hello.pid)
+            return
+        worker.identity = identity
+        await self._workers.send_multipart([identity, encode(Welcome(instance_id=hello.instance_id))])
+
+    async def _ping(self, worker: WorkerProcess, timeout: float) -> Pong | None:
+        identity = worker.identity
+        if identity is None:
+            return None
+        call_id = f"p{next(self._ping_ids)}"
+        future = asyncio.get_running_loop().create_future()
+        self._pending_pings[call_id] = future
+        await self._workers.send_multipart([identity, encode(Ping(call_id=call_id))])
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._pending_pings.pop(call_id, None)
+
+    async def _heartbeat(self) -> None:
+        """Refresh each ready worker's memory and in-flight figures from its pongs."""
+        interval = self.config.settings.heartbeat_seconds
+        while True:
+            await asyncio.sleep(interval)
+            ready = [s for s in self.fleet.slots.values() if s.worker is not None]
+            await asyncio.gather(*(self.fleet.ping(s, interval) for s in ready))
+
+
+def hold_pidfile(run_dir: Path) -> int:
+    """One supervisor per run directory: a second one would steal the first one's sockets."""
+    fd = os.open(run_dir / "supervisor.pid", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode().strip() or "?"
+        raise SystemExit(f"another supervisor (pid {other}) already runs in {run_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def run(config: Config, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hold_pidfile(run_dir)
+    asyncio.run(Supervisor(config, run_dir).serve())

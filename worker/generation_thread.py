@@ -1,0 +1,136 @@
+"""The one thread that owns MLX: it loads the model, then runs the engine and answers pings between tokens.
+
+A ping is answered here rather than by the socket thread, so a Pong proves the generation loop is turning.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+
+import mlx.core as mx
+import zmq
+
+from protocol import ErrorCode, encode
+from protocol.control import LoadFailed, Ping, Pong, Ready, Shutdown
+from protocol.generation import TERMINAL, Abort, GenerateRequest, GenerationError
+from worker.engine import Engine
+from worker.memory import memory_report
+from worker.model_loader import device_name, load_model
+from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
+
+log = logging.getLogger("worker.generation")
+
+
+class GenerationThread(threading.Thread):
+    def __init__(
+        self,
+        context: zmq.Context,
+        source: str,
+        instance_id: str,
+        context_length: int | None,
+        inbox: queue.Queue,
+        drain: threading.Event,
+        halt: threading.Event,
+    ):
+        super().__init__(name="worker-generation", daemon=True)
+        self._ctx = context
+        self._source = source
+        self._instance_id = instance_id
+        self._context_length = context_length
+        self._inbox = inbox
+        self._drain = drain  # finish what runs, accept nothing new
+        self._halt = halt  # abort everything now
+        self.shutdown_grace: float | None = None  # set when the supervisor asks for a shutdown
+        self.load_failed = False
+
+    def run(self) -> None:
+        self._out = self._ctx.socket(zmq.PUSH)
+        try:
+            self._out.connect(EVENTS_ENDPOINT)
+            engine = self._load()
+            if engine is not None:
+                self._serve(engine)
+        finally:
+            self._out.close(linger=1000)
+
+    def _load(self) -> Engine | None:
+        try:
+            loaded = load_model(self._source, self._context_length)
+        except Exception as exc:
+            log.error("loading %s failed:\n%s", self._source, traceback.format_exc())
+            self.load_failed = True
+            message = f"{type(exc).__name__}: {exc}"
+            self._to_supervisor(
+                LoadFailed(instance_id=self._instance_id, code=ErrorCode.MODEL_LOAD_FAILED, message=message)
+            )
+            return None
+        log.info("loaded %s in %.1fs", self._source, loaded.load_seconds)
+        self._to_supervisor(
+            Ready(
+                instance_id=self._instance_id,
+                memory=memory_report(),
+                context_length=loaded.context_length,
+                load_seconds=loaded.load_seconds,
+                device=device_name(),
+                mlx_version=mx.__version__,
+            )
+        )
+        return Engine(loaded)
+
+    def _serve(self, engine: Engine) -> None:
+        while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
+            try:
+                # Idle: block briefly for work. Busy: take what has arrived, then produce the next token.
+                message = self._inbox.get(timeout=0.05) if not engine.busy else self._inbox.get_nowait()
+                self._handle(message, engine)
+                continue
+            except queue.Empty:
+                pass
+            if engine.busy:
+                engine.step(self._emit)
+        if engine.busy:
+            engine.abort_all(self._emit, ErrorCode.SHUTTING_DOWN, "the worker is shutting down")
+        while True:  # requests that arrived after the loop stopped still get an answer
+            try:
+                self._handle(self._inbox.get_nowait(), engine)
+            except queue.Empty:
+                break
+
+    def _handle(self, message, engine: Engine) -> None:
+        if isinstance(message, GenerateRequest):
+            if self._drain.is_set() or self._halt.is_set():
+                self._emit(
+                    GenerationError(
+                        request_id=message.request_id,
+                        code=ErrorCode.SHUTTING_DOWN,
+                        message="the worker is shutting down",
+                        retryable=True,
+                    )
+                )
+            else:
+                engine.submit(message)
+        elif isinstance(message, Abort):
+            engine.abort(message.request_id, self._emit)
+        elif isinstance(message, Ping):
+            self._to_supervisor(
+                Pong(
+                    call_id=message.call_id,
+                    instance_id=self._instance_id,
+                    memory=memory_report(),
+                    in_flight=engine.in_flight,
+                    queued=engine.queued,
+                )
+            )
+        elif isinstance(message, Shutdown):
+            self.shutdown_grace = message.grace_seconds
+            self._drain.set()
+
+    def _emit(self, event) -> None:
+        kind = TO_GATEWAY_FINAL if isinstance(event, TERMINAL) else TO_GATEWAY
+        self._out.send_multipart([kind, event.request_id.encode(), encode(event)])
+
+    def _to_supervisor(self, message) -> None:
+        self._out.send_multipart([TO_SUPERVISOR, b"", encode(message)])

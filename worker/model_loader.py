@@ -1,0 +1,51 @@
+"""Load one model with mlx-lm, from a local directory or a Hugging Face repo id."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    context_length: int
+    load_seconds: float
+
+
+def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> int:
+    """The configured context, else what the model declares."""
+    if configured:
+        return configured
+    text_config = config.get("text_config", config)
+    for key in ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length"):
+        if isinstance(text_config.get(key), int):
+            return text_config[key]
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 10**8 else 4096
+
+
+def load_model(source: str, context_length: int | None = None) -> LoadedModel:
+    """`source` is a directory, or a hub repo id that mlx-lm downloads (and caches) on first use."""
+    from mlx_lm import load  # imported here: mlx-lm is only ever touched by the thread that owns MLX
+
+    if "/" not in source and not Path(source).exists():
+        raise FileNotFoundError(f"model directory {source!r} does not exist")
+    started = time.perf_counter()
+    model, tokenizer, config = load(source, return_config=True)
+    mx.eval(model.parameters())
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        context_length=context_length_of(config, tokenizer, context_length),
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def device_name() -> str:
+    return "gpu" if mx.default_device() == mx.gpu else "cpu"

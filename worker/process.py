@@ -1,0 +1,72 @@
+"""The worker's main loop: start the two threads, then watch for the reasons to stop.
+
+Shutdown is a state: running -> draining (finish in-flight, refuse new) -> stopped. Signal handlers only
+set flags; a drain that outlives its grace period becomes a halt (abort everything, exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+import zmq
+
+from protocol import PROTOCOL_VERSION
+from protocol.control import Hello
+from worker.generation_thread import GenerationThread
+from worker.transport import Transport
+
+log = logging.getLogger("worker")
+
+
+def _watch_lifeline(halt: threading.Event) -> None:
+    """Block on stdin; EOF means the supervisor that holds the pipe's other end is gone."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    log.warning("supervisor gone (lifeline closed): exiting")
+    halt.set()
+
+
+def run(args: argparse.Namespace) -> int:
+    drain, halt = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: drain.set())
+    signal.signal(signal.SIGINT, lambda *_: drain.set())
+    if args.exit_with_stdin:
+        threading.Thread(target=_watch_lifeline, args=(halt,), name="lifeline", daemon=True).start()
+
+    ctx = zmq.Context()
+    inbox: queue.Queue = queue.Queue()
+    hello = Hello(
+        protocol_version=PROTOCOL_VERSION,
+        model_id=args.model_id,
+        instance_id=args.instance_id,
+        pid=os.getpid(),
+        endpoint=args.endpoint,
+    )
+    transport = Transport(ctx, args.endpoint, args.supervisor, inbox, hello, halt)
+    generation = GenerationThread(ctx, args.source, args.instance_id, args.context_length, inbox, drain, halt)
+    transport.start()
+    generation.start()
+    log.info("serving %s at %s (pid %d)", args.model_id, args.endpoint, os.getpid())
+
+    deadline = None
+    while generation.is_alive():
+        generation.join(0.1)
+        if drain.is_set() and deadline is None:
+            grace = generation.shutdown_grace if generation.shutdown_grace is not None else args.shutdown_grace
+            deadline = time.monotonic() + grace
+            log.info("draining (grace %.1fs)", grace)
+        if (deadline is not None and time.monotonic() > deadline) or not transport.is_alive():
+            halt.set()
+    transport.closing.set()
+    transport.join(timeout=3)
+    ctx.term()
+    if transport.refused is not None:
+        return 2
+    return 1 if generation.load_failed else 0

@@ -1,0 +1,130 @@
+"""The worker's socket thread: the only code that touches its ZeroMQ sockets.
+
+- data ROUTER (bound): GenerateRequest / Abort from gateways, events back to the gateway that asked;
+- control DEALER (connected to the supervisor): Hello/Ready/Pong out, Welcome/Refused/Ping/Shutdown in;
+- inproc PULL: what the generation thread emits, forwarded to the right peer.
+
+Inbound messages go to the generation thread's inbox; nothing here blocks on MLX.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import zmq
+
+from protocol import DecodeError, ErrorCode, encode, salvage_id
+from protocol.control import Hello, Refused, Welcome, to_worker_decoder
+from protocol.generation import GenerateRequest, GenerationError, worker_inbound_decoder
+
+log = logging.getLogger("worker.transport")
+
+EVENTS_ENDPOINT = "inproc://generation-events"
+# Frame kinds the generation thread sends on the inproc socket, ahead of the encoded message.
+TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR = b"g", b"G", b"s"
+
+
+class Transport(threading.Thread):
+    def __init__(
+        self,
+        context: zmq.Context,
+        data_endpoint: str,
+        supervisor_endpoint: str | None,
+        inbox: queue.Queue,
+        hello: Hello,
+        halt: threading.Event,
+    ):
+        super().__init__(name="worker-sockets", daemon=True)
+        self._ctx = context
+        self._data_endpoint = data_endpoint
+        self._supervisor_endpoint = supervisor_endpoint
+        self._inbox = inbox
+        self._hello = hello
+        self._halt = halt  # set when the supervisor refuses this worker
+        self.closing = threading.Event()  # set by the main thread once the generation thread is done
+        self.refused: Refused | None = None
+        self.events = context.socket(zmq.PULL)  # bound before the generation thread connects
+        self.events.bind(EVENTS_ENDPOINT)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("socket thread failed: the worker stops")
+            self._halt.set()
+            raise
+
+    def _run(self) -> None:
+        data = self._ctx.socket(zmq.ROUTER)
+        data.setsockopt(zmq.LINGER, 1000)
+        data.bind(self._data_endpoint)
+        control = None
+        poller = zmq.Poller()
+        poller.register(data, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
+        if self._supervisor_endpoint:
+            control = self._ctx.socket(zmq.DEALER)
+            control.setsockopt(zmq.LINGER, 1000)
+            control.connect(self._supervisor_endpoint)
+            control.send(encode(self._hello))
+            poller.register(control, zmq.POLLIN)
+        inbound, from_supervisor = worker_inbound_decoder(), to_worker_decoder()
+        routes: dict[str, bytes] = {}  # request_id -> identity of the gateway socket that sent it
+        try:
+            while not self.closing.is_set():
+                for sock, _ in poller.poll(100):
+                    if sock is data:
+                        identity, frame = data.recv_multipart()
+                        self._from_gateway(data, identity, frame, inbound, routes)
+                    elif sock is self.events:
+                        kind, request_id, frame = self.events.recv_multipart()
+                        if kind == TO_SUPERVISOR:
+                            if control is not None:
+                                control.send(frame)
+                            continue
+                        rid = request_id.decode()
+                        identity = routes.pop(rid) if kind == TO_GATEWAY_FINAL else routes.get(rid)
+                        if identity is not None:
+                            data.send_multipart([identity, frame])
+                    else:
+                        self._from_supervisor(control.recv(), from_supervisor)
+        finally:
+            data.close()
+            self.events.close()
+            if control is not None:
+                control.close()
+
+    def _from_gateway(self, data, identity: bytes, frame: bytes, decoder, routes: dict) -> None:
+        try:
+            message = decoder.decode(frame)
+        except DecodeError as exc:
+            rid = salvage_id(frame, "request_id") or ""
+            reply = GenerationError(request_id=rid, code=ErrorCode.MALFORMED_FRAME, message=str(exc))
+            data.send_multipart([identity, encode(reply)])
+            return
+        if isinstance(message, GenerateRequest):
+            if message.request_id in routes:
+                reply = GenerationError(
+                    request_id=message.request_id,
+                    code=ErrorCode.INVALID_REQUEST,
+                    message=f"request_id {message.request_id!r} is already in flight",
+                )
+                data.send_multipart([identity, encode(reply)])
+                return
+            routes[message.request_id] = identity
+        self._inbox.put(message)
+
+    def _from_supervisor(self, frame: bytes, decoder) -> None:
+        try:
+            message = decoder.decode(frame)
+        except DecodeError as exc:
+            log.error("malformed frame from the supervisor ignored: %s", exc)
+            return
+        if isinstance(message, Refused):
+            log.error("supervisor refused this worker: %s", message.message)
+            self.refused = message
+            self._halt.set()
+        elif not isinstance(message, Welcome):
+            self._inbox.put(message)  # Ping is answered by the generation loop, proving it is alive
