@@ -50,7 +50,10 @@ class Config:
 
     def __init__(self, settings: Settings, base_dir: Path):
         self.settings = settings
-        self.store = Path(os.environ.get("MLX_MODEL_STORE") or (base_dir / settings.model_store)).resolve()
+        # The environment's store is relative to the working directory, the file's to the file.
+        env_store = os.environ.get("MLX_MODEL_STORE")
+        store = Path(env_store).expanduser() if env_store else base_dir / Path(settings.model_store).expanduser()
+        self.store = store.resolve()
         self.base_dir = base_dir
         self.models: dict[str, ModelSpec] = {}
         self._names: dict[str, str] = {}

@@ -42,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     args.instance_id = args.instance_id or uuid.uuid4().hex[:12]
     from worker.process import run
 
-    return run(args)
+    code = run(args)
+    logging.shutdown()
+    # The lifeline thread is blocked reading stdin and cannot be interrupted; a normal interpreter
+    # shutdown would abort on its buffer lock. Everything worth flushing has been flushed above.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

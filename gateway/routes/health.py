@@ -32,7 +32,7 @@ async def health(request: Request) -> JSONResponse:
             "alive": bool(m.alive),
             "state": m.state,
             "pid": m.pid,
-            "ping_ms": m.ping_ms,
+            "ping_ms": m.ping_ms and round(m.ping_ms, 2),
             "memory_bytes": m.memory_bytes,
         }
         for m in report.models

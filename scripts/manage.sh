@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Operate a running server:  ./scripts/manage.sh status | stop | logs
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_uv
+export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}
+port=${PORT:-9123}
+pidfile="$MLX_SERVER_RUN_DIR/honcho.pid"
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+case "${1:-status}" in
+  status)
+    if running; then echo "server: running (honcho pid $(cat "$pidfile"))"; else echo "server: not running"; fi
+    echo "--- gateway http://127.0.0.1:$port/api/v1/health"
+    curl -s --max-time 5 "http://127.0.0.1:$port/api/v1/health" && echo || echo "gateway: not answering"
+    echo "--- supervisor"
+    "${UV[@]}" run --no-sync supervisor ctl status || true
+    echo
+    "${UV[@]}" run --no-sync supervisor ctl ps || true
+    ;;
+  stop)
+    if ! running; then echo "server: not running"; exit 0; fi
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid"
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    if kill -0 "$pid" 2>/dev/null; then echo "still running after 30s: SIGKILL"; kill -KILL "$pid"; fi
+    rm -f "$pidfile"
+    echo "server: stopped"
+    ;;
+  logs)
+    exec tail -n 200 -f "$MLX_SERVER_RUN_DIR/server.log"
+    ;;
+  *)
+    echo "usage: $0 status|stop|logs" >&2
+    exit 2
+    ;;
+esac

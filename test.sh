@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then lint, format check and the test suite.
+set -euo pipefail
+source "$(dirname "$0")/scripts/lib.sh"
+ensure_uv
+"${UV[@]}" sync --frozen
+"${UV[@]}" run --no-sync ruff check .
+"${UV[@]}" run --no-sync ruff format --check .
+exec "${UV[@]}" run --no-sync pytest "$@"
