@@ -50,6 +50,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
 
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING = re.compile(r"missing required field `(\w+)`")
 
 
 def decode_request(body: bytes, cls: type[msgspec.Struct]):
@@ -58,8 +59,8 @@ def decode_request(body: bytes, cls: type[msgspec.Struct]):
         return msgspec.json.decode(body, type=cls)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        match = _AT.search(text)
-        param = match.group(1) if match else None
+        at, missing = _AT.search(text), _MISSING.search(text)
+        param = ".".join(p for p in (at and at.group(1), missing and missing.group(1)) if p) or None
         message = _AT.sub("", text)
         raise APIError(
             ErrorCode.INVALID_REQUEST, f"{message} at '{param}'" if param else message, param=param

@@ -87,7 +87,12 @@ class Fleet:
         worker = None
         try:
             worker = await WorkerProcess.spawn(
-                slot.spec.id, slot.source, self.run_dir, self.workers_endpoint, slot.spec.context_length
+                slot.spec.id,
+                slot.source,
+                self.run_dir,
+                self.workers_endpoint,
+                slot.spec.context_length,
+                self.config.settings.shutdown_grace_seconds,
             )
             slot.worker = worker
             self.by_instance[worker.instance_id] = worker

@@ -39,7 +39,13 @@ class WorkerProcess:
 
     @classmethod
     async def spawn(
-        cls, model_id: str, source: str, run_dir: str, supervisor_endpoint: str, context_length: int | None
+        cls,
+        model_id: str,
+        source: str,
+        run_dir: str,
+        supervisor_endpoint: str,
+        context_length: int | None,
+        shutdown_grace: float,
     ) -> WorkerProcess:
         instance_id = uuid.uuid4().hex[:12]
         endpoint = f"ipc://{run_dir}/worker-{model_id}.sock"
@@ -51,6 +57,7 @@ class WorkerProcess:
             "--supervisor", supervisor_endpoint,
             "--instance-id", instance_id,
             "--exit-with-stdin",
+            "--shutdown-grace", str(shutdown_grace),
         ]  # fmt: skip
         if context_length:
             argv += ["--context-length", str(context_length)]

@@ -1,0 +1,43 @@
+import pytest
+
+from supervisor.config import load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_resolves_ids_aliases_and_the_default(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            "model_store: store\nmodels:\n"
+            "  - {id: a, aliases: [first], source: local-a}\n"
+            "  - {id: b, source: org/repo}\n"
+            "  - {id: c, source: ./dir}\n",
+        )
+    )
+    assert config.resolve("first").id == "a"
+    assert config.resolve("").id == "a"  # no model named: the first one
+    assert config.resolve("zzz") is None
+    assert config.source_of(config.models["a"]) == str(tmp_path / "store" / "local-a")
+    assert config.source_of(config.models["b"]) == "org/repo"  # a hub repo id, for mlx-lm to fetch
+    assert config.source_of(config.models["c"]) == str(tmp_path / "dir")
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("models:\n  - {id: a, source: x, memroy_gb: 3}\n", "memroy_gb"),
+        ("models:\n  - {id: a, source: x}\n  - {id: b, source: y, aliases: [a]}\n", "used twice"),
+        ("models:\n  - {id: a, source: x, type: tts}\n", "not supported"),
+        ("models: []\n", "no models"),
+        ("default_model: nope\nmodels:\n  - {id: a, source: x}\n", "default_model"),
+        ("models: [\n", "models.yaml"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_reason(tmp_path, text, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        load_config(write(tmp_path, text))

@@ -1,0 +1,79 @@
+"""Each ctl command against a fake supervisor client: what an operator reads."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+from protocol.ctl import Located, ModelInfo, StatusReport, Unloaded
+from supervisor.cli import build_parser
+from supervisor.ctl import COMMANDS
+
+GB = 1024**3
+
+
+class FakeClient:
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = []
+
+    def call(self, make_call, timeout=None):
+        self.calls.append(make_call(call_id="c1"))
+        return self.reply
+
+
+def model(**overrides):
+    fields = dict(
+        id="qwen3-14b", aliases=[], type="llm", source="s", state="ready", context_length=32768,
+        memory_estimate_bytes=15 * GB, memory_bytes=int(14.5 * GB), pid=4242, uptime_seconds=3725, in_flight=3,
+    )  # fmt: skip
+    return ModelInfo(**(fields | overrides))
+
+
+def run(name, reply, *argv):
+    client, out = FakeClient(reply), io.StringIO()
+    args = build_parser().parse_args(["ctl", name, *argv])
+    code = COMMANDS[name].run(client, args, out)
+    return code, out.getvalue(), client.calls
+
+
+def report(*models):
+    return StatusReport(
+        call_id="c1", pid=1, protocol_version=1, uptime_seconds=60, memory_budget_bytes=400 * GB, models=list(models)
+    )
+
+
+def test_ps_is_a_table_of_every_model():
+    code, out, _ = run(
+        "ps", report(model(), model(id="phi-3", state="stopped", pid=None, memory_bytes=0, uptime_seconds=None))
+    )
+    assert code == 0
+    header, ready, stopped = out.splitlines()
+    assert header.split() == ["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT"]
+    assert ready.split() == ["qwen3-14b", "ready", "4242", "14.50", "GB", "1h02m", "3"]
+    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-"]
+
+
+def test_status_exits_1_when_a_worker_misses_its_ping():
+    code, out, _ = run("status", report(model(alive=True, ping_ms=0.8)))
+    assert code == 0 and "pong in 0.8 ms" in out and "400.00 GB budget" in out
+    code, out, _ = run("status", report(model(alive=False)))
+    assert code == 1 and "NO PONG" in out
+
+
+def test_load_and_unload_name_what_they_did():
+    code, out, calls = run(
+        "load", Located(call_id="c1", model_id="qwen3-14b", endpoint="ipc://w", instance_id="i"), "qwen3"
+    )
+    assert code == 0 and "qwen3-14b ready" in out and calls[0].model == "qwen3"
+    code, out, _ = run("unload", Unloaded(call_id="c1", model_id="qwen3-14b", pid=4242), "qwen3")
+    assert "pid 4242 stopped" in out
+    code, out, _ = run("unload", Unloaded(call_id="c1", model_id="qwen3-14b", pid=None), "qwen3")
+    assert "was not loaded" in out
+
+
+def test_every_command_has_help_from_its_docstring():
+    for name, module in COMMANDS.items():
+        assert module.__doc__ and module.__doc__.strip(), name
+    parser = build_parser()
+    assert isinstance(parser, argparse.ArgumentParser)

@@ -1,0 +1,59 @@
+"""Importing the bundled GGUF into an MLX model directory, and refusing what cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import MODEL
+from tests.harness import ROOT
+
+
+def test_bundled_gguf_becomes_an_mlx_model_directory(model_store):
+    model_dir = model_store / MODEL
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576
+    assert config["rope_traditional"] is True  # GGUF's interleaved Q/K layout
+    assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
+    assert config["quantization"]["model.embed_tokens"] == {"group_size": 32, "bits": 8}
+    tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["eos_token"] == "<|im_end|>"
+    assert "<|im_start|>" in tokenizer_config["chat_template"]
+    assert not [p for p in model_store.iterdir() if p.name.startswith(".")], "a temporary directory was left"
+
+
+def run_import(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "ctl", "import", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_import_refuses_to_overwrite_without_force(model_store):
+    result = run_import(f"bundled:{MODEL}", "--store", str(model_store))
+    assert result.returncode == 1
+    assert "already exists" in result.stdout and "--force" in result.stdout
+
+
+def test_import_of_a_broken_gguf_leaves_nothing_behind(tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"GGUF" + b"\x00" * 64)
+    store = tmp_path / "store"
+    result = run_import(str(bogus), "bogus", "--store", str(store))
+    assert result.returncode != 0
+    assert not (store / "bogus").exists()
+    assert not list(store.glob(".*")) if store.exists() else True
+
+
+def test_import_names_what_it_cannot_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = run_import(str(tmp_path / "notes.txt"), "notes", "--store", str(tmp_path / "store"))
+    assert result.returncode == 1
+    assert "neither a .gguf file nor a Hugging Face safetensors directory" in result.stdout
+    missing = run_import(str(tmp_path / "nope.gguf"), "nope", "--store", str(tmp_path / "store"))
+    assert missing.returncode == 1 and "does not exist" in missing.stdout

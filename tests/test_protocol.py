@@ -1,0 +1,152 @@
+"""The wire: round trips, malformed frames rejected at the boundary, version mismatch refused."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import zmq
+
+from protocol import PROTOCOL_VERSION, DecodeError, encode, salvage_id
+from protocol.control import (
+    Hello,
+    MemoryReport,
+    Ping,
+    Pong,
+    Ready,
+    Refused,
+    from_worker_decoder,
+    to_worker_decoder,
+)
+from protocol.ctl import CallFailed, EnsureLoaded, Located, ModelInfo, ModelList, call_decoder, reply_decoder
+from protocol.generation import (
+    Abort,
+    ChatMessage,
+    Finished,
+    GenerateRequest,
+    GenerationError,
+    SamplingParams,
+    TextChunk,
+    Usage,
+    worker_inbound_decoder,
+    worker_outbound_decoder,
+)
+
+MEMORY = MemoryReport(mlx_active_bytes=1, mlx_peak_bytes=2, mlx_cache_bytes=3, rss_bytes=4)
+
+ROUND_TRIPS = [
+    (
+        worker_inbound_decoder(),
+        GenerateRequest(
+            request_id="r1",
+            messages=[ChatMessage(role="user", content="hi")],
+            sampling=SamplingParams(temperature=0.2, top_p=0.9, max_tokens=5, stop=["\n"], seed=7),
+        ),
+    ),
+    (worker_inbound_decoder(), GenerateRequest(request_id="r2", prompt="once upon")),
+    (worker_inbound_decoder(), Abort(request_id="r1")),
+    (worker_outbound_decoder(), TextChunk(request_id="r1", text="Par", completion_tokens=1)),
+    (
+        worker_outbound_decoder(),
+        Finished(request_id="r1", finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2)),
+    ),
+    (worker_outbound_decoder(), GenerationError(request_id="r1", code="worker_crashed", message="x", retryable=True)),
+    (from_worker_decoder(), Hello(protocol_version=1, model_id="m", instance_id="i", pid=1, endpoint="ipc://x")),
+    (
+        from_worker_decoder(),
+        Ready(instance_id="i", memory=MEMORY, context_length=8, load_seconds=0.5, device="cpu", mlx_version="0"),
+    ),
+    (from_worker_decoder(), Pong(call_id="c", instance_id="i", memory=MEMORY, in_flight=1, queued=0)),
+    (to_worker_decoder(), Ping(call_id="c")),
+    (to_worker_decoder(), Refused(instance_id="i", code="protocol_mismatch", message="no")),
+    (call_decoder(), EnsureLoaded(call_id="c", model="tiny")),
+    (reply_decoder(), Located(call_id="c", model_id="m", endpoint="ipc://x", instance_id="i")),
+    (
+        reply_decoder(),
+        ModelList(
+            call_id="c",
+            models=[
+                ModelInfo(
+                    id="m",
+                    aliases=["a"],
+                    type="llm",
+                    source="s",
+                    state="ready",
+                    context_length=8,
+                    memory_estimate_bytes=1,
+                    pid=3,
+                )
+            ],
+        ),
+    ),
+    (reply_decoder(), CallFailed(call_id="c", code="model_not_found", message="no such model")),
+]
+
+
+@pytest.mark.parametrize(("decoder", "message"), ROUND_TRIPS, ids=lambda x: type(x).__name__)
+def test_round_trip(decoder, message):
+    assert decoder.decode(encode(message)) == message
+
+
+def test_the_wire_carries_the_tag_not_the_class_name():
+    raw = msgspec.msgpack.decode(encode(Abort(request_id="r")))
+    assert raw == {"type": "abort", "request_id": "r"}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\xc1not msgpack",
+        msgspec.msgpack.encode({"type": "no-such-message", "request_id": "r"}),
+        msgspec.msgpack.encode({"type": "generate", "request_id": 5}),
+        msgspec.msgpack.encode({"type": "finished", "request_id": "r"}),  # valid, but not for this socket
+        msgspec.msgpack.encode(["generate", "r"]),
+    ],
+)
+def test_malformed_frames_are_rejected(frame):
+    with pytest.raises(DecodeError):
+        worker_inbound_decoder().decode(frame)
+
+
+def test_salvage_id_reads_the_id_from_a_rejected_frame():
+    frame = msgspec.msgpack.encode({"type": "generate", "request_id": "abc", "prompt": 12})
+    assert salvage_id(frame, "request_id") == "abc"
+    assert salvage_id(b"\xc1", "request_id") is None
+
+
+def test_newer_fields_are_ignored_by_older_peers():
+    frame = msgspec.msgpack.encode({"type": "abort", "request_id": "r", "added_in_v2": True})
+    assert worker_inbound_decoder().decode(frame) == Abort(request_id="r")
+
+
+def test_supervisor_refuses_a_worker_speaking_another_version(server):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{server.run_dir}/supervisor-workers.sock")
+        hello = Hello(
+            protocol_version=PROTOCOL_VERSION + 1, model_id="smollm2", instance_id="x", pid=1, endpoint="ipc://x"
+        )
+        sock.send(encode(hello))
+        assert sock.poll(10_000), "no answer to a Hello"
+        reply = to_worker_decoder().decode(sock.recv())
+    finally:
+        sock.close()
+    assert isinstance(reply, Refused)
+    assert reply.code == "protocol_mismatch"
+    assert f"version {PROTOCOL_VERSION + 1}" in reply.message
+
+
+def test_supervisor_answers_a_malformed_call_with_its_call_id(server):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{server.run_dir}/supervisor.sock")
+        sock.send(msgspec.msgpack.encode({"type": "ensure_loaded", "call_id": "c9", "model": ["not", "a", "str"]}))
+        assert sock.poll(10_000)
+        reply = reply_decoder().decode(sock.recv())
+    finally:
+        sock.close()
+    assert isinstance(reply, CallFailed)
+    assert reply.call_id == "c9" and reply.code == "malformed_frame"
