@@ -83,7 +83,9 @@ def main() -> None:
     from mlx_lm import load
 
     model, tokenizer = load(str(store / MODEL))
-    server = Server(config).start()
+    server = Server(config)
+    server.env["LOG_LEVEL"] = "WARNING"  # keep the servers' logs out of the table
+    server.start()
     try:
         in_process(model, tokenizer, 8)  # warm both sides: first-call compilation and allocations
         through_server(server.url, 8)

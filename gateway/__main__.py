@@ -17,7 +17,11 @@ def main() -> None:
         level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s gateway %(levelname)s %(message)s"
     )
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        timeout_graceful_shutdown=10,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import zmq
 
@@ -30,6 +31,8 @@ class CtlClient:
     def call(self, make_call, timeout: float | None = None):
         """Send `make_call(call_id=...)`, wait for its reply; raise CtlError for a CallFailed."""
         call = make_call(call_id=uuid.uuid4().hex)
+        if self.endpoint.startswith("ipc://") and not Path(self.endpoint.removeprefix("ipc://")).exists():
+            raise SupervisorUnreachable(f"no supervisor socket at {self.endpoint} (is `supervisor run` started?)")
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:

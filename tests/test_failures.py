@@ -122,7 +122,7 @@ def test_ctl_without_a_supervisor_says_so(tmp_path):
     srv.env |= env
     result = srv.ctl("ps", timeout=60)
     assert result.returncode == 3
-    assert "no answer from the supervisor" in result.stderr
+    assert "is `supervisor run` started?" in result.stderr
 
 
 def test_workers_exit_when_their_supervisor_is_killed(server_config):
@@ -138,3 +138,12 @@ def test_workers_exit_when_their_supervisor_is_killed(server_config):
         assert wait_until(lambda: pid_gone(worker), timeout=15), "worker outlived its supervisor"
     finally:
         srv.stop()
+
+
+def test_client_that_gives_up_on_a_non_streaming_request_frees_the_worker(server, client):
+    client.chat.completions.create(model="smollm2", messages=STORY, max_tokens=1)
+    body = {"model": "smollm2", "messages": STORY, "temperature": 0, "max_tokens": 1000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=3))
+    # Without the disconnect watch the worker would go on for 1000 tokens (minutes on this CPU).
+    assert wait_until(lambda: _model(server).in_flight == 0, timeout=15)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
 from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
+from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
 from protocol import ErrorCode
 from protocol.ctl import EnsureLoaded
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams
@@ -48,10 +48,6 @@ def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
     )
 
 
-def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-
-
 def _error(event: GenerationError) -> APIError:
     return APIError(event.code, event.message)
 
@@ -61,7 +57,7 @@ def _usage(event: Finished) -> dict:
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
 
 
-async def chat_completions(request: Request):
+async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
     gen = to_generate_request(req)
     state = request.app.state
@@ -70,75 +66,64 @@ async def chat_completions(request: Request):
     )
     client = state.workers.client(located)
     stream = await client.open(gen, state.settings.connect_timeout)
-    created = int(time.time())
     base = {
         "id": gen.request_id,
-        "created": created,
+        "created": int(time.time()),
         "model": located.model_id,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
-
-    # Wait for the first event before answering, so errors found at admission (context length, a worker
-    # that is gone) still get a proper status code rather than an error inside a 200 stream.
+    handed_over = False
     try:
-        first = await stream.next()
-    except BaseException:
-        client.release(stream)
-        raise
-    if isinstance(first, GenerationError):
-        client.release(stream)
-        raise _error(first)
+        # Wait for the first event before answering, so errors found at admission (context length, a worker
+        # that is gone) still get a proper status code rather than an error inside a 200 stream.
+        first = await unless_disconnected(request, stream.next())
+        if isinstance(first, GenerationError):
+            raise _error(first)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            handed_over = True
+            return EventStreamResponse(
+                _chunks(stream, first, base, include_usage), on_close=lambda: client.release(stream)
+            )
+        last, text = await unless_disconnected(request, _collect(stream, first))
+        if isinstance(last, GenerationError):
+            raise _error(last)
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
+        return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(last)})
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening; the worker has been told to stop
+    finally:
+        if not handed_over:
+            client.release(stream)  # aborts the generation in the worker unless it finished
 
-    if not req.stream:
-        async with stream:
-            text, event = [], first
-            while not isinstance(event, Finished | GenerationError):
-                text.append(event.text)
-                event = await stream.next()
-        if isinstance(event, GenerationError):
-            raise _error(event)
-        return JSONResponse(
-            base
-            | {
-                "object": "chat.completion",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(text)},
-                        "logprobs": None,
-                        "finish_reason": event.finish_reason,
-                    }
-                ],
-                "usage": _usage(event),
-            }
-        )
 
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+async def _collect(stream, event) -> tuple[Finished | GenerationError, str]:
+    text = []
+    while not isinstance(event, Finished | GenerationError):
+        text.append(event.text)
+        event = await stream.next()
+    return event, "".join(text)
 
+
+async def _chunks(stream, event, base: dict, include_usage: bool):
     def chunk(delta: dict, finish_reason: str | None = None) -> str:
-        body = base | {
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        body = base | {"object": "chat.completion.chunk", "choices": [choice]}
         if include_usage:
             body["usage"] = None
         return sse(body)
 
-    async def events():
-        async with stream:
-            yield chunk({"role": "assistant", "content": ""})
-            event = first
-            while True:
-                if isinstance(event, GenerationError):
-                    yield sse(_error(event).body())
-                    return
-                if isinstance(event, Finished):
-                    yield chunk({}, event.finish_reason)
-                    if include_usage:
-                        yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
-                    yield "data: [DONE]\n\n"
-                    return
-                yield chunk({"content": event.text})
-                event = await stream.next()
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    yield chunk({"role": "assistant", "content": ""})
+    while True:
+        if isinstance(event, GenerationError):
+            yield sse(_error(event).body())
+            return
+        if isinstance(event, Finished):
+            yield chunk({}, event.finish_reason)
+            if include_usage:
+                yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
+            yield "data: [DONE]\n\n"
+            return
+        yield chunk({"content": event.text})
+        event = await stream.next()

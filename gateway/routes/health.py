@@ -38,7 +38,8 @@ async def health(request: Request) -> JSONResponse:
         for m in report.models
         if m.pid is not None
     }
-    healthy = all(w["alive"] for w in workers.values())
+    # A worker still loading has not failed anything yet; a ready one that misses its ping has.
+    healthy = all(w["alive"] for w in workers.values() if w["state"] == "ready")
     body = {
         "status": "ok" if healthy else "degraded",
         "supervisor": {
