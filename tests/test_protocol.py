@@ -118,35 +118,38 @@ def test_newer_fields_are_ignored_by_older_peers():
     assert worker_inbound_decoder().decode(frame) == Abort(request_id="r")
 
 
-def test_supervisor_refuses_a_worker_speaking_another_version(server):
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+def exchange(endpoint: str, frame: bytes) -> bytes:
+    """Send one frame on a fresh DEALER and return the one reply."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(f"ipc://{server.run_dir}/supervisor-workers.sock")
-        hello = Hello(
-            protocol_version=PROTOCOL_VERSION + 1, model_id="smollm2", instance_id="x", pid=1, endpoint="ipc://x"
-        )
-        sock.send(encode(hello))
-        assert sock.poll(10_000), "no answer to a Hello"
-        reply = to_worker_decoder().decode(sock.recv())
+        sock.connect(endpoint)
+        sock.send(frame)
+        assert sock.poll(10_000), f"no answer from {endpoint}"
+        return sock.recv()
     finally:
         sock.close()
+
+
+def test_supervisor_refuses_a_worker_speaking_another_version(server):
+    hello = Hello(protocol_version=PROTOCOL_VERSION + 1, model_id="smollm2", instance_id="x", pid=1, endpoint="ipc://x")
+    reply = to_worker_decoder().decode(exchange(f"ipc://{server.run_dir}/supervisor-workers.sock", encode(hello)))
     assert isinstance(reply, Refused)
     assert reply.code == "protocol_mismatch"
     assert f"version {PROTOCOL_VERSION + 1}" in reply.message
 
 
 def test_supervisor_answers_a_malformed_call_with_its_call_id(server):
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"ipc://{server.run_dir}/supervisor.sock")
-        sock.send(msgspec.msgpack.encode({"type": "ensure_loaded", "call_id": "c9", "model": ["not", "a", "str"]}))
-        assert sock.poll(10_000)
-        reply = reply_decoder().decode(sock.recv())
-    finally:
-        sock.close()
+    frame = msgspec.msgpack.encode({"type": "ensure_loaded", "call_id": "c9", "model": ["not", "a", "str"]})
+    reply = reply_decoder().decode(exchange(f"ipc://{server.run_dir}/supervisor.sock", frame))
     assert isinstance(reply, CallFailed)
     assert reply.call_id == "c9" and reply.code == "malformed_frame"
+
+
+def test_worker_answers_a_malformed_request_with_its_request_id(server, client):
+    client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    frame = msgspec.msgpack.encode({"type": "generate", "request_id": "r7", "sampling": {"temperature": "hot"}})
+    reply = worker_outbound_decoder().decode(exchange(f"ipc://{server.run_dir}/worker-smollm2.sock", frame))
+    assert isinstance(reply, GenerationError)
+    assert reply.request_id == "r7" and reply.code == "malformed_frame"
+    assert "temperature" in reply.message
