@@ -79,22 +79,27 @@ class Transport(threading.Thread):
                         identity, frame = data.recv_multipart()
                         self._from_gateway(data, identity, frame, inbound, routes)
                     elif sock is self.events:
-                        kind, request_id, frame = self.events.recv_multipart()
-                        if kind == TO_SUPERVISOR:
-                            if control is not None:
-                                control.send(frame)
-                            continue
-                        rid = request_id.decode()
-                        identity = routes.pop(rid) if kind == TO_GATEWAY_FINAL else routes.get(rid)
-                        if identity is not None:
-                            data.send_multipart([identity, frame])
+                        self._forward(data, control, routes)
                     else:
                         self._from_supervisor(control.recv(), from_supervisor)
+            while self.events.poll(0):  # the generation thread's last words (shutdown errors) still go out
+                self._forward(data, control, routes)
         finally:
             data.close()
             self.events.close()
             if control is not None:
                 control.close()
+
+    def _forward(self, data, control, routes: dict) -> None:
+        kind, request_id, frame = self.events.recv_multipart()
+        if kind == TO_SUPERVISOR:
+            if control is not None:
+                control.send(frame)
+            return
+        rid = request_id.decode()
+        identity = routes.pop(rid, None) if kind == TO_GATEWAY_FINAL else routes.get(rid)
+        if identity is not None:
+            data.send_multipart([identity, frame])
 
     def _from_gateway(self, data, identity: bytes, frame: bytes, decoder, routes: dict) -> None:
         try:
