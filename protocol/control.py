@@ -1,7 +1,8 @@
 """Supervisor <-> worker: start-up handshake, heartbeats, shutdown.
 
 worker -> supervisor: Hello (at once), then Ready or LoadFailed; Pong for each Ping.
-supervisor -> worker: Welcome or Refused (answer to Hello), Ping, Shutdown.
+supervisor -> worker: Welcome or Refused (answer to Hello), Ping.
+Stopping a worker is a signal to its process group, not a message: it must work on a wedged worker too.
 """
 
 from __future__ import annotations
@@ -68,13 +69,9 @@ class Pong(Message, tag="pong"):
     queued: int  # accepted, waiting for the generation thread
 
 
-class Shutdown(Message, tag="shutdown"):
-    grace_seconds: float = 10.0
-
-
 def from_worker_decoder() -> msgspec.msgpack.Decoder:
     return decoder(Hello, Ready, LoadFailed, Pong)
 
 
 def to_worker_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(Welcome, Refused, Ping, Shutdown)
+    return decoder(Welcome, Refused, Ping)

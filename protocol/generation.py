@@ -66,7 +66,6 @@ class GenerationError(Message, tag="error"):
     retryable: bool = False
 
 
-WorkerInbound = GenerateRequest | Abort
 WorkerOutbound = TextChunk | Finished | GenerationError
 TERMINAL = (Finished, GenerationError)
 

@@ -22,20 +22,20 @@ BUNDLED = {
 }
 
 
-class ImportError_(ValueError):
+class ModelImportError(ValueError):
     pass
 
 
 def bundled_path(name: str) -> Path:
     if name not in BUNDLED:
-        raise ImportError_(f"no bundled model {name!r} (bundled: {', '.join(BUNDLED)})")
+        raise ModelImportError(f"no bundled model {name!r} (bundled: {', '.join(BUNDLED)})")
     package, file = BUNDLED[name]
     try:
         path = Path(importlib.metadata.distribution(package).locate_file(file))
     except importlib.metadata.PackageNotFoundError:
-        raise ImportError_(f"the package {package} that carries {name} is not installed (run `uv sync`)") from None
+        raise ModelImportError(f"the package {package} that carries {name} is not installed (run `uv sync`)") from None
     if not path.is_file():
-        raise ImportError_(f"{path} is missing from the installed {package} package")
+        raise ModelImportError(f"{path} is missing from the installed {package} package")
     return path
 
 
@@ -56,12 +56,12 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
     """Convert `src` into `store/name`; returns the model directory."""
     path = bundled_path(src.removeprefix("bundled:")) if src.startswith("bundled:") else Path(src).expanduser()
     if not path.exists():
-        raise ImportError_(f"{path} does not exist")
+        raise ModelImportError(f"{path} does not exist")
     if "/" in name or name.startswith("."):
-        raise ImportError_(f"invalid model name {name!r}: use a plain directory name")
+        raise ModelImportError(f"invalid model name {name!r}: use a plain directory name")
     dst = store / name
     if dst.exists() and not force:
-        raise ImportError_(f"{dst} already exists (use --force to replace it)")
+        raise ModelImportError(f"{dst} already exists (use --force to replace it)")
     store.mkdir(parents=True, exist_ok=True)
     tmp = store / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -71,7 +71,7 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
         elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
             _convert_hf(path, tmp, quantize, q_bits)
         else:
-            raise ImportError_(f"{path} is neither a .gguf file nor a Hugging Face safetensors directory")
+            raise ModelImportError(f"{path} is neither a .gguf file nor a Hugging Face safetensors directory")
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)

@@ -11,7 +11,6 @@ load or stop in progress, which every caller that arrives meanwhile awaits inste
 from __future__ import annotations
 
 import asyncio
-import time
 from enum import StrEnum
 
 from protocol.ctl import ModelInfo
@@ -35,7 +34,6 @@ class ModelSlot:
         self.worker: WorkerProcess | None = None
         self.transition: asyncio.Future | None = None
         self.last_error: str | None = None
-        self.last_used = time.monotonic()
 
     def info(self, alive: bool | None = None, ping_ms: float | None = None) -> ModelInfo:
         worker = self.worker

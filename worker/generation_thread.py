@@ -14,7 +14,7 @@ import mlx.core as mx
 import zmq
 
 from protocol import ErrorCode, encode
-from protocol.control import LoadFailed, Ping, Pong, Ready, Shutdown
+from protocol.control import LoadFailed, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, GenerateRequest, GenerationError
 from worker.engine import Engine
 from worker.memory import memory_report
@@ -43,7 +43,6 @@ class GenerationThread(threading.Thread):
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
-        self.shutdown_grace: float | None = None  # set when the supervisor asks for a shutdown
         self.load_failed = False
 
     def run(self) -> None:
@@ -124,9 +123,6 @@ class GenerationThread(threading.Thread):
                     queued=engine.queued,
                 )
             )
-        elif isinstance(message, Shutdown):
-            self.shutdown_grace = message.grace_seconds
-            self._drain.set()
 
     def _emit(self, event) -> None:
         kind = TO_GATEWAY_FINAL if isinstance(event, TERMINAL) else TO_GATEWAY

@@ -59,9 +59,8 @@ def run(args: argparse.Namespace) -> int:
     while generation.is_alive():
         generation.join(0.1)
         if drain.is_set() and deadline is None:
-            grace = generation.shutdown_grace if generation.shutdown_grace is not None else args.shutdown_grace
-            deadline = time.monotonic() + grace
-            log.info("draining (grace %.1fs)", grace)
+            deadline = time.monotonic() + args.shutdown_grace
+            log.info("draining (grace %.1fs)", args.shutdown_grace)
         if (deadline is not None and time.monotonic() > deadline) or not transport.is_alive():
             halt.set()
     transport.closing.set()

@@ -1,7 +1,7 @@
 """The worker's socket thread: the only code that touches its ZeroMQ sockets.
 
 - data ROUTER (bound): GenerateRequest / Abort from gateways, events back to the gateway that asked;
-- control DEALER (connected to the supervisor): Hello/Ready/Pong out, Welcome/Refused/Ping/Shutdown in;
+- control DEALER (connected to the supervisor): Hello/Ready/Pong out, Welcome/Refused/Ping in;
 - inproc PULL: what the generation thread emits, forwarded to the right peer.
 
 Inbound messages go to the generation thread's inbox; nothing here blocks on MLX.

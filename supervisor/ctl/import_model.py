@@ -4,7 +4,7 @@ directory, or `bundled:<name>` for a model shipped as a Python package. Works wi
 import os
 from pathlib import Path
 
-from supervisor.model_import import BUNDLED, ImportError_, import_model
+from supervisor.model_import import BUNDLED, ModelImportError, import_model
 
 
 def add_arguments(parser) -> None:
@@ -28,7 +28,7 @@ def run(client, args, out) -> int:
     try:
         dst = import_model(args.source, name, Path(args.store), force=args.force, quantize=args.quantize,
                            q_bits=args.q_bits)  # fmt: skip
-    except ImportError_ as exc:
+    except ModelImportError as exc:
         print(f"error: {exc}", file=out)
         return 1
     print(f"imported {args.source} as {name} into {dst}", file=out)
