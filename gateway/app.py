@@ -60,7 +60,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         ctx = zmq.asyncio.Context()
         app.state.settings = settings
         app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
-        app.state.workers = WorkerPool(ctx, settings.silence_timeout)
+        app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
         log.info(
             "gateway on http://%s:%d, supervisor at %s", settings.host, settings.port, settings.supervisor_endpoint
         )

@@ -13,18 +13,19 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from gateway.settings import GatewaySettings
+from gateway.supervisor_client import SupervisorClient
 from protocol import DecodeError, ErrorCode, encode
-from protocol.ctl import Located
+from protocol.ctl import EnsureLoaded, Located
 from protocol.generation import TERMINAL, Abort, GenerateRequest, GenerationError, worker_outbound_decoder
 
 log = logging.getLogger("gateway.worker")
 
 
 class RequestStream:
-    """The events of one generation. Leaving the `async with` before the end aborts it in the worker."""
+    """The events of one generation; `WorkerClient.release` ends it (an Abort if it had not finished)."""
 
-    def __init__(self, client: WorkerClient, request_id: str, silence_timeout: float):
-        self._client = client
+    def __init__(self, request_id: str, silence_timeout: float):
         self.request_id = request_id
         self._queue: asyncio.Queue = asyncio.Queue()
         self._silence = silence_timeout
@@ -46,12 +47,6 @@ class RequestStream:
         if isinstance(event, TERMINAL):
             self.done = True
         return event
-
-    async def __aenter__(self) -> RequestStream:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._client.release(self)
 
 
 class WorkerClient:
@@ -75,7 +70,7 @@ class WorkerClient:
                 await asyncio.wait_for(self.connected.wait(), connect_timeout)
             except TimeoutError:
                 self._fail_all(f"could not connect to the worker at {self.endpoint}")
-        stream = RequestStream(self, request.request_id, self._silence)
+        stream = RequestStream(request.request_id, self._silence)
         if self.dead:
             stream.put(self._crash_event(request.request_id, f"the worker for {self.model_id} is gone"))
             return stream
@@ -128,21 +123,38 @@ class WorkerClient:
 
 
 class WorkerPool:
-    """One client per live worker instance; a new instance of a model replaces its old client."""
+    """Finds the worker for a model through the supervisor; one client per live worker instance."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, silence_timeout: float):
+    def __init__(self, ctx: zmq.asyncio.Context, supervisor: SupervisorClient, settings: GatewaySettings):
         self._ctx = ctx
-        self._silence = silence_timeout
+        self._supervisor = supervisor
+        self._settings = settings
         self._clients: dict[str, WorkerClient] = {}  # by model id
 
-    def client(self, located: Located) -> WorkerClient:
+    async def acquire(self, model: str, stale_instance: str | None = None) -> WorkerClient:
+        """The client of the worker serving `model` (id, alias, or "" for the default), loading it if needed.
+
+        `stale_instance` names a worker the caller found gone, so the supervisor replaces it rather than
+        handing it out again (the gateway can see a worker's socket close before the supervisor reaps it).
+        """
+        client = await self._locate(model, stale_instance)
+        if client.dead:
+            client = await self._locate(model, stale_instance=client.instance_id)
+        return client
+
+    async def _locate(self, model: str, stale_instance: str | None) -> WorkerClient:
+        located = await self._supervisor.call(
+            lambda call_id: EnsureLoaded(call_id=call_id, model=model, stale_instance=stale_instance),
+            self._settings.load_timeout,
+        )
         current = self._clients.get(located.model_id)
         if current is not None and current.instance_id == located.instance_id:
             return current
         if current is not None:
             current._fail_all("the worker was replaced")
             current.close()
-        client = self._clients[located.model_id] = WorkerClient(self._ctx, located, self._silence)
+        client = WorkerClient(self._ctx, located, self._settings.silence_timeout)
+        self._clients[located.model_id] = client
         return client
 
     def close(self) -> None:

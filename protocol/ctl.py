@@ -13,6 +13,9 @@ class EnsureLoaded(Message, tag="ensure_loaded"):
 
     call_id: str
     model: str
+    # The instance the caller was last given and found gone (its connection dropped): the supervisor
+    # waits to see that process exit and starts a new one instead of handing the dead one out again.
+    stale_instance: str | None = None
 
 
 class Load(Message, tag="load"):
@@ -85,10 +88,6 @@ class CallFailed(Message, tag="call_failed"):
     code: str  # an ErrorCode value
     message: str
     retryable: bool = False
-
-
-CtlCall = EnsureLoaded | Load | Unload | ListModels | Status
-CtlReply = Located | Unloaded | ModelList | StatusReport | CallFailed
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:

@@ -121,14 +121,10 @@ class Supervisor:
     async def _dispatch(self, call):
         fleet = self.fleet
         match call:
-            case EnsureLoaded() | Load():
-                worker = await fleet.ensure_loaded(call.model, retry_failed=isinstance(call, Load))
-                return Located(
-                    call_id=call.call_id,
-                    model_id=worker.model_id,
-                    endpoint=worker.endpoint,
-                    instance_id=worker.instance_id,
-                )
+            case EnsureLoaded():
+                return _located(call, await fleet.ensure_loaded(call.model, stale_instance=call.stale_instance))
+            case Load():
+                return _located(call, await fleet.ensure_loaded(call.model, retry_failed=True))
             case Unload():
                 pid = await fleet.unload(call.model)
                 return Unloaded(call_id=call.call_id, model_id=fleet.slot(call.model).spec.id, pid=pid)
@@ -216,6 +212,12 @@ class Supervisor:
             await asyncio.sleep(interval)
             ready = [s for s in self.fleet.slots.values() if s.worker is not None]
             await asyncio.gather(*(self.fleet.ping(s, interval) for s in ready))
+
+
+def _located(call, worker: WorkerProcess) -> Located:
+    return Located(
+        call_id=call.call_id, model_id=worker.model_id, endpoint=worker.endpoint, instance_id=worker.instance_id
+    )
 
 
 def hold_pidfile(run_dir: Path) -> int:

@@ -29,6 +29,8 @@ class FleetError(Exception):
         self.retryable = retryable
 
 
+STALE_EXIT_WAIT = 5.0  # how long a worker reported gone may take to be seen exiting
+
 # Sends a Ping to a worker and waits for its Pong (None on timeout); provided by the daemon's socket layer.
 Pinger = Callable[[WorkerProcess, float], Awaitable[Pong | None]]
 
@@ -49,12 +51,22 @@ class Fleet:
             raise FleetError(ErrorCode.MODEL_NOT_FOUND, f"The model '{name}' does not exist (known: {known})")
         return self.slots[spec.id]
 
-    async def ensure_loaded(self, name: str, *, retry_failed: bool = False) -> WorkerProcess:
+    async def ensure_loaded(
+        self, name: str, *, retry_failed: bool = False, stale_instance: str | None = None
+    ) -> WorkerProcess:
         slot = self.slot(name)
         while True:
             if slot.state is State.READY:
-                slot.last_used = time.monotonic()
-                return slot.worker
+                worker = slot.worker
+                if worker.instance_id != stale_instance:
+                    return worker
+                # A gateway saw this worker's socket close, maybe before we saw its process exit.
+                try:
+                    await asyncio.wait_for(asyncio.shield(worker.exited), STALE_EXIT_WAIT)
+                except TimeoutError:
+                    return worker  # still running: the connection dropped, the worker did not
+                stale_instance = None
+                continue
             if slot.transition is not None:
                 await _quietly(slot.transition)  # share the load (or stop) in progress, then look again
                 if slot.state is State.FAILED and not retry_failed:
@@ -99,7 +111,6 @@ class Fleet:
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.config.settings.load_timeout_seconds)
             slot.state = State.READY
-            slot.last_used = time.monotonic()
             log.info("%s ready in %.1fs on %s (pid %d)", slot.spec.id, ready.load_seconds, ready.device, worker.pid)
         except (WorkerStartError, TimeoutError, OSError) as exc:
             message = str(exc) or f"no Ready within {self.config.settings.load_timeout_seconds:.0f}s"
@@ -154,10 +165,6 @@ class Fleet:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(_quietly(self.unload(model_id)) for model_id in self.slots))
-
-    @property
-    def memory_used_bytes(self) -> int:
-        return sum(s.worker.memory.resident_bytes for s in self.slots.values() if s.worker and s.worker.memory)
 
 
 async def _quietly(awaitable) -> None:

@@ -147,3 +147,15 @@ def test_client_that_gives_up_on_a_non_streaming_request_frees_the_worker(server
         httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=3))
     # Without the disconnect watch the worker would go on for 1000 tokens (minutes on this CPU).
     assert wait_until(lambda: _model(server).in_flight == 0, timeout=15)
+
+
+def test_request_right_after_a_crash_gets_a_new_worker(client, server):
+    client.chat.completions.create(model="smollm2", messages=STORY, max_tokens=1)
+    old = _model(server).pid
+    os.kill(old, signal.SIGKILL)
+    # No waiting: the gateway may learn of the crash before the supervisor has reaped the process.
+    reply = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], temperature=0, max_tokens=2
+    )
+    assert reply.usage.completion_tokens >= 1
+    assert _model(server).pid not in (None, old)

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
+from gateway.generation import start_generation
 from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
 from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
 from protocol import ErrorCode
-from protocol.ctl import EnsureLoaded
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams
 
 SYSTEM_FINGERPRINT = "mlx-llm-server"
@@ -60,42 +60,30 @@ def _usage(event: Finished) -> dict:
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
     gen = to_generate_request(req)
-    state = request.app.state
-    located = await state.supervisor.call(
-        lambda call_id: EnsureLoaded(call_id=call_id, model=req.model or ""), state.settings.load_timeout
-    )
-    client = state.workers.client(located)
-    stream = await client.open(gen, state.settings.connect_timeout)
+    try:
+        client, stream, first = await start_generation(request, gen, req.model or "")
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening; the worker has been told to stop
     base = {
         "id": gen.request_id,
         "created": int(time.time()),
-        "model": located.model_id,
+        "model": client.model_id,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
-    handed_over = False
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return EventStreamResponse(_chunks(stream, first, base, include_usage), on_close=lambda: client.release(stream))
     try:
-        # Wait for the first event before answering, so errors found at admission (context length, a worker
-        # that is gone) still get a proper status code rather than an error inside a 200 stream.
-        first = await unless_disconnected(request, stream.next())
-        if isinstance(first, GenerationError):
-            raise _error(first)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            handed_over = True
-            return EventStreamResponse(
-                _chunks(stream, first, base, include_usage), on_close=lambda: client.release(stream)
-            )
         last, text = await unless_disconnected(request, _collect(stream, first))
-        if isinstance(last, GenerationError):
-            raise _error(last)
-        message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
-        return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(last)})
     except ClientGone:
-        return Response(status_code=499)  # nobody is listening; the worker has been told to stop
+        return Response(status_code=499)
     finally:
-        if not handed_over:
-            client.release(stream)  # aborts the generation in the worker unless it finished
+        client.release(stream)  # aborts the generation in the worker unless it finished
+    if isinstance(last, GenerationError):
+        raise _error(last)
+    message = {"role": "assistant", "content": text}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
+    return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(last)})
 
 
 async def _collect(stream, event) -> tuple[Finished | GenerationError, str]:
