@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,7 @@ def main() -> None:
                   f"server {served[-1]['decode_tps']:.2f} tok/s", flush=True)  # fmt: skip
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     summary = {
         name: {

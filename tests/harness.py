@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,7 @@ def write_config(path: Path, store: Path, models: list[dict], **settings) -> Pat
 class Server:
     def __init__(self, config: Path, run_dir: Path | None = None):
         self.config = config
+        self._owns_run_dir = run_dir is None
         self.run_dir = run_dir or short_run_dir()
         self.port = free_port()
         self.env = os.environ | {
@@ -120,6 +122,8 @@ class Server:
         for pid in self._workers_seen:  # belt and braces: no worker outlives the test session
             if psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGKILL)
+        if self._owns_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
