@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import uvicorn
 
@@ -13,14 +12,12 @@ from gateway.settings import GatewaySettings
 
 def main() -> None:
     settings = GatewaySettings.from_env()
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s gateway %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s gateway %(levelname)s %(message)s")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
     )
 

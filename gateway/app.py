@@ -9,7 +9,7 @@ import zmq.asyncio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import APIError
@@ -17,6 +17,7 @@ from gateway.routes.chat import chat_completions
 from gateway.routes.health import health
 from gateway.routes.models import list_models
 from gateway.settings import GatewaySettings
+from gateway.streaming import ClientGone
 from gateway.supervisor_client import SupervisorClient
 from gateway.worker_client import WorkerPool
 from protocol import ErrorCode
@@ -26,6 +27,10 @@ log = logging.getLogger("gateway")
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return exc.response()
+
+
+async def _client_gone(request: Request, exc: ClientGone) -> Response:
+    return Response(status_code=499)  # nobody is listening any more; its generation has been aborted
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -74,5 +79,10 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
     return Starlette(
         routes=_routes(),
         lifespan=lifespan,
-        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={
+            APIError: _api_error,
+            ClientGone: _client_gone,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
     )

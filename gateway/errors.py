@@ -31,6 +31,11 @@ class APIError(Exception):
         if status is not None:
             self.status = status
 
+    @classmethod
+    def from_event(cls, event) -> APIError:
+        """From a GenerationError or CallFailed that crossed a process boundary."""
+        return cls(event.code, event.message)
+
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 

@@ -21,21 +21,22 @@ async def start_generation(
     anything is replaced and the request sent once more: nothing has reached the client, so the retry is
     invisible. Raises APIError, or ClientGone if the client leaves meanwhile (the generation is aborted).
     """
-    state = request.app.state
-    stale = None
-    for attempt in range(2):
-        client = await state.workers.acquire(model, stale_instance=stale)
-        stream = await client.open(gen, state.settings.connect_timeout)
-        try:
-            first = await unless_disconnected(request, stream.next())
-        except BaseException:
-            client.release(stream)
-            raise
-        if isinstance(first, GenerationError):
-            client.release(stream)
-            if first.code == ErrorCode.WORKER_CRASHED and attempt == 0:
-                stale = client.instance_id
-                continue
-            raise APIError(first.code, first.message)
-        return client, stream, first
-    raise AssertionError("unreachable")
+    client, stream, first = await _send(request, gen, model, stale_instance=None)
+    if isinstance(first, GenerationError) and first.code == ErrorCode.WORKER_CRASHED:
+        client, stream, first = await _send(request, gen, model, stale_instance=client.instance_id)
+    if isinstance(first, GenerationError):
+        raise APIError.from_event(first)
+    return client, stream, first
+
+
+async def _send(request: Request, gen: GenerateRequest, model: str, stale_instance: str | None):
+    client = await request.app.state.workers.acquire(model, stale_instance)
+    stream = await client.open(gen, request.app.state.settings.connect_timeout)
+    try:
+        first = await unless_disconnected(request, stream.next())
+    except BaseException:
+        client.release(stream)
+        raise
+    if isinstance(first, GenerationError):
+        client.release(stream)
+    return client, stream, first

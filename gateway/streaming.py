@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
@@ -17,8 +17,8 @@ class ClientGone(Exception):
     """The client disconnected before the answer was ready."""
 
 
-def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+def sse(payload: dict) -> bytes:
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -40,7 +40,7 @@ class SupervisorClient:
         finally:
             self._pending.pop(call_id, None)
         if isinstance(reply, CallFailed):
-            raise APIError(reply.code, reply.message)
+            raise APIError.from_event(reply)
         return reply
 
     async def _read(self) -> None:

@@ -17,7 +17,7 @@ from gateway.settings import GatewaySettings
 from gateway.supervisor_client import SupervisorClient
 from protocol import DecodeError, ErrorCode, encode
 from protocol.ctl import EnsureLoaded, Located
-from protocol.generation import TERMINAL, Abort, GenerateRequest, GenerationError, worker_outbound_decoder
+from protocol.generation import TERMINAL, Abort, GenerateRequest, failure, worker_outbound_decoder
 
 log = logging.getLogger("gateway.worker")
 
@@ -36,14 +36,11 @@ class RequestStream:
 
     async def next(self):
         try:
-            event = await asyncio.wait_for(self._queue.get(), self._silence)
+            # Per token: asyncio.timeout is a deadline on this task, wait_for would wrap a new task each time.
+            async with asyncio.timeout(self._silence):
+                event = await self._queue.get()
         except TimeoutError:
-            event = GenerationError(
-                request_id=self.request_id,
-                code=ErrorCode.TIMEOUT,
-                message=f"the worker sent nothing for {self._silence:.0f}s",
-                retryable=True,
-            )
+            event = failure(self.request_id, ErrorCode.TIMEOUT, f"the worker sent nothing for {self._silence:.0f}s")
         if isinstance(event, TERMINAL):
             self.done = True
         return event
@@ -69,10 +66,10 @@ class WorkerClient:
             try:
                 await asyncio.wait_for(self.connected.wait(), connect_timeout)
             except TimeoutError:
-                self._fail_all(f"could not connect to the worker at {self.endpoint}")
+                self.mark_dead(f"could not connect to the worker at {self.endpoint}")
         stream = RequestStream(request.request_id, self._silence)
         if self.dead:
-            stream.put(self._crash_event(request.request_id, f"the worker for {self.model_id} is gone"))
+            stream.put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"the worker for {self.model_id} is gone"))
             return stream
         self._streams[request.request_id] = stream
         await self._sock.send(encode(request))
@@ -102,17 +99,14 @@ class WorkerClient:
             if event == zmq.EVENT_CONNECTED:
                 self.connected.set()
             elif event == zmq.EVENT_DISCONNECTED:
-                self._fail_all(f"the worker for {self.model_id} exited during the request")
+                self.mark_dead(f"the worker for {self.model_id} exited during the request")
                 return
 
-    def _fail_all(self, reason: str) -> None:
+    def mark_dead(self, reason: str) -> None:
+        """No more events will come from this worker: every open stream ends with `worker_crashed`."""
         self.dead = True
         for request_id, stream in list(self._streams.items()):
-            stream.put(self._crash_event(request_id, reason))
-
-    @staticmethod
-    def _crash_event(request_id: str, reason: str) -> GenerationError:
-        return GenerationError(request_id=request_id, code=ErrorCode.WORKER_CRASHED, message=reason, retryable=True)
+            stream.put(failure(request_id, ErrorCode.WORKER_CRASHED, reason))
 
     def close(self) -> None:
         for task in self._tasks:
@@ -137,12 +131,6 @@ class WorkerPool:
         `stale_instance` names a worker the caller found gone, so the supervisor replaces it rather than
         handing it out again (the gateway can see a worker's socket close before the supervisor reaps it).
         """
-        client = await self._locate(model, stale_instance)
-        if client.dead:
-            client = await self._locate(model, stale_instance=client.instance_id)
-        return client
-
-    async def _locate(self, model: str, stale_instance: str | None) -> WorkerClient:
         located = await self._supervisor.call(
             lambda call_id: EnsureLoaded(call_id=call_id, model=model, stale_instance=stale_instance),
             self._settings.load_timeout,
@@ -151,7 +139,7 @@ class WorkerPool:
         if current is not None and current.instance_id == located.instance_id:
             return current
         if current is not None:
-            current._fail_all("the worker was replaced")
+            current.mark_dead("the worker was replaced")
             current.close()
         client = WorkerClient(self._ctx, located, self._settings.silence_timeout)
         self._clients[located.model_id] = client

@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from protocol.codec import Message, decoder
+from protocol.errors import RETRYABLE
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +65,11 @@ class GenerationError(Message, tag="error"):
     code: str  # an ErrorCode value
     message: str
     retryable: bool = False
+
+
+def failure(request_id: str, code: str, message: str) -> GenerationError:
+    """A request's error event; whether a client may retry follows from the code."""
+    return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE)
 
 
 WorkerOutbound = TextChunk | Finished | GenerationError

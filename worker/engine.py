@@ -13,23 +13,19 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from protocol.errors import RETRYABLE, ErrorCode
+from protocol.errors import ErrorCode
 from protocol.generation import (
     Finished,
     GenerateRequest,
-    GenerationError,
     TextChunk,
     Usage,
     WorkerOutbound,
+    failure,
 )
 from worker.model_loader import LoadedModel
 from worker.stop_matcher import StopMatcher
 
 Emit = Callable[[WorkerOutbound], None]
-
-
-def _failure(request_id: str, code: ErrorCode, message: str) -> GenerationError:
-    return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE)
 
 
 class RequestRejected(ValueError):
@@ -76,12 +72,12 @@ class Engine:
         if running is not None and running.request_id == request_id:
             running.tokens.close()  # type: ignore[attr-defined]
             self._running = None
-            emit(_failure(request_id, code, reason))
+            emit(failure(request_id, code, reason))
             return True
         for queued in self._queue:
             if queued.request_id == request_id:
                 self._queue.remove(queued)
-                emit(_failure(request_id, code, reason))
+                emit(failure(request_id, code, reason))
                 return True
         return False
 
@@ -103,7 +99,7 @@ class Engine:
             response = next(running.tokens)
         except Exception as exc:  # an MLX failure ends this request, not the worker
             self._running = None
-            emit(_failure(running.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            emit(failure(running.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
             return
         running.completion_tokens = response.generation_tokens
         text = running.stops.feed(response.text)
@@ -130,10 +126,10 @@ class Engine:
             prompt = self.encode_prompt(request)
             max_tokens = self._max_tokens(request, len(prompt))
         except RequestRejected as exc:
-            emit(_failure(request.request_id, exc.code, str(exc)))
+            emit(failure(request.request_id, exc.code, str(exc)))
             return
         except Exception as exc:  # a tokenizer failure ends this request, not the worker
-            emit(_failure(request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            emit(failure(request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
             return
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler

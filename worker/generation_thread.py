@@ -15,7 +15,7 @@ import zmq
 
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, Ping, Pong, Ready
-from protocol.generation import TERMINAL, Abort, GenerateRequest, GenerationError
+from protocol.generation import TERMINAL, Abort, GenerateRequest, failure
 from worker.engine import Engine
 from worker.memory import memory_report
 from worker.model_loader import device_name, load_model
@@ -101,14 +101,7 @@ class GenerationThread(threading.Thread):
     def _handle(self, message, engine: Engine) -> None:
         if isinstance(message, GenerateRequest):
             if self._drain.is_set() or self._halt.is_set():
-                self._emit(
-                    GenerationError(
-                        request_id=message.request_id,
-                        code=ErrorCode.SHUTTING_DOWN,
-                        message="the worker is shutting down",
-                        retryable=True,
-                    )
-                )
+                self._emit(failure(message.request_id, ErrorCode.SHUTTING_DOWN, "the worker is shutting down"))
             else:
                 engine.submit(message)
         elif isinstance(message, Abort):

@@ -17,7 +17,7 @@ import zmq
 
 from protocol import DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, Refused, Welcome, to_worker_decoder
-from protocol.generation import GenerateRequest, GenerationError, worker_inbound_decoder
+from protocol.generation import GenerateRequest, failure, worker_inbound_decoder
 
 log = logging.getLogger("worker.transport")
 
@@ -106,15 +106,15 @@ class Transport(threading.Thread):
             message = decoder.decode(frame)
         except DecodeError as exc:
             rid = salvage_id(frame, "request_id") or ""
-            reply = GenerationError(request_id=rid, code=ErrorCode.MALFORMED_FRAME, message=str(exc))
+            reply = failure(rid, ErrorCode.MALFORMED_FRAME, str(exc))
             data.send_multipart([identity, encode(reply)])
             return
         if isinstance(message, GenerateRequest):
             if message.request_id in routes:
-                reply = GenerationError(
-                    request_id=message.request_id,
-                    code=ErrorCode.INVALID_REQUEST,
-                    message=f"request_id {message.request_id!r} is already in flight",
+                reply = failure(
+                    message.request_id,
+                    ErrorCode.INVALID_REQUEST,
+                    f"request_id {message.request_id!r} is already in flight",
                 )
                 data.send_multipart([identity, encode(reply)])
                 return

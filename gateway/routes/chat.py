@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.errors import APIError
 from gateway.generation import start_generation
 from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
-from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
+from gateway.streaming import EventStreamResponse, sse, unless_disconnected
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams
 
@@ -48,10 +48,6 @@ def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
     )
 
 
-def _error(event: GenerationError) -> APIError:
-    return APIError(event.code, event.message)
-
-
 def _usage(event: Finished) -> dict:
     u = event.usage
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
@@ -60,10 +56,7 @@ def _usage(event: Finished) -> dict:
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
     gen = to_generate_request(req)
-    try:
-        client, stream, first = await start_generation(request, gen, req.model or "")
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening; the worker has been told to stop
+    client, stream, first = await start_generation(request, gen, req.model or "")
     base = {
         "id": gen.request_id,
         "created": int(time.time()),
@@ -75,12 +68,10 @@ async def chat_completions(request: Request) -> Response:
         return EventStreamResponse(_chunks(stream, first, base, include_usage), on_close=lambda: client.release(stream))
     try:
         last, text = await unless_disconnected(request, _collect(stream, first))
-    except ClientGone:
-        return Response(status_code=499)
     finally:
         client.release(stream)  # aborts the generation in the worker unless it finished
     if isinstance(last, GenerationError):
-        raise _error(last)
+        raise APIError.from_event(last)
     message = {"role": "assistant", "content": text}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
     return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(last)})
@@ -95,7 +86,7 @@ async def _collect(stream, event) -> tuple[Finished | GenerationError, str]:
 
 
 async def _chunks(stream, event, base: dict, include_usage: bool):
-    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         body = base | {"object": "chat.completion.chunk", "choices": [choice]}
         if include_usage:
@@ -105,13 +96,13 @@ async def _chunks(stream, event, base: dict, include_usage: bool):
     yield chunk({"role": "assistant", "content": ""})
     while True:
         if isinstance(event, GenerationError):
-            yield sse(_error(event).body())
+            yield sse(APIError.from_event(event).body())
             return
         if isinstance(event, Finished):
             yield chunk({}, event.finish_reason)
             if include_usage:
                 yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
-            yield "data: [DONE]\n\n"
+            yield b"data: [DONE]\n\n"
             return
         yield chunk({"content": event.text})
         event = await stream.next()
