@@ -63,13 +63,13 @@ def test_seeded_sampling_repeats(client):
     assert first.choices[0].message.content == again.choices[0].message.content
 
 
-def test_models_list_shows_configured_models(client):
+def test_models_list_shows_configured_models(client, server):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {"smollm2", "broken"}
     assert models["smollm2"].owned_by == "mlx-llm-server"
     assert models["smollm2"].model_extra["aliases"] == ["tiny"]
     assert models["smollm2"].model_extra["state"] in {"stopped", "starting", "ready"}
-    also = httpx.get(f"{client.base_url}".replace("/v1/", "/api/v1/models")).json()
+    also = httpx.get(f"{server.url}/api/v1/models").json()
     assert {m["id"] for m in also["data"]} == set(models)
 
 
