@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import APIError
+from gateway.routes.admin import load_model, memory_usage, unload_model
 from gateway.routes.chat import chat_completions
 from gateway.routes.health import health
 from gateway.routes.models import list_models
@@ -53,7 +54,13 @@ def _routes() -> list[Route]:
             Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
             Route(f"{prefix}/models", list_models, methods=["GET"]),
         ]
-    routes += [Route("/api/v1/health", health, methods=["GET"]), Route("/health", health, methods=["GET"])]
+    routes += [
+        Route("/api/v1/models/memory/usage", memory_usage, methods=["GET"]),
+        Route("/api/v1/models/{model_id:str}/load", load_model, methods=["POST"]),
+        Route("/api/v1/models/{model_id:str}/unload", unload_model, methods=["POST"]),
+        Route("/api/v1/health", health, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
     return routes
 
 

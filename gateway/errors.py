@@ -13,6 +13,8 @@ _STATUS = {
     ErrorCode.MODEL_NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.MODEL_LOAD_FAILED: (503, "server_error"),
     ErrorCode.MODEL_FAILED: (503, "server_error"),
+    # The model can never fit: retrying will not help, so not 503 (whose Retry-After invites a retry).
+    ErrorCode.INSUFFICIENT_MEMORY: (507, "server_error"),
     ErrorCode.WORKER_CRASHED: (503, "server_error"),
     ErrorCode.WORKER_UNAVAILABLE: (503, "server_error"),
     ErrorCode.SHUTTING_DOWN: (503, "server_error"),

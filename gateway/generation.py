@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
 from starlette.requests import Request
 
 from gateway.errors import APIError
-from gateway.streaming import unless_disconnected
+from gateway.streaming import EventStreamResponse, sse, unless_disconnected
 from gateway.worker_client import RequestStream, WorkerClient
 from protocol import ErrorCode
 from protocol.generation import GenerateRequest, GenerationError, TextChunk
+
+_REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
 
 
 async def start_generation(
@@ -18,11 +23,12 @@ async def start_generation(
 
     Waiting for it before answering lets errors found at admission (context length, a worker that is gone)
     get their own status code instead of an error inside a 200 stream. A worker that dies before producing
-    anything is replaced and the request sent once more: nothing has reached the client, so the retry is
-    invisible. Raises APIError, or ClientGone if the client leaves meanwhile (the generation is aborted).
+    anything, or was already shutting down (evicted, or unloaded for idleness, as the request reached it), is
+    replaced and the request sent once more: nothing has reached the client, so the retry is invisible.
+    Raises APIError, or ClientGone if the client leaves meanwhile (the generation is aborted).
     """
     client, stream, first = await _send(request, gen, model, stale_instance=None)
-    if isinstance(first, GenerationError) and first.code == ErrorCode.WORKER_CRASHED:
+    if isinstance(first, GenerationError) and first.code in _REPLACEABLE:
         client, stream, first = await _send(request, gen, model, stale_instance=client.instance_id)
     if isinstance(first, GenerationError):
         raise APIError.from_event(first)
@@ -40,3 +46,41 @@ async def _send(request: Request, gen: GenerateRequest, model: str, stale_instan
     if isinstance(first, GenerationError):
         client.release(stream)
     return client, stream, first
+
+
+# Renders the SSE body of a started generation in one API dialect.
+Render = Callable[[WorkerClient, RequestStream, TextChunk], AsyncIterator[bytes]]
+KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, proxies and client timeouts see traffic
+
+
+async def stream_generation(request: Request, gen: GenerateRequest, model: str, render: Render) -> EventStreamResponse:
+    """A streaming answer. If the first token comes within the keepalive interval, errors found at admission
+    still get their own status code; otherwise (a model loading, or waiting for memory) the 200 event stream
+    starts at once with keepalive comments until the generation starts, and an error becomes an error event.
+    """
+    interval = request.app.state.settings.keepalive_seconds
+    starting = asyncio.ensure_future(start_generation(request, gen, model))
+    done, _ = await asyncio.wait({starting}, timeout=interval)
+    if done:
+        client, stream, first = starting.result()
+        return EventStreamResponse(render(client, stream, first), on_close=lambda: client.release(stream))
+    started: list[tuple[WorkerClient, RequestStream]] = []
+
+    async def body():
+        while not (await asyncio.wait({starting}, timeout=interval))[0]:
+            yield KEEPALIVE
+        try:
+            client, stream, first = starting.result()
+        except APIError as exc:
+            yield sse(exc.body())
+            return
+        started.append((client, stream))
+        async for chunk in render(client, stream, first):
+            yield chunk
+
+    def close() -> None:
+        starting.cancel()  # a client gone while waiting: the load may go on, the request does not
+        for client, stream in started:
+            client.release(stream)
+
+    return EventStreamResponse(body(), on_close=close)

@@ -15,6 +15,7 @@ class GatewaySettings:
     load_timeout: float = 600.0  # how long a request may wait for its model to load
     silence_timeout: float = 600.0  # longest gap between two events of one generation before giving up
     connect_timeout: float = 10.0  # how long to wait for a worker socket to connect
+    keepalive_seconds: float = 5.0  # a stream waiting for its model sends an SSE comment this often
     log_level: str = "INFO"
 
     @classmethod
@@ -26,5 +27,6 @@ class GatewaySettings:
             supervisor_endpoint=os.environ.get("SUPERVISOR_ENDPOINT") or f"ipc://{run_dir}/supervisor.sock",
             load_timeout=float(os.environ.get("GATEWAY_LOAD_TIMEOUT", cls.load_timeout)),
             silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
+            keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
         )

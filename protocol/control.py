@@ -20,8 +20,9 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def resident_bytes(self) -> int:
-        """What the model costs the machine: RSS on unified-memory Macs and CPU; at least MLX's active set."""
-        return max(self.rss_bytes, self.mlx_active_bytes)
+        """What the model costs the machine: RSS on unified-memory Macs and CPU; at least MLX's active set plus
+        the freed buffers MLX keeps cached for reuse (held until the process exits)."""
+        return max(self.rss_bytes, self.mlx_active_bytes + self.mlx_cache_bytes)
 
 
 class Hello(Message, tag="hello"):

@@ -28,6 +28,14 @@ class Unload(Message, tag="unload"):
     model: str
 
 
+class Pin(Message, tag="pin"):
+    """Pin (or unpin) a model: a pinned model is never evicted to make room for another."""
+
+    call_id: str
+    model: str
+    pinned: bool = True
+
+
 class ListModels(Message, tag="list_models"):
     call_id: str
 
@@ -44,12 +52,19 @@ class Located(Message, tag="located"):
     model_id: str
     endpoint: str
     instance_id: str
+    evicted: list[str] = []  # models stopped to make room for this load (for the caller that waited on it)
 
 
 class Unloaded(Message, tag="unloaded"):
     call_id: str
     model_id: str
     pid: int | None  # the process that was stopped, None if the model was not loaded
+
+
+class Pinned(Message, tag="pinned"):
+    call_id: str
+    model_id: str
+    pinned: bool
 
 
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,17 +76,32 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     context_length: int
     memory_estimate_bytes: int
     memory_bytes: int = 0  # resident, as last reported by the worker
+    charged_bytes: int = 0  # what the budget counts for it now (see supervisor/memory_budget.py)
+    pinned: bool = False
+    priority: int = 0
     pid: int | None = None
     uptime_seconds: float | None = None
+    idle_seconds: float | None = None
     in_flight: int = 0
     last_error: str | None = None
     alive: bool | None = None  # only in Status replies: did a ping reach the generation loop?
     ping_ms: float | None = None
 
 
+class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):
+    budget_bytes: int
+    used_bytes: int  # charged by models whose worker process exists
+    reserved_bytes: int  # granted to loads whose process is not started yet
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.budget_bytes - self.used_bytes - self.reserved_bytes)
+
+
 class ModelList(Message, tag="model_list"):
     call_id: str
     models: list[ModelInfo]
+    memory: BudgetInfo | None = None
 
 
 class StatusReport(Message, tag="status_report"):
@@ -81,6 +111,7 @@ class StatusReport(Message, tag="status_report"):
     uptime_seconds: float
     memory_budget_bytes: int
     models: list[ModelInfo]
+    memory: BudgetInfo | None = None
 
 
 class CallFailed(Message, tag="call_failed"):
@@ -91,8 +122,8 @@ class CallFailed(Message, tag="call_failed"):
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(EnsureLoaded, Load, Unload, ListModels, Status)
+    return decoder(EnsureLoaded, Load, Unload, Pin, ListModels, Status)
 
 
 def reply_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(Located, Unloaded, ModelList, StatusReport, CallFailed)
+    return decoder(Located, Unloaded, Pinned, ModelList, StatusReport, CallFailed)

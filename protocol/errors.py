@@ -10,6 +10,7 @@ class ErrorCode(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_LOAD_FAILED = "model_load_failed"
     MODEL_FAILED = "model_failed"  # too many crashes; an operator must load it again
+    INSUFFICIENT_MEMORY = "insufficient_memory"  # larger than the whole memory budget: never attempted
     WORKER_CRASHED = "worker_crashed"
     WORKER_UNAVAILABLE = "worker_unavailable"
     SHUTTING_DOWN = "shutting_down"

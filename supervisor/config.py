@@ -21,18 +21,20 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     source: str
     aliases: list[str] = []
     type: str = "llm"
-    memory_gb: float | None = None  # estimate used before the worker reports what it really holds
+    # What the model may hold: weights, KV cache and runtime. Default: estimated from the files on disk.
+    memory_gb: float | None = None
     context_length: int | None = None  # default: what the model declares
     auto_load: bool = False
+    pinned: bool = False  # loaded at start-up and never evicted (an operator may still unload it)
+    priority: int = 0  # eviction order: lower priority is evicted first, then least recently used
+    idle_ttl_seconds: float | None = None  # unload after this long without requests; None: the global TTL
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.type != "llm":
             raise ValueError(f"model {self.id!r}: type {self.type!r} is not supported yet (supported: llm)")
-
-    @property
-    def memory_estimate_bytes(self) -> int:
-        return int((self.memory_gb or 0) * GB)
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise ValueError(f"model {self.id!r}: memory_gb must be positive")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -43,6 +45,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     load_timeout_seconds: float = 600.0
     shutdown_grace_seconds: float = 10.0
     heartbeat_seconds: float = 2.0
+    # A worker whose generation loop answers no ping for this long is wedged: it is killed like a crash.
+    heartbeat_timeout_seconds: float = 60.0
+    idle_ttl_seconds: float = 0.0  # unload a model idle this long; 0: never (a model's own TTL wins)
+    # Requests for a model that must wait for memory (busy models cannot be evicted): how many may wait
+    # across all models, and for how long, before they get 503 with Retry-After.
+    max_waiting_requests: int = 256
+    max_wait_seconds: float = 120.0
+    # More than crash_limit crashes within crash_window_seconds marks a model failed until `ctl load`.
+    crash_limit: int = 3
+    crash_window_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_gb <= 0:
+            raise ValueError("memory_budget_gb must be positive")
 
 
 class Config:
@@ -63,6 +79,8 @@ class Config:
                     raise ValueError(f"model name {name!r} is used twice in the config")
                 self._names[name] = spec.id
             self.models[spec.id] = spec
+            if spec.memory_gb is None and is_hub_id(spec.source):
+                raise ValueError(f"model {spec.id!r}: set memory_gb (hub weights are not on disk to measure)")
         if not settings.models:
             raise ValueError("the config lists no models")
         self.default_model = settings.default_model or settings.models[0].id
@@ -77,12 +95,17 @@ class Config:
     def source_of(self, spec: ModelSpec) -> str:
         """What the worker loads: an absolute directory, or a hub repo id left for mlx-lm to fetch."""
         source = spec.source
+        if is_hub_id(source):
+            return source
         if source.startswith(("/", "~", "./", "../")):
             path = Path(source).expanduser()
             return str(path if path.is_absolute() else (self.base_dir / path).resolve())
-        if "/" in source:
-            return source
         return str(self.store / source)
+
+
+def is_hub_id(source: str) -> bool:
+    """org/name; paths start with /, ~, ./ or ../ and bare names are directories in the model store."""
+    return "/" in source and not source.startswith(("/", "~", "./", "../"))
 
 
 def load_config(path: str | os.PathLike) -> Config:

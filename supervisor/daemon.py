@@ -28,14 +28,17 @@ from protocol.ctl import (
     Load,
     Located,
     ModelList,
+    Pin,
+    Pinned,
     Status,
     StatusReport,
     Unload,
     Unloaded,
     call_decoder,
 )
-from supervisor.config import GB, Config
+from supervisor.config import Config
 from supervisor.fleet import Fleet, FleetError
+from supervisor.orphans import WorkerRegistry
 from supervisor.worker_process import WorkerProcess
 
 log = logging.getLogger("supervisor")
@@ -52,7 +55,8 @@ class Supervisor:
         self.config = config
         self.run_dir = run_dir
         self.ctl_endpoint, self.workers_endpoint = endpoints(run_dir)
-        self.fleet = Fleet(config, str(run_dir), self.workers_endpoint)
+        self.registry = WorkerRegistry(run_dir)
+        self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry)
         self.fleet.pinger = self._ping
         self.started = time.monotonic()
         self._ctx = zmq.asyncio.Context()
@@ -65,6 +69,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        for pid in self.registry.sweep():
+            log.warning("stopped orphan worker pid %d left by a previous supervisor", pid)
         self._ctl = self._ctx.socket(zmq.ROUTER)
         self._workers = self._ctx.socket(zmq.ROUTER)
         for sock in (self._ctl, self._workers):
@@ -122,14 +128,18 @@ class Supervisor:
         fleet = self.fleet
         match call:
             case EnsureLoaded():
-                return _located(call, await fleet.ensure_loaded(call.model, stale_instance=call.stale_instance))
+                return _located(call, *await fleet.ensure_loaded(call.model, stale_instance=call.stale_instance))
             case Load():
-                return _located(call, await fleet.ensure_loaded(call.model, retry_failed=True))
+                return _located(call, *await fleet.ensure_loaded(call.model, retry_failed=True))
             case Unload():
                 pid = await fleet.unload(call.model)
                 return Unloaded(call_id=call.call_id, model_id=fleet.slot(call.model).spec.id, pid=pid)
+            case Pin():
+                slot = fleet.pin(call.model, call.pinned)
+                return Pinned(call_id=call.call_id, model_id=slot.spec.id, pinned=slot.pinned)
             case ListModels():
-                return ModelList(call_id=call.call_id, models=[s.info() for s in fleet.slots.values()])
+                models = [s.info() for s in fleet.slots.values()]
+                return ModelList(call_id=call.call_id, models=models, memory=fleet.memory())
             case Status():
                 slots = list(fleet.slots.values())
                 pings = await asyncio.gather(*(fleet.ping(s, call.ping_timeout) for s in slots))
@@ -142,8 +152,9 @@ class Supervisor:
                     pid=os.getpid(),
                     protocol_version=PROTOCOL_VERSION,
                     uptime_seconds=time.monotonic() - self.started,
-                    memory_budget_bytes=int(self.config.settings.memory_budget_gb * GB),
+                    memory_budget_bytes=fleet.budget_bytes,
                     models=models,
+                    memory=fleet.memory(),
                 )
         raise FleetError(ErrorCode.INVALID_REQUEST, f"unsupported call {type(call).__name__}")
 
@@ -206,17 +217,21 @@ class Supervisor:
             self._pending_pings.pop(call_id, None)
 
     async def _heartbeat(self) -> None:
-        """Refresh each ready worker's memory and in-flight figures from its pongs."""
-        interval = self.config.settings.heartbeat_seconds
         while True:
-            await asyncio.sleep(interval)
-            ready = [s for s in self.fleet.slots.values() if s.worker is not None]
-            await asyncio.gather(*(self.fleet.ping(s, interval) for s in ready))
+            await asyncio.sleep(self.config.settings.heartbeat_seconds)
+            try:
+                await self.fleet.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")
 
 
-def _located(call, worker: WorkerProcess) -> Located:
+def _located(call, worker: WorkerProcess, evicted: list[str]) -> Located:
     return Located(
-        call_id=call.call_id, model_id=worker.model_id, endpoint=worker.endpoint, instance_id=worker.instance_id
+        call_id=call.call_id,
+        model_id=worker.model_id,
+        endpoint=worker.endpoint,
+        instance_id=worker.instance_id,
+        evicted=evicted,
     )
 
 

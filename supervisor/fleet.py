@@ -1,8 +1,9 @@
 """The fleet: every configured model's slot, and the one entry point that gets a model served.
 
-`ensure_loaded` decides internally whether to start a worker, wait for a load in progress, or wait for a stop
-to finish and then start; callers never read a state and act on it. Everything here runs on one asyncio loop,
-so a check and the action that follows it cannot be interleaved with another caller's.
+`ensure_loaded` decides internally whether to start a worker, wait for a load in progress, wait for a stop to
+finish and then start, or wait for memory held by busy models; callers never read a state and act on it.
+Everything here runs on one asyncio loop, so a check and the action that follows it cannot be interleaved with
+another caller's unless an `await` stands between them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from collections.abc import Awaitable, Callable
 
 from protocol import ErrorCode
 from protocol.control import Pong
-from supervisor.config import Config
+from protocol.ctl import BudgetInfo
+from supervisor.config import GB, Config
+from supervisor.memory_budget import estimate_bytes, plan_room
 from supervisor.model_slot import ModelSlot, State
+from supervisor.orphans import WorkerRegistry
 from supervisor.worker_process import WorkerProcess, WorkerStartError, describe_exit
 
 log = logging.getLogger("supervisor.fleet")
@@ -30,19 +34,28 @@ class FleetError(Exception):
 
 
 STALE_EXIT_WAIT = 5.0  # how long a worker reported gone may take to be seen exiting
+ROOM_POLL_SECONDS = 0.5  # while waiting for memory: how often busy models are pinged for their in-flight count
 
 # Sends a Ping to a worker and waits for its Pong (None on timeout); provided by the daemon's socket layer.
 Pinger = Callable[[WorkerProcess, float], Awaitable[Pong | None]]
 
 
 class Fleet:
-    def __init__(self, config: Config, run_dir: str, workers_endpoint: str):
+    def __init__(self, config: Config, run_dir: str, workers_endpoint: str, registry: WorkerRegistry):
         self.config = config
+        self.settings = config.settings
         self.run_dir = run_dir
         self.workers_endpoint = workers_endpoint
-        self.slots = {spec.id: ModelSlot(spec, config.source_of(spec)) for spec in config.settings.models}
+        self.registry = registry
+        self.budget_bytes = int(self.settings.memory_budget_gb * GB)
+        self.slots = {spec.id: ModelSlot(spec, config.source_of(spec)) for spec in self.settings.models}
+        for slot in self.slots.values():
+            slot.estimate = estimate_bytes(slot.spec, slot.source)
         self.by_instance: dict[str, WorkerProcess] = {}
         self.pinger: Pinger | None = None
+        self.waiting = 0  # callers of ensure_loaded waiting for a load
+        self.closing = False  # the supervisor is stopping: no new loads
+        self._changed = asyncio.Event()  # set (and replaced) whenever memory may have been freed
 
     def slot(self, name: str) -> ModelSlot:
         spec = self.config.resolve(name)
@@ -53,33 +66,58 @@ class Fleet:
 
     async def ensure_loaded(
         self, name: str, *, retry_failed: bool = False, stale_instance: str | None = None
-    ) -> WorkerProcess:
+    ) -> tuple[WorkerProcess, list[str]]:
+        """The ready worker for `name`, and the models evicted by the load this call waited for (if any)."""
         slot = self.slot(name)
+        evicted: list[str] = []
         while True:
+            if self.closing:
+                raise FleetError(ErrorCode.SHUTTING_DOWN, "the supervisor is shutting down", retryable=True)
             if slot.state is State.READY:
                 worker = slot.worker
                 if worker.instance_id != stale_instance:
-                    return worker
+                    slot.last_used = time.monotonic()
+                    return worker, evicted
                 # A gateway saw this worker's socket close, maybe before we saw its process exit.
                 try:
                     await asyncio.wait_for(asyncio.shield(worker.exited), STALE_EXIT_WAIT)
                 except TimeoutError:
-                    return worker  # still running: the connection dropped, the worker did not
+                    slot.last_used = time.monotonic()
+                    return worker, evicted  # still running: the connection dropped, the worker did not
                 stale_instance = None
                 continue
             if slot.transition is not None:
-                await _quietly(slot.transition)  # share the load (or stop) in progress, then look again
+                evicted = await self._wait_for(slot) or evicted
                 if slot.state is State.FAILED and not retry_failed:
                     raise FleetError(ErrorCode.MODEL_LOAD_FAILED, f"{slot.spec.id}: {slot.last_error}")
                 continue
             if slot.state is State.FAILED and not retry_failed:
                 raise FleetError(
                     ErrorCode.MODEL_FAILED,
-                    f"{slot.spec.id} failed to load ({slot.last_error}); "
+                    f"{slot.spec.id} failed ({slot.last_error}); "
                     f"an operator can retry with `supervisor ctl load {slot.spec.id}`",
                 )
             retry_failed = False  # one retry per explicit load, not a loop
             slot.transition = asyncio.ensure_future(self._start(slot))
+
+    async def _wait_for(self, slot: ModelSlot) -> list[str] | None:
+        """Share the transition in progress. A load refused for lack of memory fails every caller that shared
+        it; other outcomes are read from the slot's state by the caller."""
+        if self.waiting >= self.settings.max_waiting_requests:
+            raise FleetError(
+                ErrorCode.WORKER_UNAVAILABLE,
+                f"{self.waiting} requests are already waiting for models to load; try again shortly",
+                retryable=True,
+            )
+        self.waiting += 1
+        try:
+            return await asyncio.shield(slot.transition)
+        except FleetError:
+            raise
+        except Exception:
+            return None
+        finally:
+            self.waiting -= 1
 
     async def unload(self, name: str) -> int | None:
         slot = self.slot(name)
@@ -90,58 +128,137 @@ class Fleet:
             if slot.state is not State.READY:
                 return None
             pid = slot.worker.pid
-            slot.transition = asyncio.ensure_future(self._stop(slot))
+            self._begin_stop(slot)
             await _quietly(slot.transition)
             return pid
 
-    async def _start(self, slot: ModelSlot) -> None:
-        slot.state, slot.last_error = State.STARTING, None
+    def pin(self, name: str, pinned: bool) -> ModelSlot:
+        slot = self.slot(name)
+        slot.pinned = pinned
+        return slot
+
+    # -- transitions -------------------------------------------------------------------------------------
+
+    async def _start(self, slot: ModelSlot) -> list[str]:
+        slot.state, slot.last_error, slot.room_granted = State.STARTING, None, False
+        slot.estimate = estimate_bytes(slot.spec, slot.source)
         worker = None
         try:
+            victims = await self._make_room(slot)
             worker = await WorkerProcess.spawn(
                 slot.spec.id,
                 slot.source,
                 self.run_dir,
                 self.workers_endpoint,
                 slot.spec.context_length,
-                self.config.settings.shutdown_grace_seconds,
+                self.settings.shutdown_grace_seconds,
             )
+            self.registry.add(worker.pid)
             slot.worker = worker
             self.by_instance[worker.instance_id] = worker
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
-            ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.config.settings.load_timeout_seconds)
-            slot.state = State.READY
+            ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.load_timeout_seconds)
+            slot.state, slot.last_used = State.READY, time.monotonic()
             log.info("%s ready in %.1fs on %s (pid %d)", slot.spec.id, ready.load_seconds, ready.device, worker.pid)
+            return victims
+        except FleetError as exc:
+            log.warning("%s not started: %s", slot.spec.id, exc)
+            slot.state, slot.last_error = State.STOPPED, str(exc)
+            raise
         except (WorkerStartError, TimeoutError, OSError) as exc:
-            message = str(exc) or f"no Ready within {self.config.settings.load_timeout_seconds:.0f}s"
+            message = str(exc) or f"no Ready within {self.settings.load_timeout_seconds:.0f}s"
             log.error("%s failed to start: %s", slot.spec.id, message)
-            slot.state, slot.last_error, slot.worker = State.FAILED, message, None
             if worker is not None:
                 worker.kill()
                 await worker.exited
-                self.by_instance.pop(worker.instance_id, None)
+            slot.state, slot.last_error, slot.worker = State.FAILED, message, None
+            raise
         finally:
+            slot.room_granted = False
             slot.transition = None
+            self._notify()
+
+    async def _make_room(self, slot: ModelSlot) -> list[str]:
+        """Grant `slot` its estimate, evicting idle models if needed (and waiting for them to exit), or waiting
+        while busy models hold the memory; returns the ids of the evicted models."""
+        need, budget = slot.estimate, self.budget_bytes
+        if need > budget:
+            raise FleetError(
+                ErrorCode.INSUFFICIENT_MEMORY,
+                f"{slot.spec.id} needs {need / GB:.2f} GB, more than the whole memory budget ({budget / GB:.2f} GB)",
+            )
+        deadline = time.monotonic() + self.settings.max_wait_seconds
+        others = [s for s in self.slots.values() if s is not slot]
+        while (victims := plan_room(need, budget, others)) is None:
+            if time.monotonic() >= deadline:
+                raise FleetError(ErrorCode.WORKER_UNAVAILABLE, self._no_room(slot, others), retryable=True)
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), ROOM_POLL_SECONDS)
+            await self._refresh(s for s in others if s.state is State.READY and not s.idle)
+        # Decided: from here to the first await nothing else runs, so the victims and the grant are one step.
+        slot.room_granted = True
+        for victim in victims:
+            log.info("evicting %s (idle %.0fs) to make room for %s", victim.spec.id,
+                     time.monotonic() - victim.last_used, slot.spec.id)  # fmt: skip
+            self._begin_stop(victim)
+        await asyncio.gather(*(_quietly(v.transition) for v in victims if v.transition is not None))
+        return [v.spec.id for v in victims]
+
+    def _no_room(self, slot: ModelSlot, others: list[ModelSlot]) -> str:
+        def why(s: ModelSlot) -> str:
+            if s.state is State.READY:
+                return "pinned" if s.pinned else f"{s.worker.in_flight} in flight"
+            return s.state.value
+
+        holders = ", ".join(f"{s.spec.id} ({s.charge / GB:.2f} GB, {why(s)})" for s in others if s.charge)
+        return (
+            f"no memory for {slot.spec.id} ({slot.estimate / GB:.2f} GB) after {self.settings.max_wait_seconds:.0f}s: "
+            f"the {self.budget_bytes / GB:.2f} GB budget is held by models that are busy or pinned: {holders}"
+        )
+
+    def _begin_stop(self, slot: ModelSlot) -> None:
+        slot.state = State.STOPPING  # at once, so no one hands this worker out meanwhile
+        slot.transition = asyncio.ensure_future(self._stop(slot))
 
     async def _stop(self, slot: ModelSlot) -> None:
         worker = slot.worker
-        slot.state = State.STOPPING
         try:
-            code = await worker.stop(self.config.settings.shutdown_grace_seconds)
+            code = await worker.stop(self.settings.shutdown_grace_seconds)
             log.info("%s stopped (pid %d, %s)", slot.spec.id, worker.pid, describe_exit(code))
         finally:
-            self.by_instance.pop(worker.instance_id, None)
+            self._forget(worker)
             slot.state, slot.worker, slot.transition = State.STOPPED, None, None
+            self._notify()
 
     def _on_exit(self, slot: ModelSlot, worker: WorkerProcess) -> None:
         worker.on_exit()
-        if slot.worker is worker and slot.state is State.READY:
-            # A crash: the gateway fails the requests in flight when its connection drops; the next
-            # request for this model starts a new worker.
-            slot.last_error = f"worker pid {worker.pid} crashed ({describe_exit(worker.proc.returncode)})"
-            log.error("%s: %s", slot.spec.id, slot.last_error)
-            slot.state, slot.worker = State.STOPPED, None
-            self.by_instance.pop(worker.instance_id, None)
+        self.registry.remove(worker.pid)
+        if slot.worker is not worker or slot.state is not State.READY:
+            return
+        # A crash: the gateway fails the requests in flight when its connection drops; the next request for
+        # this model starts a new worker, unless it keeps crashing.
+        now = time.monotonic()
+        crashes = slot.record_crash(now, self.settings.crash_window_seconds)
+        slot.last_error = f"worker pid {worker.pid} crashed ({describe_exit(worker.proc.returncode)})"
+        if crashes > self.settings.crash_limit:
+            slot.last_error += f"; {crashes} crashes within {self.settings.crash_window_seconds:.0f}s"
+            slot.state = State.FAILED
+        else:
+            slot.state = State.STOPPED
+        log.error("%s: %s", slot.spec.id, slot.last_error)
+        slot.worker = None
+        self._forget(worker)
+        self._notify()
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        self.by_instance.pop(worker.instance_id, None)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- heartbeats and housekeeping ---------------------------------------------------------------------
 
     async def ping(self, slot: ModelSlot, timeout: float) -> tuple[bool, float | None]:
         worker = slot.worker
@@ -153,17 +270,48 @@ class Fleet:
             return False, None
         return True, (time.perf_counter() - started) * 1000
 
+    async def _refresh(self, slots) -> None:
+        await asyncio.gather(*(self.ping(s, ROOM_POLL_SECONDS * 2) for s in slots))
+
     def on_pong(self, pong: Pong) -> None:
         worker = self.by_instance.get(pong.instance_id)
-        if worker is not None:
-            worker.memory = pong.memory
-            worker.in_flight = pong.in_flight + pong.queued
+        if worker is None:
+            return
+        worker.memory, worker.pong_at = pong.memory, time.monotonic()
+        worker.in_flight = pong.in_flight + pong.queued
+        slot = self.slots.get(worker.model_id)
+        if worker.in_flight:
+            slot.last_used = worker.pong_at
+        elif slot.idle:
+            self._notify()  # an idle model can be evicted: wake loads waiting for memory
+
+    async def housekeeping(self) -> None:
+        """Once a heartbeat: ping every ready worker, kill the wedged, unload the idle past their TTL."""
+        await self._refresh(s for s in self.slots.values() if s.state is State.READY)
+        now = time.monotonic()
+        for slot in self.slots.values():
+            worker = slot.worker
+            if slot.state is not State.READY or worker is None:
+                continue
+            if now - worker.pong_at > self.settings.heartbeat_timeout_seconds:
+                log.error("%s (pid %d) answered no ping for %.0fs: killing it", slot.spec.id, worker.pid,
+                          now - worker.pong_at)  # fmt: skip
+                worker.kill()  # its exit is handled as a crash
+            elif slot.idle_expired(now, self.settings.idle_ttl_seconds):
+                log.info("%s idle for %.0fs: unloading", slot.spec.id, now - slot.last_used)
+                self._begin_stop(slot)
+
+    def memory(self) -> BudgetInfo:
+        reserved = sum(s.charge for s in self.slots.values() if s.state is State.STARTING and s.worker is None)
+        used = sum(s.charge for s in self.slots.values()) - reserved
+        return BudgetInfo(budget_bytes=self.budget_bytes, used_bytes=used, reserved_bytes=reserved)
 
     async def auto_load(self) -> None:
-        specs = [s for s in self.config.settings.models if s.auto_load]
+        specs = [s for s in self.settings.models if s.auto_load or s.pinned]
         await asyncio.gather(*(_quietly(self.ensure_loaded(s.id)) for s in specs))
 
     async def stop_all(self) -> None:
+        self.closing = True
         await asyncio.gather(*(_quietly(self.unload(model_id)) for model_id in self.slots))
 
 

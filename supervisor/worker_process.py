@@ -34,6 +34,7 @@ class WorkerProcess:
         self.memory: MemoryReport | None = None
         self.context_length: int | None = None
         self.in_flight = 0
+        self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
         self.exited = asyncio.ensure_future(proc.wait())
 
@@ -69,6 +70,7 @@ class WorkerProcess:
     def on_ready(self, message: Ready) -> None:
         self.memory = message.memory
         self.context_length = message.context_length
+        self.pong_at = time.monotonic()
         if not self.ready.done():
             self.ready.set_result(message)
 
@@ -101,6 +103,7 @@ class WorkerProcess:
                 log.warning("worker %s (pid %d) ignored SIGTERM for %.0fs: SIGKILL", self.model_id, self.pid, grace)
                 self._signal_group(signal.SIGKILL)
         await self.exited
+        self._signal_group(signal.SIGKILL)  # anything the worker started goes with it
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -40,3 +40,49 @@ def server(server_config):
 @pytest.fixture(scope="session")
 def client(server):
     return OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+SHARED = {"source": MODEL, "context_length": CONTEXT, "memory_gb": 0.3}
+BUDGET_GB = 0.75  # fits two of the 0.3 GB models, not three
+
+
+@pytest.fixture(scope="session")
+def budget_server(tmp_path_factory, model_store):
+    """Three models sharing the bundled weights under different ids, a budget that fits two; `ttl` unloads
+    itself when idle; `huge` can never fit. More than one crash in five minutes marks a model failed."""
+    config = write_config(
+        tmp_path_factory.mktemp("budget") / "models.yaml",
+        model_store,
+        [
+            {"id": "a", **SHARED},
+            {"id": "b", **SHARED},
+            {"id": "c", **SHARED},
+            {"id": "ttl", **SHARED, "idle_ttl_seconds": 2},
+            {"id": "huge", **SHARED, "memory_gb": 5},
+        ],
+        memory_budget_gb=BUDGET_GB,
+        heartbeat_seconds=0.5,
+        max_wait_seconds=90,
+        crash_limit=1,
+    )
+    srv = Server(config).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tight_server(tmp_path_factory, model_store):
+    """Room for one model, a short wait for memory, a short heartbeat timeout, frequent SSE keepalives."""
+    config = write_config(
+        tmp_path_factory.mktemp("tight") / "models.yaml",
+        model_store,
+        [{"id": "x", **SHARED}, {"id": "y", **SHARED}],
+        memory_budget_gb=0.5,
+        heartbeat_seconds=0.5,
+        heartbeat_timeout_seconds=15,
+        max_wait_seconds=3,
+    )
+    srv = Server(config)
+    srv.env["GATEWAY_KEEPALIVE_SECONDS"] = "0.5"
+    yield srv.start()
+    srv.stop()

@@ -66,13 +66,23 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "server.log"
+
+    def log_text(self) -> str:
+        """What the supervisor, its workers and the gateway logged, as an operator would read it."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _popen(self, *args: str) -> subprocess.Popen:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen([sys.executable, *args], env=self.env, cwd=ROOT, stdout=log, stderr=log)
+
     def start_supervisor(self) -> None:
-        self.supervisor = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", "--config", str(self.config)], env=self.env, cwd=ROOT
-        )
+        self.supervisor = self._popen("-m", "supervisor", "run", "--config", str(self.config))
 
     def start_gateway(self) -> None:
-        self.gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=self.env, cwd=ROOT)
+        self.gateway = self._popen("-m", "gateway")
 
     def start(self) -> Server:
         self.start_supervisor()

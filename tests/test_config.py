@@ -15,7 +15,7 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
             tmp_path,
             "model_store: store\nmodels:\n"
             "  - {id: a, aliases: [first], source: local-a}\n"
-            "  - {id: b, source: org/repo}\n"
+            "  - {id: b, source: org/repo, memory_gb: 2}\n"
             "  - {id: c, source: ./dir}\n",
         )
     )
@@ -33,6 +33,8 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
         ("models:\n  - {id: a, source: x, memroy_gb: 3}\n", "memroy_gb"),
         ("models:\n  - {id: a, source: x}\n  - {id: b, source: y, aliases: [a]}\n", "used twice"),
         ("models:\n  - {id: a, source: x, type: tts}\n", "not supported"),
+        ("models:\n  - {id: a, source: org/repo}\n", "set memory_gb"),
+        ("memory_budget_gb: 0\nmodels:\n  - {id: a, source: x}\n", "memory_budget_gb"),
         ("models: []\n", "no models"),
         ("default_model: nope\nmodels:\n  - {id: a, source: x}\n", "default_model"),
         ("models: [\n", "models.yaml"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 
-from protocol.ctl import Located, ModelInfo, StatusReport, Unloaded
+from protocol.ctl import BudgetInfo, Located, ModelInfo, ModelList, Pinned, StatusReport, Unloaded
 from supervisor.cli import build_parser
 from supervisor.ctl import COMMANDS
 
@@ -25,7 +25,8 @@ class FakeClient:
 def model(**overrides):
     fields = dict(
         id="qwen3-14b", aliases=[], type="llm", source="s", state="ready", context_length=32768,
-        memory_estimate_bytes=15 * GB, memory_bytes=int(14.5 * GB), pid=4242, uptime_seconds=3725, in_flight=3,
+        memory_estimate_bytes=15 * GB, memory_bytes=int(14.5 * GB), charged_bytes=15 * GB, pid=4242,
+        uptime_seconds=3725, idle_seconds=0, in_flight=3,
     )  # fmt: skip
     return ModelInfo(**(fields | overrides))
 
@@ -37,26 +38,61 @@ def run(name, reply, *argv):
     return code, out.getvalue(), client.calls
 
 
+BUDGET = BudgetInfo(budget_bytes=400 * GB, used_bytes=15 * GB, reserved_bytes=0)
+
+
 def report(*models):
     return StatusReport(
-        call_id="c1", pid=1, protocol_version=1, uptime_seconds=60, memory_budget_bytes=400 * GB, models=list(models)
-    )
+        call_id="c1", pid=1, protocol_version=1, uptime_seconds=60, memory_budget_bytes=400 * GB,
+        models=list(models), memory=BUDGET,
+    )  # fmt: skip
 
 
 def test_ps_is_a_table_of_every_model():
     code, out, _ = run(
-        "ps", report(model(), model(id="phi-3", state="stopped", pid=None, memory_bytes=0, uptime_seconds=None))
+        "ps",
+        report(
+            model(),
+            model(
+                id="phi-3",
+                state="stopped",
+                pid=None,
+                memory_bytes=0,
+                charged_bytes=0,
+                uptime_seconds=None,
+                idle_seconds=None,
+            ),
+        ),
     )
     assert code == 0
-    header, ready, stopped = out.splitlines()
-    assert header.split() == ["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT"]
-    assert ready.split() == ["qwen3-14b", "ready", "4242", "14.50", "GB", "1h02m", "3"]
-    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-"]
+    budget, header, ready, stopped = out.splitlines()
+    assert budget == "memory budget 400.00 GB: 15.00 GB used, 385.00 GB free"
+    assert header.split() == ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT"]
+    assert ready.split() == ["qwen3-14b", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3"]
+    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-", "-", "-"]
+
+
+def test_memory_shows_the_budget_and_each_models_share():
+    reserved = BudgetInfo(budget_bytes=40 * GB, used_bytes=15 * GB, reserved_bytes=20 * GB)
+    pinned = model(id="phi-3", state="starting", pid=None, memory_bytes=0, charged_bytes=20 * GB, pinned=True)
+    code, out, _ = run("memory", ModelList(call_id="c1", models=[model(), pinned], memory=reserved))
+    assert code == 0
+    budget, header, _, second = out.splitlines()
+    assert budget == "memory budget 40.00 GB: 15.00 GB used, 20.00 GB reserved, 5.00 GB free"
+    assert header.split() == ["MODEL", "STATE", "CHARGED", "RESIDENT", "ESTIMATE", "PINNED", "PRIORITY"]
+    assert second.split() == ["phi-3", "starting", "20.00", "GB", "-", "15.00", "GB", "yes", "0"]
+
+
+def test_pin_and_unpin_send_the_flag():
+    code, out, calls = run("pin", Pinned(call_id="c1", model_id="qwen3-14b", pinned=True), "qwen3")
+    assert code == 0 and out.strip() == "qwen3-14b pinned" and calls[0].pinned is True
+    code, out, calls = run("unpin", Pinned(call_id="c1", model_id="qwen3-14b", pinned=False), "qwen3")
+    assert code == 0 and out.strip() == "qwen3-14b unpinned" and calls[0].pinned is False
 
 
 def test_status_exits_1_when_a_worker_misses_its_ping():
     code, out, _ = run("status", report(model(alive=True, ping_ms=0.8)))
-    assert code == 0 and "pong in 0.8 ms" in out and "400.00 GB budget" in out
+    assert code == 0 and "pong in 0.8 ms" in out and "memory budget 400.00 GB: 15.00 GB used" in out
     code, out, _ = run("status", report(model(alive=False)))
     assert code == 1 and "NO PONG" in out
 
@@ -66,6 +102,9 @@ def test_load_and_unload_name_what_they_did():
         "load", Located(call_id="c1", model_id="qwen3-14b", endpoint="ipc://w", instance_id="i"), "qwen3"
     )
     assert code == 0 and "qwen3-14b ready" in out and calls[0].model == "qwen3"
+    evicting = Located(call_id="c1", model_id="qwen3-14b", endpoint="ipc://w", instance_id="i", evicted=["a", "b"])
+    code, out, _ = run("load", evicting, "qwen3")
+    assert out.splitlines()[:2] == ["evicted a to make room", "evicted b to make room"]
     code, out, _ = run("unload", Unloaded(call_id="c1", model_id="qwen3-14b", pid=4242), "qwen3")
     assert "pid 4242 stopped" in out
     code, out, _ = run("unload", Unloaded(call_id="c1", model_id="qwen3-14b", pid=None), "qwen3")

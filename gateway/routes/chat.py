@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
-from gateway.generation import start_generation
+from gateway.generation import start_generation, stream_generation
 from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
-from gateway.streaming import EventStreamResponse, sse, unless_disconnected
+from gateway.streaming import sse, unless_disconnected
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams
 
@@ -56,16 +56,16 @@ def _usage(event: Finished) -> dict:
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
     gen = to_generate_request(req)
-    client, stream, first = await start_generation(request, gen, req.model or "")
-    base = {
-        "id": gen.request_id,
-        "created": int(time.time()),
-        "model": client.model_id,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    base = {"id": gen.request_id, "created": int(time.time()), "system_fingerprint": SYSTEM_FINGERPRINT}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return EventStreamResponse(_chunks(stream, first, base, include_usage), on_close=lambda: client.release(stream))
+
+        def render(client, stream, first):
+            return _chunks(stream, first, base | {"model": client.model_id}, include_usage)
+
+        return await stream_generation(request, gen, req.model or "", render)
+    client, stream, first = await start_generation(request, gen, req.model or "")
+    base["model"] = client.model_id
     try:
         last, text = await unless_disconnected(request, _collect(stream, first))
     finally:

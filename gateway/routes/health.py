@@ -1,4 +1,5 @@
-"""GET /api/v1/health: the supervisor and each loaded worker count as alive only if a ping got through.
+"""GET /api/v1/health: the supervisor and each loaded worker count as alive only if a ping got through;
+models marked failed are listed.
 
 Worker pings travel gateway -> supervisor -> worker's generation loop -> back, so a worker whose generation
 thread is wedged shows as not alive even while its process and sockets are up.
@@ -38,10 +39,13 @@ async def health(request: Request) -> JSONResponse:
         for m in report.models
         if m.pid is not None
     }
-    # A worker still loading has not failed anything yet; a ready one that misses its ping has.
+    # A worker still loading has not failed anything yet; a ready one that misses its ping has. A model marked
+    # failed (it crashed too often, or its load failed) degrades the status without failing the check: the
+    # other models still serve, so a load balancer should keep this gateway.
     healthy = all(w["alive"] for w in workers.values() if w["state"] == "ready")
+    failed = {m.id: m.last_error for m in report.models if m.state == "failed"}
     body = {
-        "status": "ok" if healthy else "degraded",
+        "status": "ok" if healthy and not failed else "degraded",
         "supervisor": {
             "alive": True,
             "pid": report.pid,
@@ -49,5 +53,6 @@ async def health(request: Request) -> JSONResponse:
             "ping_ms": round((time.perf_counter() - started) * 1000, 1),
         },
         "workers": workers,
+        "failed_models": failed,
     }
     return JSONResponse(body, status_code=200 if healthy else 503)

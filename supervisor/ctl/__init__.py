@@ -5,6 +5,15 @@
 - `run(client, args, out) -> int`: the work, against a CtlClient (or a fake one in tests); the exit code.
 """
 
-from supervisor.ctl import import_model, load, ps, status, unload
+from supervisor.ctl import import_model, load, memory, pin, ps, status, unload, unpin
 
-COMMANDS = {"load": load, "unload": unload, "ps": ps, "status": status, "import": import_model}
+COMMANDS = {
+    "load": load,
+    "unload": unload,
+    "pin": pin,
+    "unpin": unpin,
+    "ps": ps,
+    "memory": memory,
+    "status": status,
+    "import": import_model,
+}

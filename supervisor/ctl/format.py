@@ -9,6 +9,15 @@ def gigabytes(n: int) -> str:
     return f"{n / GB:.2f} GB" if n else "-"
 
 
+def budget_line(memory) -> str:
+    """One line for a BudgetInfo; reserved only when a load holds some."""
+    reserved = f", {memory.reserved_bytes / GB:.2f} GB reserved" if memory.reserved_bytes else ""
+    return (
+        f"memory budget {memory.budget_bytes / GB:.2f} GB: {memory.used_bytes / GB:.2f} GB used{reserved}, "
+        f"{memory.free_bytes / GB:.2f} GB free"
+    )
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

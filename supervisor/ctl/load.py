@@ -1,4 +1,5 @@
-"""Load a model (by id or alias) and wait until it serves. Retries a model marked failed."""
+"""Load a model (by id or alias) and wait until it serves; prints the idle models evicted to make room.
+Retries a model marked failed."""
 
 from protocol.ctl import Load
 
@@ -10,5 +11,7 @@ def add_arguments(parser) -> None:
 
 def run(client, args, out) -> int:
     located = client.call(lambda call_id: Load(call_id=call_id, model=args.model), timeout=args.timeout)
+    for evicted in located.evicted:
+        print(f"evicted {evicted} to make room", file=out)
     print(f"{located.model_id} ready at {located.endpoint}", file=out)
     return 0

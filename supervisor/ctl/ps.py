@@ -1,7 +1,8 @@
-"""Show every configured model: state, worker pid, resident memory, uptime and in-flight requests."""
+"""Show every configured model: state, worker pid, memory (charged to the budget and resident), uptime, idle
+time and in-flight requests, under a line with the budget, what is used and what is free."""
 
 from protocol.ctl import Status
-from supervisor.ctl.format import duration, gigabytes, table
+from supervisor.ctl.format import budget_line, duration, gigabytes, table
 
 
 def add_arguments(parser) -> None:
@@ -10,16 +11,21 @@ def add_arguments(parser) -> None:
 
 def run(client, args, out) -> int:
     report = client.call(lambda call_id: Status(call_id=call_id))
+    if report.memory is not None:
+        print(budget_line(report.memory), file=out)
     rows = [
         [
-            m.id,
+            m.id + (" (pinned)" if m.pinned else ""),
             m.state + ("" if m.alive in (None, True) else " (no pong)"),
             str(m.pid or "-"),
+            gigabytes(m.charged_bytes),
             gigabytes(m.memory_bytes),
             duration(m.uptime_seconds),
+            duration(m.idle_seconds),
             str(m.in_flight) if m.pid else "-",
         ]
         for m in report.models
     ]
-    print(table(["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT"], rows), file=out)
+    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT"]
+    print(table(headers, rows), file=out)
     return 0

@@ -1,7 +1,7 @@
 """Is the supervisor up, and does every loaded worker answer a ping through its generation loop?"""
 
 from protocol.ctl import Status
-from supervisor.ctl.format import duration, gigabytes
+from supervisor.ctl.format import budget_line, duration
 
 
 def add_arguments(parser) -> None:
@@ -10,13 +10,13 @@ def add_arguments(parser) -> None:
 
 def run(client, args, out) -> int:
     report = client.call(lambda call_id: Status(call_id=call_id))
-    used = sum(m.memory_bytes for m in report.models)
     loaded = [m for m in report.models if m.pid]
     print(
         f"supervisor pid {report.pid}, up {duration(report.uptime_seconds)}, protocol v{report.protocol_version}",
         file=out,
     )
-    print(f"memory: {gigabytes(used)} used of {gigabytes(report.memory_budget_bytes)} budget", file=out)
+    if report.memory is not None:
+        print(budget_line(report.memory), file=out)
     print(f"models: {len(loaded)} loaded of {len(report.models)} configured", file=out)
     unhealthy = [m for m in loaded if m.alive is False]
     for m in loaded:
