@@ -46,7 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     shutdown_grace_seconds: float = 10.0
     heartbeat_seconds: float = 2.0
     # A worker whose generation loop answers no ping for this long is wedged: it is killed like a crash.
-    heartbeat_timeout_seconds: float = 60.0
+    heartbeat_timeout_seconds: float = 120.0  # generous: one prefill step of a long prompt answers no ping
     idle_ttl_seconds: float = 0.0  # unload a model idle this long; 0: never (a model's own TTL wins)
     # Requests for a model that must wait for memory (busy models cannot be evicted): how many may wait
     # across all models, and for how long, before they get 503 with Retry-After.
