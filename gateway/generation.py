@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 
 from gateway.errors import APIError
-from gateway.streaming import EventStreamResponse, sse, unless_disconnected
+from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
 from gateway.worker_client import RequestStream, WorkerClient
 from protocol import ErrorCode
 from protocol.generation import GenerateRequest, GenerationError, TextChunk
@@ -73,6 +73,8 @@ async def stream_generation(request: Request, gen: GenerateRequest, model: str, 
             client, stream, first = starting.result()
         except APIError as exc:
             yield sse(exc.body())
+            return
+        except ClientGone:
             return
         started.append((client, stream))
         async for chunk in render(client, stream, first):

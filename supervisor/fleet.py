@@ -190,6 +190,8 @@ class Fleet:
         deadline = time.monotonic() + self.settings.max_wait_seconds
         others = [s for s in self.slots.values() if s is not slot]
         while (victims := plan_room(need, budget, others)) is None:
+            if self.closing:
+                raise FleetError(ErrorCode.SHUTTING_DOWN, "the supervisor is shutting down", retryable=True)
             if time.monotonic() >= deadline:
                 raise FleetError(ErrorCode.WORKER_UNAVAILABLE, self._no_room(slot, others), retryable=True)
             changed = self._changed

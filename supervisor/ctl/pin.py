@@ -1,4 +1,5 @@
-"""Pin a model: it is never evicted to make room for another (it still unloads on `ctl unload`)."""
+"""Pin a model: it is never evicted to make room for another (it still unloads on `ctl unload`). Pinning
+does not load it; `pinned: true` in the config does, at start-up."""
 
 from protocol.ctl import Pin
 
