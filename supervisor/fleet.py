@@ -105,13 +105,17 @@ class Fleet:
                 self.workers_endpoint,
                 slot.spec.context_length,
                 self.config.settings.shutdown_grace_seconds,
+                slot.spec.engine.worker_args(),
             )
             slot.worker = worker
             self.by_instance[worker.instance_id] = worker
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.config.settings.load_timeout_seconds)
             slot.state = State.READY
-            log.info("%s ready in %.1fs on %s (pid %d)", slot.spec.id, ready.load_seconds, ready.device, worker.pid)
+            log.info(
+                "%s ready in %.1fs on %s, %s (pid %d)",
+                slot.spec.id, ready.load_seconds, ready.device, ready.compute, worker.pid,
+            )  # fmt: skip
         except (WorkerStartError, TimeoutError, OSError) as exc:
             message = str(exc) or f"no Ready within {self.config.settings.load_timeout_seconds:.0f}s"
             log.error("%s failed to start: %s", slot.spec.id, message)

@@ -26,6 +26,7 @@ def model(**overrides):
     fields = dict(
         id="qwen3-14b", aliases=[], type="llm", source="s", state="ready", context_length=32768,
         memory_estimate_bytes=15 * GB, memory_bytes=int(14.5 * GB), pid=4242, uptime_seconds=3725, in_flight=3,
+        compute="metal",
     )  # fmt: skip
     return ModelInfo(**(fields | overrides))
 
@@ -45,13 +46,14 @@ def report(*models):
 
 def test_ps_is_a_table_of_every_model():
     code, out, _ = run(
-        "ps", report(model(), model(id="phi-3", state="stopped", pid=None, memory_bytes=0, uptime_seconds=None))
+        "ps",
+        report(model(), model(id="phi-3", state="stopped", pid=None, memory_bytes=0, uptime_seconds=None, compute="")),
     )
     assert code == 0
     header, ready, stopped = out.splitlines()
-    assert header.split() == ["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT"]
-    assert ready.split() == ["qwen3-14b", "ready", "4242", "14.50", "GB", "1h02m", "3"]
-    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-"]
+    assert header.split() == ["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT", "COMPUTE"]
+    assert ready.split() == ["qwen3-14b", "ready", "4242", "14.50", "GB", "1h02m", "3", "metal"]
+    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-", "-"]
 
 
 def test_status_exits_1_when_a_worker_misses_its_ping():

@@ -1,4 +1,4 @@
-"""Show every configured model: state, worker pid, resident memory, uptime and in-flight requests."""
+"""Show every configured model: state, worker pid, memory, uptime, in-flight requests, how it computes."""
 
 from protocol.ctl import Status
 from supervisor.ctl.format import duration, gigabytes, table
@@ -18,8 +18,9 @@ def run(client, args, out) -> int:
             gigabytes(m.memory_bytes),
             duration(m.uptime_seconds),
             str(m.in_flight) if m.pid else "-",
+            m.compute or "-",
         ]
         for m in report.models
     ]
-    print(table(["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT"], rows), file=out)
+    print(table(["MODEL", "STATE", "PID", "MEMORY", "UPTIME", "IN-FLIGHT", "COMPUTE"], rows), file=out)
     return 0
