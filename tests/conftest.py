@@ -26,6 +26,8 @@ def server_config(tmp_path_factory, model_store):
         [
             {"id": "smollm2", "aliases": ["tiny"], "source": MODEL, "context_length": CONTEXT, "memory_gb": 0.3},
             {"id": "broken", "source": "no-such-model-directory"},
+            # One decode slot: shows that an aborted stream hands its slot over at once.
+            {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
         ],
     )
 

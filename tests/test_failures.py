@@ -91,6 +91,7 @@ def test_ctl_load_ps_unload_round_trip(server, client):
     pid = int(row[2])
     assert pid in server.worker_pids()
     assert float(row[3]) > 0.05 and row[4] == "GB"
+    assert row[7] in {"cpu:", "gpu"}  # COMPUTE: what the worker chose, e.g. "cpu: openblas, float32"
 
     status = server.ctl("status")
     assert status.returncode == 0 and "pong in" in status.stdout
