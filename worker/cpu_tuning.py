@@ -64,10 +64,10 @@ def float32_bytes(model) -> int:
     elements = 0
     for key, value in tree_flatten(model.parameters()):
         owner, _, leaf = key.rpartition(".")
-        if owner not in bits:
-            elements += value.size
-        elif leaf == "weight":  # packed uint32: 32 // bits values each; scales and biases go away
+        if owner in bits and leaf == "weight":  # packed uint32: 32 // bits values each
             elements += value.size * (32 // bits[owner])
+        elif owner not in bits or leaf not in ("scales", "biases"):  # quantization's scales/biases go away
+            elements += value.size
     return elements * 4
 
 
