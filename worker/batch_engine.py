@@ -107,8 +107,11 @@ class BatchEngine:
             prompt_responses, responses = self._generator.next()
         except Exception as exc:  # an MLX failure: the batch's state is unknown, so every sequence in it ends
             log.exception("batch step failed")
-            self.abort_all(emit, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-            self._generator = self._new_generator()
+            for sequence in self._live.values():
+                emit(failure(sequence.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            self._live.clear()
+            self._uids.clear()
+            self._generator = self._new_generator()  # the broken batch and its caches are dropped whole
             return
         done_prompts = [r.uid for r in prompt_responses if r.end_of_prompt and r.uid in self._live]
         for cache, tokens in self._generator.extract_cache(done_prompts).values():
