@@ -62,11 +62,13 @@ class BatchEngine:
 
     @property
     def in_flight(self) -> int:
-        return len(self._live)
+        """Sequences producing tokens (a Pong's "generating now")."""
+        return sum(1 for s in self._live.values() if s.started)
 
     @property
     def queued(self) -> int:
-        return len(self._waiting)
+        """Requests accepted but without a first token yet: waiting for a slot, or in prefill."""
+        return len(self._waiting) + len(self._live) - self.in_flight
 
     @property
     def busy(self) -> bool:

@@ -47,6 +47,10 @@ class Sequence:
         self._admitted = time.perf_counter()
         self._first_token_at: float | None = None
 
+    @property
+    def started(self) -> bool:
+        return self._first_token_at is not None
+
     def on_token(self, token: int, logprobs: mx.array, finish_reason: str | None, emit) -> bool:
         """Feed one generated token; emits what can be sent. Returns True when the sequence is done.
 
