@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.serve_clients import HTTPTarget
 from supervisor.model_import import import_model
 from tests.harness import Server, write_config
 
@@ -45,28 +44,9 @@ def in_process(model, tokenizer, tokens: int) -> dict:
 
 
 def through_server(url: str, tokens: int) -> dict:
-    body = {
-        "model": MODEL,
-        "messages": MESSAGES,
-        "temperature": 0,
-        "max_tokens": tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    started = time.perf_counter()
-    stamps, usage = [], None
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                usage = event["usage"]
-            if event["choices"] and event["choices"][0]["delta"].get("content"):
-                stamps.append(time.perf_counter())
-    n = usage["completion_tokens"]
-    return {"ttft": stamps[0] - started, "tokens": n, "decode_tps": (n - 1) / (stamps[-1] - stamps[0])}
+    r = HTTPTarget("server", url, MODEL).stream(MESSAGES, tokens)
+    stamps, n = r["stamps"], r["tokens"]
+    return {"ttft": stamps[0] - r["start"], "tokens": n, "decode_tps": (n - 1) / (stamps[-1] - stamps[0])}
 
 
 def main() -> None:

@@ -101,6 +101,7 @@ def main() -> None:
     config = write_config(work / "models.yaml", store, models, memory_budget_gb=0.5, heartbeat_seconds=0.5)
     server = Server(config)
     server.env["LOG_LEVEL"] = "WARNING"
+    server.env["MLX_SERVER_CPU_TUNING"] = "off"  # load the weights as the in-process baseline does
     server.start()
     rounds = []
     try:

@@ -15,6 +15,8 @@ from msgspec import Meta
 from gateway.errors import APIError
 from protocol import ErrorCode
 
+MAX_TOP_LOGPROBS = 10
+
 
 class TextPart(msgspec.Struct, tag_field="type", tag="text"):
     text: str
@@ -43,6 +45,11 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     seed: int | None = None
+    top_k: Annotated[int, Meta(ge=0)] = 0
+    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1)] = 1

@@ -17,6 +17,9 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
     mlx_peak_bytes: int
     mlx_cache_bytes: int
     rss_bytes: int
+    # Parts of the above held by the engine: live sequences' KV caches and the prompt prefix cache.
+    kv_cache_bytes: int = 0
+    prompt_cache_bytes: int = 0
 
     @property
     def resident_bytes(self) -> int:
@@ -50,6 +53,7 @@ class Ready(Message, tag="ready"):
     load_seconds: float
     device: str  # e.g. "gpu" (Metal/CUDA) or "cpu"
     mlx_version: str
+    compute: str = ""  # how it computes, e.g. "metal", "cpu: openblas, float32", "cpu: reference blas"
 
 
 class LoadFailed(Message, tag="load_failed"):

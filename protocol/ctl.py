@@ -86,6 +86,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     alive: bool | None = None  # only in Status replies: did a ping reach the generation loop?
     ping_ms: float | None = None
+    compute: str = ""  # what the worker chose to compute with, from its Ready
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):

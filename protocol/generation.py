@@ -23,6 +23,11 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int | None = None  # None: up to the end of the model's context
     stop: list[str] = []
     seed: int | None = None
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float | None = None  # None or 1.0: off
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, with logprobs
 
 
 class GenerateRequest(Message, tag="generate"):
@@ -37,15 +42,28 @@ class Abort(Message, tag="abort"):
     request_id: str
 
 
+class TopLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = []
+
+
 class TextChunk(Message, tag="chunk"):
     request_id: str
     text: str
     completion_tokens: int  # generated so far, including this chunk
+    logprobs: list[TokenLogprob] | None = None  # the tokens behind `text`, when the request asked for them
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV state came from the prompt cache
 
     @property
     def total_tokens(self) -> int:

@@ -13,3 +13,18 @@ ensure_uv() {
     UV=(python3 -m uv)
   fi
 }
+
+# OpenBLAS makes MLX's Linux CPU build several times faster (worker/cpu_tuning.py picks it up when present).
+# Best effort and idempotent: installed where apt-get runs as root; without it the server still works.
+ensure_openblas() {
+  [ "$(uname -s)" = Linux ] || return 0
+  ldconfig -p 2>/dev/null | grep 'libopenblas\.so\.0' >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing OpenBLAS (libopenblas0-pthread) for faster CPU inference" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1; } ||
+      echo "OpenBLAS not installed: MLX keeps its reference BLAS (slower)" >&2
+  fi
+  return 0
+}

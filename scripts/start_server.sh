@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 mode=${1:-dev}
 ensure_uv
+ensure_openblas
 "${UV[@]}" sync --frozen --quiet
 
 export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}

@@ -15,6 +15,21 @@ import yaml
 GB = 1024**3
 
 
+class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the model's worker batches (see worker/batch_engine.py); passed to it as flags."""
+
+    decode_concurrency: int = 16
+    prefill_concurrency: int = 4
+    prefill_step_size: int = 512
+    prompt_cache_mb: int = 512
+
+    def worker_args(self) -> list[str]:
+        return [
+            f"--{name.replace('_', '-')}={getattr(self, name)}"
+            for name in ("decode_concurrency", "prefill_concurrency", "prefill_step_size", "prompt_cache_mb")
+        ]
+
+
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
     # A directory in the model store (a bare name), a path (absolute, ~ or ./), or a hub repo id (org/name).
@@ -29,6 +44,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     priority: int = 0  # eviction order: lower priority is evicted first, then least recently used
     idle_ttl_seconds: float | None = None  # unload after this long without requests; None: the global TTL
     description: str = ""
+    engine: EngineSettings = EngineSettings()
 
     def __post_init__(self) -> None:
         if self.type != "llm":

@@ -152,6 +152,7 @@ class Fleet:
                 self.workers_endpoint,
                 slot.spec.context_length,
                 self.settings.shutdown_grace_seconds,
+                slot.spec.engine.worker_args(),
             )
             self.registry.add(worker.pid)
             slot.worker = worker
@@ -159,7 +160,10 @@ class Fleet:
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.load_timeout_seconds)
             slot.state, slot.last_used = State.READY, time.monotonic()
-            log.info("%s ready in %.1fs on %s (pid %d)", slot.spec.id, ready.load_seconds, ready.device, worker.pid)
+            log.info(
+                "%s ready in %.1fs on %s, %s (pid %d)",
+                slot.spec.id, ready.load_seconds, ready.device, ready.compute, worker.pid,
+            )  # fmt: skip
             return victims
         except FleetError as exc:
             log.warning("%s not started: %s", slot.spec.id, exc)

@@ -27,14 +27,16 @@ KV_BYTES_PER_VALUE = 2  # float16/bfloat16 keys and values
 
 
 def estimate_bytes(spec: ModelSpec, source: str) -> int:
-    """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + runtime."""
+    """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
+    prompt cache budget + runtime."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
     path = Path(source)  # hub models must state memory_gb (the config checks), so this is a directory
     if not path.is_dir():
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
     weights = sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
-    return weights + kv_cache_bytes(path / "config.json", spec.context_length) + RUNTIME_BYTES
+    kv = kv_cache_bytes(path / "config.json", spec.context_length)
+    return weights + kv + spec.engine.prompt_cache_mb * 2**20 + RUNTIME_BYTES
 
 
 def kv_cache_bytes(config_path: Path, context_length: int | None) -> int:

@@ -109,4 +109,5 @@ class ModelSlot:
             last_error=self.last_error,
             alive=alive,
             ping_ms=ping_ms,
+            compute=worker.compute if worker else "",
         )

@@ -33,6 +33,7 @@ class WorkerProcess:
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
         self.memory: MemoryReport | None = None
         self.context_length: int | None = None
+        self.compute = ""  # what the worker chose to compute with (Ready.compute)
         self.in_flight = 0
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
@@ -47,6 +48,7 @@ class WorkerProcess:
         supervisor_endpoint: str,
         context_length: int | None,
         shutdown_grace: float,
+        engine_args: tuple[str, ...] | list[str] = (),
     ) -> WorkerProcess:
         instance_id = uuid.uuid4().hex[:12]
         endpoint = f"ipc://{run_dir}/worker-{model_id}.sock"
@@ -62,6 +64,7 @@ class WorkerProcess:
         ]  # fmt: skip
         if context_length:
             argv += ["--context-length", str(context_length)]
+        argv += engine_args
         # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, start_new_session=True)
         log.info("spawned worker for %s: pid %d", model_id, proc.pid)
@@ -71,6 +74,7 @@ class WorkerProcess:
         self.memory = message.memory
         self.context_length = message.context_length
         self.pong_at = time.monotonic()
+        self.compute = message.compute
         if not self.ready.done():
             self.ready.set_result(message)
 

@@ -26,6 +26,8 @@ def server_config(tmp_path_factory, model_store):
         [
             {"id": "smollm2", "aliases": ["tiny"], "source": MODEL, "context_length": CONTEXT, "memory_gb": 0.3},
             {"id": "broken", "source": "no-such-model-directory"},
+            # One decode slot: shows that an aborted stream hands its slot over at once.
+            {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
         ],
     )
 
@@ -65,8 +67,9 @@ def budget_server(tmp_path_factory, model_store):
         max_wait_seconds=90,
         crash_limit=1,
     )
-    srv = Server(config).start()
-    yield srv
+    srv = Server(config)
+    srv.env["MLX_SERVER_CPU_TUNING"] = "off"  # 4-bit weights as loaded: resident stays under the 0.3 GB estimate
+    yield srv.start()
     srv.stop()
 
 
@@ -84,5 +87,6 @@ def tight_server(tmp_path_factory, model_store):
     )
     srv = Server(config)
     srv.env["GATEWAY_KEEPALIVE_SECONDS"] = "0.5"
+    srv.env["MLX_SERVER_CPU_TUNING"] = "off"
     yield srv.start()
     srv.stop()

@@ -65,7 +65,7 @@ def test_seeded_sampling_repeats(client):
 
 def test_models_list_shows_configured_models(client, server):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"smollm2", "broken"}
+    assert set(models) == {"smollm2", "broken", "solo"}
     assert models["smollm2"].owned_by == "mlx-llm-server"
     assert models["smollm2"].model_extra["aliases"] == ["tiny"]
     assert models["smollm2"].model_extra["state"] in {"stopped", "starting", "ready"}
@@ -101,6 +101,9 @@ def test_completions_path_used_by_existing_services(server):
         ({"model": "smollm2", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"model": "smollm2", "messages": PARIS, "max_tokens": 0}, "max_tokens"),
         ({"model": "smollm2", "messages": PARIS, "n": 2}, "n"),
+        ({"model": "smollm2", "messages": PARIS, "logprobs": True, "top_logprobs": 11}, "top_logprobs"),
+        ({"model": "smollm2", "messages": PARIS, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "smollm2", "messages": PARIS, "top_k": -1}, "top_k"),
     ],
 )
 def test_schema_violations_name_the_field(server, body, param):

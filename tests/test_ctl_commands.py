@@ -26,7 +26,7 @@ def model(**overrides):
     fields = dict(
         id="qwen3-14b", aliases=[], type="llm", source="s", state="ready", context_length=32768,
         memory_estimate_bytes=15 * GB, memory_bytes=int(14.5 * GB), charged_bytes=15 * GB, pid=4242,
-        uptime_seconds=3725, idle_seconds=0, in_flight=3,
+        uptime_seconds=3725, idle_seconds=0, in_flight=3, compute="metal",
     )  # fmt: skip
     return ModelInfo(**(fields | overrides))
 
@@ -61,15 +61,16 @@ def test_ps_is_a_table_of_every_model():
                 charged_bytes=0,
                 uptime_seconds=None,
                 idle_seconds=None,
+                compute="",
             ),
         ),
     )
     assert code == 0
     budget, header, ready, stopped = out.splitlines()
     assert budget == "memory budget 400.00 GB: 15.00 GB used, 385.00 GB free"
-    assert header.split() == ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT"]
-    assert ready.split() == ["qwen3-14b", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3"]
-    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-", "-", "-"]
+    assert header.split() == ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
+    assert ready.split() == ["qwen3-14b", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3", "metal"]
+    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-", "-", "-", "-"]
 
 
 def test_memory_shows_the_budget_and_each_models_share():

@@ -1,8 +1,8 @@
-"""The estimate a load is charged before its worker reports: config figure, else files on disk + KV + runtime."""
+"""The estimate a load is charged before its worker reports: config figure, else files + KV + caches + runtime."""
 
 from __future__ import annotations
 
-from supervisor.config import GB, ModelSpec
+from supervisor.config import GB, EngineSettings, ModelSpec
 from supervisor.memory_budget import RUNTIME_BYTES, estimate_bytes
 from tests.conftest import MODEL
 
@@ -10,11 +10,12 @@ from tests.conftest import MODEL
 def test_estimate_is_weights_plus_a_full_context_kv_cache_plus_runtime(model_store):
     directory = model_store / MODEL
     weights = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-    spec = ModelSpec(id="m", source=MODEL, context_length=2048)
+    spec = ModelSpec(id="m", source=MODEL, context_length=2048, engine=EngineSettings(prompt_cache_mb=64))
     kv = 2 * 30 * 3 * 64 * 2048 * 2  # keys+values x layers x kv heads x head dim x tokens x float16
-    assert estimate_bytes(spec, str(directory)) == weights + kv + RUNTIME_BYTES
-    longer = ModelSpec(id="m", source=MODEL, context_length=8192)
-    assert estimate_bytes(longer, str(directory)) == weights + 4 * kv + RUNTIME_BYTES
+    cache = 64 * 2**20
+    assert estimate_bytes(spec, str(directory)) == weights + kv + cache + RUNTIME_BYTES
+    longer = ModelSpec(id="m", source=MODEL, context_length=8192, engine=EngineSettings(prompt_cache_mb=64))
+    assert estimate_bytes(longer, str(directory)) == weights + 4 * kv + cache + RUNTIME_BYTES
 
 
 def test_the_configured_figure_wins_and_a_missing_directory_costs_only_the_runtime(model_store):

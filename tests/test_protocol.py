@@ -26,12 +26,16 @@ from protocol.generation import (
     GenerationError,
     SamplingParams,
     TextChunk,
+    TokenLogprob,
+    TopLogprob,
     Usage,
     worker_inbound_decoder,
     worker_outbound_decoder,
 )
 
-MEMORY = MemoryReport(mlx_active_bytes=1, mlx_peak_bytes=2, mlx_cache_bytes=3, rss_bytes=4)
+MEMORY_FIELDS = dict(mlx_active_bytes=1, mlx_peak_bytes=2, mlx_cache_bytes=3, rss_bytes=4)
+MEMORY = MemoryReport(**MEMORY_FIELDS)
+LOGPROB = TokenLogprob(token=" Paris", logprob=-0.1, top_logprobs=[TopLogprob(token=" Rome", logprob=-3.0)])
 
 ROUND_TRIPS = [
     (
@@ -44,16 +48,53 @@ ROUND_TRIPS = [
     ),
     (worker_inbound_decoder(), GenerateRequest(request_id="r2", prompt="once upon")),
     (worker_inbound_decoder(), Abort(request_id="r1")),
+    (
+        worker_inbound_decoder(),
+        GenerateRequest(
+            request_id="r3",
+            prompt="once upon",
+            sampling=SamplingParams(top_k=40, min_p=0.05, repetition_penalty=1.1, logprobs=True, top_logprobs=3),
+        ),
+    ),
     (worker_outbound_decoder(), TextChunk(request_id="r1", text="Par", completion_tokens=1)),
     (
         worker_outbound_decoder(),
+        TextChunk(
+            request_id="r1",
+            text=" Paris",
+            completion_tokens=2,
+            logprobs=[LOGPROB],
+        ),
+    ),
+    (
+        worker_outbound_decoder(),
         Finished(request_id="r1", finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2)),
+    ),
+    (
+        worker_outbound_decoder(),
+        Finished(
+            request_id="r1",
+            finish_reason="length",
+            usage=Usage(prompt_tokens=30, completion_tokens=2, cached_tokens=9),
+        ),
     ),
     (worker_outbound_decoder(), GenerationError(request_id="r1", code="worker_crashed", message="x", retryable=True)),
     (from_worker_decoder(), Hello(protocol_version=1, model_id="m", instance_id="i", pid=1, endpoint="ipc://x")),
     (
         from_worker_decoder(),
         Ready(instance_id="i", memory=MEMORY, context_length=8, load_seconds=0.5, device="cpu", mlx_version="0"),
+    ),
+    (
+        from_worker_decoder(),
+        Ready(
+            instance_id="i",
+            memory=MemoryReport(**MEMORY_FIELDS, kv_cache_bytes=5, prompt_cache_bytes=6),
+            context_length=8,
+            load_seconds=0.5,
+            device="cpu",
+            mlx_version="0",
+            compute="cpu: openblas, float32",
+        ),
     ),
     (from_worker_decoder(), Pong(call_id="c", instance_id="i", memory=MEMORY, in_flight=1, queued=0)),
     (to_worker_decoder(), Ping(call_id="c")),

@@ -26,6 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so the worker goes when its supervisor goes, however it died",
     )
     parser.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--decode-concurrency", type=int, default=16, help="sequences decoding in one batch")
+    engine.add_argument("--prefill-concurrency", type=int, default=4, help="prompts processed together")
+    engine.add_argument("--prefill-step-size", type=int, default=512, help="prompt tokens per step (chunked prefill)")
+    engine.add_argument(
+        "--prompt-cache-mb", type=int, default=512, help="prompt prefix cache + live KV caches; 0 turns it off"
+    )
     return parser.parse_args(argv)
 
 
@@ -40,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         args.endpoint = f"ipc://{run_dir}/worker-{args.model_id}.sock"
     args.instance_id = args.instance_id or uuid.uuid4().hex[:12]
+    from worker.cpu_tuning import preload_blas
+
+    preload_blas()  # before anything imports mlx.core: MLX binds its BLAS symbols when it loads
     from worker.process import run
 
     code = run(args)

@@ -16,7 +16,7 @@ import zmq
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, GenerateRequest, failure
-from worker.engine import Engine
+from worker.batch_engine import BatchEngine, EngineOptions
 from worker.memory import memory_report
 from worker.model_loader import device_name, load_model
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
@@ -31,6 +31,7 @@ class GenerationThread(threading.Thread):
         source: str,
         instance_id: str,
         context_length: int | None,
+        options: EngineOptions,
         inbox: queue.Queue,
         drain: threading.Event,
         halt: threading.Event,
@@ -40,6 +41,7 @@ class GenerationThread(threading.Thread):
         self._source = source
         self._instance_id = instance_id
         self._context_length = context_length
+        self._options = options
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
@@ -55,7 +57,7 @@ class GenerationThread(threading.Thread):
         finally:
             self._out.close(linger=1000)
 
-    def _load(self) -> Engine | None:
+    def _load(self) -> BatchEngine | None:
         try:
             loaded = load_model(self._source, self._context_length)
         except Exception as exc:
@@ -75,11 +77,13 @@ class GenerationThread(threading.Thread):
                 load_seconds=loaded.load_seconds,
                 device=device_name(),
                 mlx_version=mx.__version__,
+                compute=loaded.compute,
             )
         )
-        return Engine(loaded)
+        log.info("computing with %s", loaded.compute)
+        return BatchEngine(loaded, self._options)
 
-    def _serve(self, engine: Engine) -> None:
+    def _serve(self, engine: BatchEngine) -> None:
         while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
             try:
                 # Idle: block briefly for work. Busy: take what has arrived, then produce the next token.
@@ -98,7 +102,7 @@ class GenerationThread(threading.Thread):
             except queue.Empty:
                 break
 
-    def _handle(self, message, engine: Engine) -> None:
+    def _handle(self, message, engine: BatchEngine) -> None:
         if isinstance(message, GenerateRequest):
             if self._drain.is_set() or self._halt.is_set():
                 self._emit(failure(message.request_id, ErrorCode.SHUTTING_DOWN, "the worker is shutting down"))
@@ -111,7 +115,7 @@ class GenerationThread(threading.Thread):
                 Pong(
                     call_id=message.call_id,
                     instance_id=self._instance_id,
-                    memory=memory_report(),
+                    memory=memory_report(engine),
                     in_flight=engine.in_flight,
                     queued=engine.queued,
                 )

@@ -16,6 +16,7 @@ class LoadedModel:
     tokenizer: Any  # mlx_lm TokenizerWrapper
     context_length: int
     load_seconds: float
+    compute: str = ""  # the configuration cpu_tuning chose
 
 
 def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> int:
@@ -32,18 +33,23 @@ def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> i
 
 def load_model(source: str, context_length: int | None = None) -> LoadedModel:
     """`source` is a directory, or a hub repo id that mlx-lm downloads (and caches) on first use."""
+    import psutil
     from mlx_lm import load  # imported here: mlx-lm is only ever touched by the thread that owns MLX
+
+    from worker.cpu_tuning import tune_model
 
     if "/" not in source and not Path(source).exists():
         raise FileNotFoundError(f"model directory {source!r} does not exist")
     started = time.perf_counter()
     model, tokenizer, config = load(source, return_config=True)
     mx.eval(model.parameters())
+    model, compute = tune_model(model, psutil.virtual_memory().total)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         context_length=context_length_of(config, tokenizer, context_length),
         load_seconds=time.perf_counter() - started,
+        compute=compute,
     )
 
 

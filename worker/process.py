@@ -19,6 +19,7 @@ import zmq
 
 from protocol import PROTOCOL_VERSION
 from protocol.control import Hello
+from worker.batch_engine import MB, EngineOptions
 from worker.generation_thread import GenerationThread
 from worker.transport import Transport
 
@@ -50,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
     )
     transport = Transport(ctx, args.endpoint, args.supervisor, inbox, hello, halt)
-    generation = GenerationThread(ctx, args.source, args.instance_id, args.context_length, inbox, drain, halt)
+    options = EngineOptions(
+        decode_concurrency=args.decode_concurrency,
+        prefill_concurrency=args.prefill_concurrency,
+        prefill_step_size=args.prefill_step_size,
+        prompt_cache_bytes=args.prompt_cache_mb * MB,
+    )
+    generation = GenerationThread(ctx, args.source, args.instance_id, args.context_length, options, inbox, drain, halt)
     transport.start()
     generation.start()
     log.info("serving %s at %s (pid %d)", args.model_id, args.endpoint, os.getpid())

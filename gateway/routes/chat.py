@@ -13,7 +13,14 @@ from gateway.generation import start_generation, stream_generation
 from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
 from gateway.streaming import sse, unless_disconnected
 from protocol import ErrorCode
-from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams
+from protocol.generation import (
+    ChatMessage,
+    Finished,
+    GenerateRequest,
+    GenerationError,
+    SamplingParams,
+    TokenLogprob,
+)
 
 SYSTEM_FINGERPRINT = "mlx-llm-server"
 
@@ -34,6 +41,8 @@ def _text_of(message: ChatMessageIn, index: int) -> str:
 def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
     if req.n != 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(ErrorCode.INVALID_REQUEST, "top_logprobs requires logprobs to be true", param="top_logprobs")
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     return GenerateRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -44,13 +53,39 @@ def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
             max_tokens=req.max_completion_tokens or req.max_tokens,
             stop=stop,
             seed=req.seed,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty,
+            logprobs=req.logprobs,
+            top_logprobs=req.top_logprobs or 0,
         ),
     )
 
 
 def _usage(event: Finished) -> dict:
     u = event.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _logprobs(entries: list[TokenLogprob] | None) -> dict | None:
+    """OpenAI's choice.logprobs: {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}."""
+    if entries is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            entry(e.token, e.logprob) | {"top_logprobs": [entry(t.token, t.logprob) for t in e.top_logprobs]}
+            for e in entries
+        ]
+    }
 
 
 async def chat_completions(request: Request) -> Response:
@@ -67,27 +102,29 @@ async def chat_completions(request: Request) -> Response:
     client, stream, first = await start_generation(request, gen, req.model or "")
     base["model"] = client.model_id
     try:
-        last, text = await unless_disconnected(request, _collect(stream, first))
+        last, text, entries = await unless_disconnected(request, _collect(stream, first))
     finally:
         client.release(stream)  # aborts the generation in the worker unless it finished
     if isinstance(last, GenerationError):
         raise APIError.from_event(last)
     message = {"role": "assistant", "content": text}
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
+    logprobs = _logprobs(entries if req.logprobs else None)
+    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": last.finish_reason}
     return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(last)})
 
 
-async def _collect(stream, event) -> tuple[Finished | GenerationError, str]:
-    text = []
+async def _collect(stream, event) -> tuple[Finished | GenerationError, str, list[TokenLogprob]]:
+    text, entries = [], []
     while not isinstance(event, Finished | GenerationError):
         text.append(event.text)
+        entries.extend(event.logprobs or ())
         event = await stream.next()
-    return event, "".join(text)
+    return event, "".join(text), entries
 
 
 async def _chunks(stream, event, base: dict, include_usage: bool):
-    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         body = base | {"object": "chat.completion.chunk", "choices": [choice]}
         if include_usage:
             body["usage"] = None
@@ -104,5 +141,5 @@ async def _chunks(stream, event, base: dict, include_usage: bool):
                 yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
             yield b"data: [DONE]\n\n"
             return
-        yield chunk({"content": event.text})
+        yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
         event = await stream.next()

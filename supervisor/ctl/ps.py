@@ -1,5 +1,5 @@
 """Show every configured model: state, worker pid, memory (charged to the budget and resident), uptime, idle
-time and in-flight requests, under a line with the budget, what is used and what is free."""
+time, in-flight requests and how it computes, under a line with the budget, what is used and what is free."""
 
 from protocol.ctl import Status
 from supervisor.ctl.format import budget_line, duration, gigabytes, table
@@ -23,9 +23,10 @@ def run(client, args, out) -> int:
             duration(m.uptime_seconds),
             duration(m.idle_seconds),
             str(m.in_flight) if m.pid else "-",
+            m.compute or "-",
         ]
         for m in report.models
     ]
-    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT"]
+    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
     print(table(headers, rows), file=out)
     return 0

@@ -1,0 +1,125 @@
+"""Many requests to one model at once, through the real server: batching, prompt cache, abort, logprobs."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.test_failures import STORY, _model
+
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+SYSTEM = "You are a helpful assistant for a travel agency. " + " ".join(
+    f"Rule {i}: answer briefly and politely, and never invent facts about place number {i}." for i in range(30)
+)
+
+# Eight streams in one batch, each with its own sampling settings; the greedy ones must say Paris.
+SETTINGS = [
+    {"temperature": 0},
+    {"temperature": 0, "stop": ["\n\n"]},
+    {"temperature": 0, "logprobs": True, "top_logprobs": 2},
+    {"temperature": 0, "repetition_penalty": 1.1},
+    {"temperature": 0.7, "top_p": 0.9},
+    {"temperature": 1.0, "top_k": 40, "seed": 3},
+    {"temperature": 0.8, "min_p": 0.1},
+    {"temperature": 1.2, "top_p": 0.8, "top_k": 10, "repetition_penalty": 1.3},
+]
+
+
+EXTRAS = {"top_k", "min_p", "repetition_penalty"}  # not in OpenAI's API: the SDK sends them as extra_body
+
+
+def _stream(client, settings: dict) -> tuple[set[str], str, str | None, int]:
+    standard = {k: v for k, v in settings.items() if k not in EXTRAS}
+    extra = {k: v for k, v in settings.items() if k in EXTRAS}
+    stream = client.chat.completions.create(
+        model="smollm2", messages=PARIS, max_tokens=16, stream=True, stream_options={"include_usage": True},
+        extra_body=extra, **standard,
+    )  # fmt: skip
+    ids, text, finish, usage = set(), [], None, None
+    for chunk in stream:
+        ids.add(chunk.id)
+        if chunk.usage:
+            usage = chunk.usage
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    return ids, "".join(text), finish, usage.completion_tokens
+
+
+def test_eight_concurrent_streams_with_their_own_settings(client):
+    with ThreadPoolExecutor(len(SETTINGS)) as pool:
+        results = list(pool.map(lambda s: _stream(client, s), SETTINGS))
+    ids = [r[0] for r in results]
+    assert all(len(i) == 1 for i in ids) and len(set.union(*ids)) == len(SETTINGS)  # one id per stream
+    for settings, (_, text, finish, tokens) in zip(SETTINGS, results, strict=True):
+        assert finish in {"stop", "length"}
+        assert 0 < tokens <= 16
+        assert text.strip()
+        if settings["temperature"] == 0:
+            assert "Paris" in text, (settings, text)
+
+
+def test_abort_mid_stream_hands_the_only_slot_to_the_next_request(server, client):
+    # "solo" decodes one sequence at a time: the second request can only start once the first is gone.
+    body = {"model": "solo", "messages": STORY, "temperature": 0, "max_tokens": 1000, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        while not next(lines).startswith('data: {"id"'):
+            pass
+    # The client left after the first chunk; 1000 tokens would take minutes to finish here.
+    reply = client.chat.completions.create(model="solo", messages=PARIS, temperature=0, max_tokens=12)
+    assert "Paris" in reply.choices[0].message.content
+    assert _model(server, "solo").in_flight == 0
+    assert server.ctl("unload", "solo").returncode == 0
+
+
+def test_a_shared_long_prefix_is_reported_as_cached_tokens(client):
+    def ask(question):
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        return client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=4).usage
+
+    ask("Where is Rome?")
+    usage = ask("Where is Oslo?")
+    assert usage.prompt_tokens > 300
+    assert 300 < usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+
+
+def test_a_chat_turn_reuses_the_previous_turn(client):
+    first = [{"role": "user", "content": "Name a fruit."}]
+    answer = client.chat.completions.create(model="smollm2", messages=first, temperature=0, max_tokens=8)
+    follow_up = [
+        *first,
+        {"role": "assistant", "content": answer.choices[0].message.content},
+        {"role": "user", "content": "And a vegetable?"},
+    ]
+    usage = client.chat.completions.create(model="smollm2", messages=follow_up, temperature=0, max_tokens=4).usage
+    assert usage.prompt_tokens_details.cached_tokens >= answer.usage.prompt_tokens
+
+
+def test_logprobs_have_the_openai_shape(client):
+    reply = client.chat.completions.create(
+        model="smollm2", messages=PARIS, temperature=0, max_tokens=8, logprobs=True, top_logprobs=5
+    )
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert "".join(t.token for t in content) == reply.choices[0].message.content
+    for entry in content:
+        assert math.isfinite(entry.logprob) and entry.logprob <= 0
+        assert entry.bytes == list(entry.token.encode())
+        assert len(entry.top_logprobs) == 5
+        assert all(math.isfinite(t.logprob) and t.logprob <= entry.top_logprobs[0].logprob for t in entry.top_logprobs)
+    plain = client.chat.completions.create(model="smollm2", messages=PARIS, temperature=0, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
+def test_streamed_logprobs_cover_every_token(client):
+    stream = client.chat.completions.create(
+        model="smollm2", messages=PARIS, temperature=0, max_tokens=8, logprobs=True, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(entries) == chunks[-1].usage.completion_tokens
+    assert all(e.logprob <= 0 and e.top_logprobs == [] for e in entries)

@@ -1,0 +1,104 @@
+"""One request's stream inside the batch: tokens in, text chunks (with logprobs when asked) and the end out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import mlx.core as mx
+
+from protocol.generation import Finished, TextChunk, TokenLogprob, TopLogprob, Usage
+from worker.stop_matcher import StopMatcher
+
+
+def token_logprob(tokenizer, token: int, logprobs: mx.array, top_n: int) -> TokenLogprob:
+    """OpenAI's per-token entry from the model's log-probabilities over the vocabulary."""
+    top = []
+    if top_n > 0:
+        ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
+        values = logprobs[ids]
+        order = mx.argsort(-values)
+        top = [
+            TopLogprob(token=tokenizer.decode([i]), logprob=v)
+            for i, v in zip(ids[order].tolist(), values[order].tolist(), strict=True)
+        ]
+    return TokenLogprob(token=tokenizer.decode([token]), logprob=logprobs[token].item(), top_logprobs=top)
+
+
+class Sequence:
+    def __init__(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        cached_tokens: int,
+        tokenizer: Any,
+        stop: list[str],
+        top_logprobs: int | None,  # None: no logprobs
+    ):
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.cached_tokens = cached_tokens
+        self.completion_tokens = 0
+        self._tokenizer = tokenizer
+        self._detokenizer = tokenizer.detokenizer
+        self._stops = StopMatcher(stop)
+        self._top_logprobs = top_logprobs
+        self._pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
+        self._admitted = time.perf_counter()
+        self._first_token_at: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._first_token_at is not None
+
+    def on_token(self, token: int, logprobs: mx.array, finish_reason: str | None, emit) -> bool:
+        """Feed one generated token; emits what can be sent. Returns True when the sequence is done.
+
+        finish_reason comes from the batch: "stop" (an end-of-sequence token, which is not text) or "length".
+        """
+        if self._first_token_at is None:
+            self._first_token_at = time.perf_counter()
+        if finish_reason != "stop":
+            self.completion_tokens += 1
+            self._detokenizer.add_token(token)
+            if self._top_logprobs is not None:
+                self._pending.append(token_logprob(self._tokenizer, token, logprobs, self._top_logprobs))
+        if finish_reason is not None:
+            self._detokenizer.finalize()
+        text = self._stops.feed(self._detokenizer.last_segment)
+        done = finish_reason is not None or self._stops.stopped
+        if done:
+            text += self._stops.flush()
+        if text:
+            emit(
+                TextChunk(
+                    request_id=self.request_id,
+                    text=text,
+                    completion_tokens=self.completion_tokens,
+                    logprobs=self._take_pending(),
+                )
+            )
+        if done:
+            emit(self._finished("stop" if self._stops.stopped else finish_reason))
+        return done
+
+    def _take_pending(self) -> list[TokenLogprob] | None:
+        if self._top_logprobs is None:
+            return None
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _finished(self, finish_reason: str) -> Finished:
+        now = time.perf_counter()
+        first = self._first_token_at or now
+        return Finished(
+            request_id=self.request_id,
+            finish_reason=finish_reason,
+            usage=Usage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                cached_tokens=self.cached_tokens,
+            ),
+            prompt_tps=(self.prompt_tokens - self.cached_tokens) / max(first - self._admitted, 1e-9),
+            generation_tps=max(self.completion_tokens - 1, 0) / max(now - first, 1e-9),
+        )
