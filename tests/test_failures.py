@@ -93,8 +93,9 @@ def test_ctl_load_ps_unload_round_trip(server, client):
     assert row[1] == "ready"
     pid = int(row[2])
     assert pid in server.worker_pids()
-    assert float(row[3]) > 0.05 and row[4] == "GB"
-    assert row[7] in {"cpu:", "gpu"}  # COMPUTE: what the worker chose, e.g. "cpu: openblas, float32"
+    assert float(row[3]) > 0.05 and row[4] == "GB"  # CHARGED to the budget
+    assert float(row[5]) > 0.05 and row[6] == "GB"  # RESIDENT, as the worker reports it
+    assert row[10] in {"cpu:", "gpu"}  # COMPUTE: what the worker chose, e.g. "cpu: openblas, float32"
 
     status = server.ctl("status")
     assert status.returncode == 0 and "pong in" in status.stdout
