@@ -76,6 +76,7 @@ class Finished(Message, tag="finished"):
     usage: Usage
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
+    draft_accepted_tokens: int = 0  # with speculative decoding: tokens the model took from its draft
 
 
 class GenerationError(Message, tag="error"):

@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     engine.add_argument(
         "--prompt-cache-mb", type=int, default=512, help="prompt prefix cache + live KV caches; 0 turns it off"
     )
+    engine.add_argument("--draft-source", help="draft model (directory or repo id) for speculative decoding")
+    engine.add_argument("--num-draft-tokens", type=int, default=3, help="tokens the draft proposes per round")
     return parser.parse_args(argv)
 
 

@@ -22,6 +22,7 @@ from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_for
 from worker.sampling import logits_processors_for, sampler_for
 from worker.sequence import Sequence
+from worker.speculative import SpeculativeRun
 
 log = logging.getLogger("worker.engine")
 MB = 1024**2
@@ -33,18 +34,22 @@ class EngineOptions:
     prefill_concurrency: int = 4  # prompts processed together
     prefill_step_size: int = 512  # prompt tokens per step: a long prompt is processed in chunks
     prompt_cache_bytes: int = 512 * MB  # prompt cache + live KV caches; 0 turns the prompt cache off
+    num_draft_tokens: int = 3  # tokens the draft model proposes per round (with a draft model)
 
 
 class BatchEngine:
     def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None):
         self.options = options or EngineOptions()
         self._model = loaded.model
+        self._draft_model = loaded.draft_model
         self._tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes)
         self._waiting: deque[GenerateRequest] = deque()
         self._live: dict[int, Sequence] = {}  # by the generator's uid
         self._uids: dict[str, int] = {}  # request_id -> uid
+        # A request alone with a draft model runs speculatively, outside the batch, until company arrives.
+        self._solo: tuple[SpeculativeRun, Sequence] | None = None
         self._generator = self._new_generator()
 
     def _new_generator(self):
@@ -63,20 +68,21 @@ class BatchEngine:
     @property
     def in_flight(self) -> int:
         """Sequences producing tokens (a Pong's "generating now")."""
-        return sum(1 for s in self._live.values() if s.started)
+        return sum(1 for s in self._live.values() if s.started) + bool(self._solo and self._solo[0].started)
 
     @property
     def queued(self) -> int:
         """Requests accepted but without a first token yet: waiting for a slot, or in prefill."""
-        return len(self._waiting) + len(self._live) - self.in_flight
+        return len(self._waiting) + len(self._live) + bool(self._solo) - self.in_flight
 
     @property
     def busy(self) -> bool:
-        return bool(self._live or self._waiting)
+        return bool(self._live or self._waiting or self._solo)
 
     def cache_bytes(self) -> tuple[int, int]:
         """(KV caches of the live sequences, prompt cache) in bytes."""
-        return self._generator.prompt_cache_nbytes, self._prompt_cache.nbytes
+        solo = sum(c.nbytes for c in self._solo[0].model_cache) if self._solo else 0
+        return self._generator.prompt_cache_nbytes + solo, self._prompt_cache.nbytes
 
     def submit(self, request: GenerateRequest) -> None:
         self._waiting.append(request)
@@ -84,7 +90,10 @@ class BatchEngine:
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         """Drop a request wherever it is; its KV cache is freed at once. Returns whether it was known."""
         uid = self._uids.pop(request_id, None)
-        if uid is not None:
+        if self._solo and self._solo[1].request_id == request_id:
+            self._solo[0].close()
+            self._solo = None
+        elif uid is not None:
             self._generator.remove([uid])
             del self._live[uid]
         else:
@@ -96,11 +105,19 @@ class BatchEngine:
         return True
 
     def abort_all(self, emit, code: ErrorCode, reason: str) -> None:
-        for request_id in [*self._uids, *(r.request_id for r in self._waiting)]:
+        solo = [self._solo[1].request_id] if self._solo else []
+        for request_id in [*solo, *self._uids, *(r.request_id for r in self._waiting)]:
             self.abort(request_id, emit, code=code, reason=reason)
 
     def step(self, emit) -> None:
         """Admit what fits, then one decode step for the batch (and one prefill chunk)."""
+        if self._solo and self._waiting:
+            self._join_batch()
+        if self._draft_model is not None and not self._live and not self._solo and len(self._waiting) == 1:
+            self._admit(self._waiting.popleft(), emit, speculative=True)
+        if self._solo:
+            self._speculative_round(emit)
+            return
         while self._waiting and len(self._live) < self.options.decode_concurrency:
             self._admit(self._waiting.popleft(), emit)
         if not self._live:
@@ -134,7 +151,7 @@ class BatchEngine:
             for cache, tokens in removed.values():
                 self._remember(tokens, cache)
 
-    def _admit(self, request: GenerateRequest, emit) -> None:
+    def _admit(self, request: GenerateRequest, emit, speculative: bool = False) -> None:
         try:
             prompt = encode_prompt(self._tokenizer, request)
             max_tokens = max_tokens_for(request, len(prompt), self.context_length)
@@ -146,15 +163,7 @@ class BatchEngine:
             return
         params = request.sampling
         cache, cached = self._prompt_cache.fetch(prompt)
-        (uid,) = self._generator.insert(
-            [prompt[cached:]],
-            max_tokens=[max_tokens],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[prompt[:cached]],
-            samplers=[sampler_for(params)],
-            logits_processors=[logits_processors_for(params)],
-        )
-        self._live[uid] = Sequence(
+        sequence = Sequence(
             request_id=request.request_id,
             prompt_tokens=len(prompt),
             cached_tokens=cached,
@@ -162,7 +171,63 @@ class BatchEngine:
             stop=params.stop,
             top_logprobs=params.top_logprobs if params.logprobs else None,
         )
-        self._uids[request.request_id] = uid
+        sampler, processors = sampler_for(params), logits_processors_for(params)
+        if speculative:
+            run = SpeculativeRun(
+                self._model,
+                self._draft_model,
+                prompt,
+                cache,
+                cached,
+                max_tokens,
+                sampler,
+                processors,
+                num_draft_tokens=self.options.num_draft_tokens,
+                eos_token_ids=set(self._tokenizer.eos_token_ids),
+                prefill_step_size=self.options.prefill_step_size,
+            )
+            self._solo = (run, sequence)
+        else:
+            self._insert(sequence, prompt[cached:], prompt[:cached], cache, max_tokens, sampler, processors)
+
+    def _insert(self, sequence: Sequence, prompt, history, cache, max_tokens: int, sampler, processors) -> None:
+        (uid,) = self._generator.insert(
+            [prompt],
+            max_tokens=[max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[history],
+            samplers=[sampler],
+            logits_processors=[processors],
+        )
+        self._live[uid] = sequence
+        self._uids[sequence.request_id] = uid
+
+    def _speculative_round(self, emit) -> None:
+        run, sequence = self._solo
+        try:
+            produced = run.advance()
+        except Exception as exc:  # its state is unknown: this request ends, the batch was not involved
+            log.exception("speculative step failed")
+            self._solo = None
+            emit(failure(sequence.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            return
+        sequence.draft_accepted = run.accepted
+        for token, logprobs, finish_reason in produced:
+            if sequence.on_token(token, logprobs, finish_reason, emit):  # also a stop string
+                run.close()
+                self._solo = None
+                held, _ = run.tokens_in_cache()
+                self._remember(held, run.model_cache)
+                return
+
+    def _join_batch(self) -> None:
+        """Another request arrived: the speculative one goes on in the batch from where its cache stands."""
+        run, sequence = self._solo
+        self._solo = None
+        run.close()
+        held, pending = run.tokens_in_cache()
+        remaining = run.max_tokens - len(run.generated)
+        self._insert(sequence, pending, held, run.model_cache, remaining, run.sampler, run.logits_processors)
 
     def _remember(self, tokens: list[int], cache: list) -> None:
         mx.eval([c.state for c in cache])  # a copy of its own, so it does not pin the batch's buffers

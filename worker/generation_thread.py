@@ -29,6 +29,7 @@ class GenerationThread(threading.Thread):
         self,
         context: zmq.Context,
         source: str,
+        draft_source: str | None,
         instance_id: str,
         context_length: int | None,
         options: EngineOptions,
@@ -39,6 +40,7 @@ class GenerationThread(threading.Thread):
         super().__init__(name="worker-generation", daemon=True)
         self._ctx = context
         self._source = source
+        self._draft_source = draft_source
         self._instance_id = instance_id
         self._context_length = context_length
         self._options = options
@@ -59,7 +61,7 @@ class GenerationThread(threading.Thread):
 
     def _load(self) -> BatchEngine | None:
         try:
-            loaded = load_model(self._source, self._context_length)
+            loaded = load_model(self._source, self._context_length, self._draft_source)
         except Exception as exc:
             log.error("loading %s failed:\n%s", self._source, traceback.format_exc())
             self.load_failed = True

@@ -17,6 +17,7 @@ class LoadedModel:
     context_length: int
     load_seconds: float
     compute: str = ""  # the configuration cpu_tuning chose
+    draft_model: Any = None  # for speculative decoding: a smaller model with the same vocabulary
 
 
 def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> int:
@@ -31,26 +32,50 @@ def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> i
     return limit if isinstance(limit, int) and limit < 10**8 else 4096
 
 
-def load_model(source: str, context_length: int | None = None) -> LoadedModel:
-    """`source` is a directory, or a hub repo id that mlx-lm downloads (and caches) on first use."""
+def load_model(source: str, context_length: int | None = None, draft_source: str | None = None) -> LoadedModel:
+    """`source` is a directory, or a hub repo id that mlx-lm downloads (and caches) on first use; so is
+    `draft_source`, the draft model for speculative decoding."""
     import psutil
-    from mlx_lm import load  # imported here: mlx-lm is only ever touched by the thread that owns MLX
 
-    from worker.cpu_tuning import tune_model
-
-    if "/" not in source and not Path(source).exists():
-        raise FileNotFoundError(f"model directory {source!r} does not exist")
     started = time.perf_counter()
-    model, tokenizer, config = load(source, return_config=True)
-    mx.eval(model.parameters())
-    model, compute = tune_model(model, psutil.virtual_memory().total)
+    model, tokenizer, config, compute = _load_one(source, psutil.virtual_memory().total)
+    draft = None
+    if draft_source:
+        draft, draft_tokenizer, _, _ = _load_one(draft_source, psutil.virtual_memory().total)
+        _check_draft(model, tokenizer, draft, draft_tokenizer, draft_source)
+        compute += f", draft {Path(draft_source).name}"
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         context_length=context_length_of(config, tokenizer, context_length),
         load_seconds=time.perf_counter() - started,
         compute=compute,
+        draft_model=draft,
     )
+
+
+def _load_one(source: str, host_memory: int):
+    from mlx_lm import load  # imported here: mlx-lm is only ever touched by the thread that owns MLX
+
+    from worker.cpu_tuning import tune_model
+
+    if "/" not in source and not Path(source).exists():
+        raise FileNotFoundError(f"model directory {source!r} does not exist")
+    model, tokenizer, config = load(source, return_config=True)
+    mx.eval(model.parameters())
+    model, compute = tune_model(model, host_memory)
+    return model, tokenizer, config, compute
+
+
+def _check_draft(model, tokenizer, draft, draft_tokenizer, draft_source: str) -> None:
+    """Refuse, at load time, a draft that could not work: other tokens, or a cache that cannot be rewound."""
+    from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
+
+    if draft_tokenizer.vocab_size != tokenizer.vocab_size or draft_tokenizer.eos_token_ids != tokenizer.eos_token_ids:
+        raise ValueError(f"draft model {draft_source!r} does not share the model's vocabulary")
+    for name, m in (("the model", model), ("the draft model", draft)):
+        if not can_trim_prompt_cache(make_prompt_cache(m)):
+            raise ValueError(f"speculative decoding needs a KV cache that can be rewound; {name}'s cannot")
 
 
 def device_name() -> str:

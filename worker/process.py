@@ -56,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
         prefill_concurrency=args.prefill_concurrency,
         prefill_step_size=args.prefill_step_size,
         prompt_cache_bytes=args.prompt_cache_mb * MB,
+        num_draft_tokens=args.num_draft_tokens,
     )
-    generation = GenerationThread(ctx, args.source, args.instance_id, args.context_length, options, inbox, drain, halt)
+    generation = GenerationThread(
+        ctx, args.source, args.draft_source, args.instance_id, args.context_length, options, inbox, drain, halt
+    )
     transport.start()
     generation.start()
     log.info("serving %s at %s (pid %d)", args.model_id, args.endpoint, os.getpid())

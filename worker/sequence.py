@@ -39,6 +39,7 @@ class Sequence:
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = cached_tokens
         self.completion_tokens = 0
+        self.draft_accepted = 0  # tokens a draft model proposed and the model accepted (speculative decoding)
         self._tokenizer = tokenizer
         self._detokenizer = tokenizer.detokenizer
         self._stops = StopMatcher(stop)
@@ -100,5 +101,6 @@ class Sequence:
                 cached_tokens=self.cached_tokens,
             ),
             prompt_tps=(self.prompt_tokens - self.cached_tokens) / max(first - self._admitted, 1e-9),
+            draft_accepted_tokens=self.draft_accepted,
             generation_tps=max(self.completion_tokens - 1, 0) / max(now - first, 1e-9),
         )
