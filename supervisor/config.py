@@ -22,12 +22,21 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     prefill_concurrency: int = 4
     prefill_step_size: int = 512
     prompt_cache_mb: int = 512
+    num_draft_tokens: int = 3  # with a draft model: tokens proposed per verification round
+
+    def __post_init__(self) -> None:
+        if self.num_draft_tokens < 1:
+            raise ValueError("num_draft_tokens must be at least 1")
 
     def worker_args(self) -> list[str]:
-        return [
-            f"--{name.replace('_', '-')}={getattr(self, name)}"
-            for name in ("decode_concurrency", "prefill_concurrency", "prefill_step_size", "prompt_cache_mb")
-        ]
+        names = (
+            "decode_concurrency",
+            "prefill_concurrency",
+            "prefill_step_size",
+            "prompt_cache_mb",
+            "num_draft_tokens",
+        )
+        return [f"--{name.replace('_', '-')}={getattr(self, name)}" for name in names]
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,6 +53,9 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     priority: int = 0  # eviction order: lower priority is evicted first, then least recently used
     idle_ttl_seconds: float | None = None  # unload after this long without requests; None: the global TTL
     description: str = ""
+    # Speculative decoding for single streams: a configured model's id or alias, or a source like `source`.
+    # It must share the model's tokenizer; it is loaded into the same worker and counts in its memory.
+    draft_model: str | None = None
     engine: EngineSettings = EngineSettings()
 
     def __post_init__(self) -> None:
@@ -97,6 +109,9 @@ class Config:
             self.models[spec.id] = spec
             if spec.memory_gb is None and is_hub_id(spec.source):
                 raise ValueError(f"model {spec.id!r}: set memory_gb (hub weights are not on disk to measure)")
+        for spec in settings.models:  # once every name is known: a draft may name a model listed after it
+            if spec.memory_gb is None and spec.draft_model and is_hub_id(self.draft_source_of(spec)):
+                raise ValueError(f"model {spec.id!r}: set memory_gb (its draft's weights are not on disk to measure)")
         if not settings.models:
             raise ValueError("the config lists no models")
         self.default_model = settings.default_model or settings.models[0].id
@@ -110,7 +125,15 @@ class Config:
 
     def source_of(self, spec: ModelSpec) -> str:
         """What the worker loads: an absolute directory, or a hub repo id left for mlx-lm to fetch."""
-        source = spec.source
+        return self._locate(spec.source)
+
+    def draft_source_of(self, spec: ModelSpec) -> str | None:
+        if spec.draft_model is None:
+            return None
+        named = self.resolve(spec.draft_model)
+        return self.source_of(named) if named is not None else self._locate(spec.draft_model)
+
+    def _locate(self, source: str) -> str:
         if is_hub_id(source):
             return source
         if source.startswith(("/", "~", "./", "../")):

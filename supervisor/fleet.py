@@ -48,9 +48,12 @@ class Fleet:
         self.workers_endpoint = workers_endpoint
         self.registry = registry
         self.budget_bytes = int(self.settings.memory_budget_gb * GB)
-        self.slots = {spec.id: ModelSlot(spec, config.source_of(spec)) for spec in self.settings.models}
+        self.slots = {
+            spec.id: ModelSlot(spec, config.source_of(spec), config.draft_source_of(spec))
+            for spec in self.settings.models
+        }
         for slot in self.slots.values():
-            slot.estimate = estimate_bytes(slot.spec, slot.source)
+            slot.estimate = estimate_bytes(slot.spec, slot.source, slot.draft_source)
         self.by_instance: dict[str, WorkerProcess] = {}
         self.pinger: Pinger | None = None
         self.waiting = 0  # callers of ensure_loaded waiting for a load
@@ -141,7 +144,7 @@ class Fleet:
 
     async def _start(self, slot: ModelSlot) -> list[str]:
         slot.state, slot.last_error, slot.room_granted = State.STARTING, None, False
-        slot.estimate = estimate_bytes(slot.spec, slot.source)
+        slot.estimate = estimate_bytes(slot.spec, slot.source, slot.draft_source)
         worker = None
         try:
             victims = await self._make_room(slot)
@@ -152,7 +155,7 @@ class Fleet:
                 self.workers_endpoint,
                 slot.spec.context_length,
                 self.settings.shutdown_grace_seconds,
-                slot.spec.engine.worker_args(),
+                slot.spec.engine.worker_args() + (["--draft-source", slot.draft_source] if slot.draft_source else []),
             )
             self.registry.add(worker.pid)
             slot.worker = worker

@@ -26,17 +26,19 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".npz")
 KV_BYTES_PER_VALUE = 2  # float16/bfloat16 keys and values
 
 
-def estimate_bytes(spec: ModelSpec, source: str) -> int:
+def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None) -> int:
     """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
-    prompt cache budget + runtime."""
+    prompt cache budget + runtime, and the same weights and KV cache for a draft model."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
-    path = Path(source)  # hub models must state memory_gb (the config checks), so this is a directory
-    if not path.is_dir():
+    if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
-    weights = sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
-    kv = kv_cache_bytes(path / "config.json", spec.context_length)
-    return weights + kv + spec.engine.prompt_cache_mb * 2**20 + RUNTIME_BYTES
+    total = spec.engine.prompt_cache_mb * 2**20 + RUNTIME_BYTES
+    for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
+        if path.is_dir():
+            weights = sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+            total += weights + kv_cache_bytes(path / "config.json", spec.context_length)
+    return total
 
 
 def kv_cache_bytes(config_path: Path, context_length: int | None) -> int:

@@ -34,9 +34,10 @@ class State(StrEnum):
 
 
 class ModelSlot:
-    def __init__(self, spec: ModelSpec, source: str):
+    def __init__(self, spec: ModelSpec, source: str, draft_source: str | None = None):
         self.spec = spec
         self.source = source
+        self.draft_source = draft_source  # loaded into the same worker, for speculative decoding
         self.state = State.STOPPED
         self.worker: WorkerProcess | None = None
         self.transition: asyncio.Future | None = None

@@ -16,7 +16,8 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
             "model_store: store\nmodels:\n"
             "  - {id: a, aliases: [first], source: local-a}\n"
             "  - {id: b, source: org/repo, memory_gb: 2}\n"
-            "  - {id: c, source: ./dir}\n",
+            "  - {id: c, source: ./dir, draft_model: first}\n"
+            "  - {id: d, source: local-d, draft_model: ./small}\n",
         )
     )
     assert config.resolve("first").id == "a"
@@ -25,6 +26,10 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
     assert config.source_of(config.models["a"]) == str(tmp_path / "store" / "local-a")
     assert config.source_of(config.models["b"]) == "org/repo"  # a hub repo id, for mlx-lm to fetch
     assert config.source_of(config.models["c"]) == str(tmp_path / "dir")
+    # A draft names a configured model (its source is used) or a source of its own.
+    assert config.draft_source_of(config.models["c"]) == str(tmp_path / "store" / "local-a")
+    assert config.draft_source_of(config.models["d"]) == str(tmp_path / "small")
+    assert config.draft_source_of(config.models["a"]) is None
 
 
 @pytest.mark.parametrize(
@@ -38,6 +43,8 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
         ("models: []\n", "no models"),
         ("default_model: nope\nmodels:\n  - {id: a, source: x}\n", "default_model"),
         ("models: [\n", "models.yaml"),
+        ("models:\n  - {id: a, source: x, draft_model: org/small}\n", "its draft"),
+        ("models:\n  - {id: a, source: x, engine: {num_draft_tokens: 0}}\n", "num_draft_tokens"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(tmp_path, text, complaint):

@@ -23,3 +23,11 @@ def test_the_configured_figure_wins_and_a_missing_directory_costs_only_the_runti
     assert estimate_bytes(stated, str(model_store / MODEL)) == int(1.5 * GB)
     missing = ModelSpec(id="m", source="nowhere")
     assert estimate_bytes(missing, str(model_store / "nowhere")) == RUNTIME_BYTES
+
+
+def test_a_draft_model_adds_its_weights_and_kv_cache(model_store):
+    directory = str(model_store / MODEL)
+    spec = ModelSpec(id="m", source=MODEL, context_length=2048, engine=EngineSettings(prompt_cache_mb=64))
+    alone = estimate_bytes(spec, directory)
+    with_draft = estimate_bytes(spec, directory, draft_source=directory)
+    assert with_draft - alone == alone - 64 * 2**20 - RUNTIME_BYTES  # weights + KV once more, not the caches
