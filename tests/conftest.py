@@ -28,6 +28,8 @@ def server_config(tmp_path_factory, model_store):
             {"id": "broken", "source": "no-such-model-directory"},
             # One decode slot: shows that an aborted stream hands its slot over at once.
             {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
+            # Speculative decoding with the bundled model as its own draft (no smaller model is bundled).
+            {"id": "spec", **SHARED, "draft_model": "smollm2", "engine": {"num_draft_tokens": 2}},
         ],
     )
 
