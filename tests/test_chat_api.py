@@ -65,7 +65,7 @@ def test_seeded_sampling_repeats(client):
 
 def test_models_list_shows_configured_models(client, server):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"smollm2", "broken", "solo"}
+    assert set(models) == {"smollm2", "broken", "solo", "spec"}
     assert models["smollm2"].owned_by == "mlx-llm-server"
     assert models["smollm2"].model_extra["aliases"] == ["tiny"]
     assert models["smollm2"].model_extra["state"] in {"stopped", "starting", "ready"}
