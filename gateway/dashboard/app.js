@@ -83,7 +83,7 @@ function renderModels(memory) {
       el("td", { textContent: m.id + (m.aliases.length ? ` (${m.aliases.join(", ")})` : "") }),
       el("td", { textContent: m.type }),
       el("td", { className: `state state-${m.state}`, textContent: m.state }),
-      el("td", { className: "pid", textContent: m.pid || "–" }),
+      el("td", { className: "pid", textContent: detail.pid || "–" }),
       el("td", { className: "memory", textContent: memoryText }),
       el("td", { textContent: loaded ? detail.in_flight : "–" }),
       el("td", {}, load, " ", unload));
@@ -112,14 +112,18 @@ async function modelAction(id, action, button) {
 
 // -- live figures from /metrics (counter deltas between two polls) ----------------------------------------
 
+// Sums of each metric's samples that belong to model requests (a `model` label that is set): the dashboard's
+// own polls would otherwise dominate the request rate and the mean latency.
 function parseMetrics(text) {
-  const sums = {};
+  const models = {};
   for (const line of text.split("\n")) {
     if (!line || line.startsWith("#")) continue;
     const match = line.match(/^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/);
-    if (match) sums[match[1]] = (sums[match[1]] || 0) + Number(match[3]);
+    if (!match) continue;
+    const [, name, labels = "", raw] = match;
+    if (/model="[^"]/.test(labels)) models[name] = (models[name] || 0) + Number(raw);
   }
-  return sums;
+  return models;
 }
 
 async function refreshLive() {
