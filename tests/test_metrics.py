@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.harness import ROOT, free_port, wait_until
+from tests.test_memory_budget import reset
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 CHAT = "/v1/chat/completions"
@@ -207,3 +208,20 @@ def test_several_gateway_processes_sum_in_multiprocess_mode(server, tmp_path):
             assert value(samples, "mlx_server_http_requests_total", route="/v1/models", status="200") == 5
             assert value(samples, "mlx_server_supervisor_up") == 1  # the host's figures, once
     assert len(os.listdir(tmp_path)) > 0  # prometheus-client's per-process files
+
+
+def test_evictions_are_counted_for_the_model_evicted(budget_server):
+    reset(budget_server, "a", "b")  # the budget holds two; loading c evicts the least recently used, a
+    before = scrape(budget_server.url)
+    loaded = httpx.post(f"{budget_server.url}/api/v1/models/c/load", timeout=180).json()
+    after = scrape(budget_server.url)
+    assert loaded["evicted"] == ["a"]
+    for model, moved in (("a", 1), ("b", 0), ("c", 0)):
+        evictions = "mlx_server_model_evictions_total"
+        assert value(after, evictions, model=model) - value(before, evictions, model=model) == moved
+    assert (
+        value(after, "mlx_server_model_loads_total", model="c")
+        - value(before, "mlx_server_model_loads_total", model="c")
+        == 1
+    )
+    assert value(after, "mlx_server_model_state", model="a", state="stopped") == 1
