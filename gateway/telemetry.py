@@ -97,17 +97,15 @@ class Telemetry:
                 record.status = message["status"]
             await send(message)
 
-        route = scope.get("route")  # set by the router below; known only once we are inside
         metrics.IN_PROGRESS.inc()
         try:
             await self.app(scope, receive_and_keep, send_and_note)
-        except BaseException:
-            record.status = record.status or 500
+        except Exception:
+            record.status = record.status or 500  # the outermost error handler answers it
             raise
         finally:
             metrics.IN_PROGRESS.dec()
-            route = scope.get("route") or route
-            record.route = getattr(route, "path", None) or "unmatched"
+            record.route = getattr(scope.get("route"), "path", None) or "unmatched"  # the router put it there
             record.duration = time.perf_counter() - record.started
             record.status = record.status or 499  # no answer started: the client left first
             if record.model is None and record.status < 400:  # the admin routes name their model in the path

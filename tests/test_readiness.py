@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.harness import Server, free_port, pid_gone, short_run_dir, wait_until
+from tests.harness import ROOT, Server, free_port, pid_gone, short_run_dir, wait_until
 from tests.test_metrics import gateways, scrape, value
 
 
@@ -90,3 +90,12 @@ def test_readiness_checks_redis_when_configured(server, tmp_path):
         if redis.poll() is None:
             redis.kill()
             redis.wait()
+
+
+def test_manage_status_agrees_with_readiness(server, client):
+    client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    pid = ready(server.url).json()["workers"]["smollm2"]["pid"]
+    out = subprocess.run(
+        ["bash", "scripts/manage.sh", "status"], env=server.env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert '"status":"ready"' in out and f"smollm2: ready, pid {pid}, pong in" in out
