@@ -72,7 +72,7 @@ def first_token(url: str, model: str) -> float:
 
 
 def worker_of(server: Server, model: str) -> int:
-    return httpx.get(f"{server.url}/api/v1/health").json()["workers"][model]["pid"]
+    return httpx.get(f"{server.url}/api/v1/health/ready").json()["workers"][model]["pid"]
 
 
 def unload_and_measure(server: Server, model: str) -> dict:

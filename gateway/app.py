@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 
 import zmq.asyncio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from gateway import metrics
+from gateway.activity import ActivityLog, clear_activity, list_activity
 from gateway.errors import APIError
+from gateway.routes import system
 from gateway.routes.admin import load_model, memory_usage, unload_model
 from gateway.routes.chat import chat_completions
-from gateway.routes.health import health
+from gateway.routes.health import health, ready
 from gateway.routes.models import list_models
 from gateway.settings import GatewaySettings
 from gateway.streaming import ClientGone
 from gateway.supervisor_client import SupervisorClient
+from gateway.telemetry import Telemetry
 from gateway.worker_client import WorkerPool
 from protocol import ErrorCode
 
 log = logging.getLogger("gateway")
+DASHBOARD = Path(__file__).parent / "dashboard"  # plain static files: no build step
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -60,12 +68,25 @@ def _routes() -> list[Route]:
         Route("/api/v1/models/{model_id:str}/unload", unload_model, methods=["POST"]),
         Route("/api/v1/health", health, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/api/v1/health/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/system/stats", system.system_stats, methods=["GET"]),
+        Route("/api/v1/system/stats", system.system_stats, methods=["GET"]),
+        Route("/api/activity-logs", list_activity, methods=["GET"]),
+        Route("/api/activity-logs", clear_activity, methods=["DELETE"]),
+        Route("/", _dashboard, methods=["GET"]),
+        Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),
     ]
     return routes
 
 
+async def _dashboard(request: Request) -> FileResponse:
+    return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
+
+
 def create_app(settings: GatewaySettings | None = None) -> Starlette:
     settings = settings or GatewaySettings.from_env()
+    activity = ActivityLog(settings.activity_log_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -73,6 +94,8 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         app.state.settings = settings
         app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
         app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
+        app.state.activity = activity
+        system.prime()
         log.info(
             "gateway on http://%s:%d, supervisor at %s", settings.host, settings.port, settings.supervisor_endpoint
         )
@@ -82,10 +105,12 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             app.state.workers.close()
             app.state.supervisor.close()
             ctx.term()
+            metrics.process_exited()
 
     return Starlette(
         routes=_routes(),
         lifespan=lifespan,
+        middleware=[Middleware(Telemetry, activity=activity)],  # outermost of ours: times auth failures too
         exception_handlers={
             APIError: _api_error,
             ClientGone: _client_gone,

@@ -19,6 +19,7 @@ _STATUS = {
     ErrorCode.WORKER_UNAVAILABLE: (503, "server_error"),
     ErrorCode.SHUTTING_DOWN: (503, "server_error"),
     ErrorCode.TIMEOUT: (504, "server_error"),
+    "permission_denied": (403, "permission_error"),  # the gateway's own: an admin-only endpoint
 }
 RETRY_AFTER_SECONDS = 1
 

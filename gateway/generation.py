@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from gateway.errors import APIError
 from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
+from gateway.telemetry import record_of
 from gateway.worker_client import RequestStream, WorkerClient
 from protocol import ErrorCode
 from protocol.generation import GenerateRequest, GenerationError, TextChunk
@@ -38,6 +39,8 @@ async def start_generation(
 async def _send(request: Request, gen: GenerateRequest, model: str, stale_instance: str | None):
     client = await request.app.state.workers.acquire(model, stale_instance)
     stream = await client.open(gen, request.app.state.settings.connect_timeout)
+    if (record := record_of(request)) is not None:
+        record.model, stream.observer = client.model_id, record.observe_event
     try:
         first = await unless_disconnected(request, stream.next())
     except BaseException:

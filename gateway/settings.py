@@ -17,6 +17,10 @@ class GatewaySettings:
     connect_timeout: float = 10.0  # how long to wait for a worker socket to connect
     keepalive_seconds: float = 5.0  # a stream waiting for its model sends an SSE comment this often
     log_level: str = "INFO"
+    ready_ping_timeout: float = 2.0  # readiness: how long each ready worker has to answer its ping
+    redis_url: str = ""  # readiness checks Redis when set
+    activity_log_size: int = 200  # requests the activity log keeps
+    run_dir: str = "run"  # /system/stats reports the disk that holds it
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -29,4 +33,8 @@ class GatewaySettings:
             silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
+            ready_ping_timeout=float(os.environ.get("READY_PING_TIMEOUT", cls.ready_ping_timeout)),
+            redis_url=os.environ.get("REDIS_URL", ""),
+            activity_log_size=int(os.environ.get("ACTIVITY_LOG_SIZE", cls.activity_log_size)),
+            run_dir=str(run_dir),
         )

@@ -30,6 +30,7 @@ class RequestStream:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._silence = silence_timeout
         self.done = False
+        self.observer = None  # called with every event handed out (the request's telemetry record)
 
     def put(self, event) -> None:
         self._queue.put_nowait(event)
@@ -43,6 +44,8 @@ class RequestStream:
             event = failure(self.request_id, ErrorCode.TIMEOUT, f"the worker sent nothing for {self._silence:.0f}s")
         if isinstance(event, TERMINAL):
             self.done = True
+        if self.observer is not None:
+            self.observer(event)
         return event
 
 

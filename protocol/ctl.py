@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from protocol.codec import Message, decoder
+from protocol.control import MemoryReport
 
 
 class EnsureLoaded(Message, tag="ensure_loaded"):
@@ -87,6 +88,14 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     alive: bool | None = None  # only in Status replies: did a ping reach the generation loop?
     ping_ms: float | None = None
     compute: str = ""  # what the worker chose to compute with, from its Ready
+    queued: int = 0  # of in_flight: accepted by the worker, not yet generating (from its last Pong)
+    worker_memory: MemoryReport | None = None  # the worker's last report: RSS and MLX's active/peak/cache
+    # Since the supervisor started (Prometheus counters): workers that became ready, were evicted to make
+    # room for another model, and exited without being asked to.
+    loads: int = 0
+    evictions: int = 0
+    crashes: int = 0
+    crashed: bool = False  # its worker crashed and the model has not been loaded (or unloaded) since
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):

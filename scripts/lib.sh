@@ -28,3 +28,21 @@ ensure_openblas() {
   fi
   return 0
 }
+
+# Debian packages the tests drive (best effort, like OpenBLAS): chromium for the dashboard's browser test,
+# redis-server for the readiness check. Without them those tests are skipped, with the reason.
+ensure_test_tools() {
+  [ "$(uname -s)" = Linux ] || return 0
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} for the tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } ||
+      echo "could not install ${missing[*]}: the tests that need them are skipped" >&2
+  fi
+  return 0
+}

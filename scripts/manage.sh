@@ -12,8 +12,8 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 case "${1:-status}" in
   status)
     if running; then echo "server: running (honcho pid $(cat "$pidfile"))"; else echo "server: not running"; fi
-    echo "--- gateway http://127.0.0.1:$port/api/v1/health"
-    curl -s --max-time 5 "http://127.0.0.1:$port/api/v1/health" && echo || echo "gateway: not answering"
+    echo "--- gateway http://127.0.0.1:$port/api/v1/health/ready (dashboard: http://127.0.0.1:$port/)"
+    curl -s --max-time 5 "http://127.0.0.1:$port/api/v1/health/ready" && echo || echo "gateway: not answering"
     echo "--- supervisor"
     "${UV[@]}" run --no-sync supervisor ctl status || true
     echo

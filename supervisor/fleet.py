@@ -124,6 +124,7 @@ class Fleet:
 
     async def unload(self, name: str) -> int | None:
         slot = self.slot(name)
+        slot.crashed = False  # the operator wants it down: no longer a crash waiting for a reload
         while True:
             if slot.transition is not None:
                 await _quietly(slot.transition)
@@ -163,6 +164,7 @@ class Fleet:
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.load_timeout_seconds)
             slot.state, slot.last_used = State.READY, time.monotonic()
+            slot.loads, slot.crashed = slot.loads + 1, False
             log.info(
                 "%s ready in %.1fs on %s, %s (pid %d)",
                 slot.spec.id, ready.load_seconds, ready.device, ready.compute, worker.pid,
@@ -210,6 +212,7 @@ class Fleet:
         for victim in victims:
             log.info("evicting %s (idle %.0fs) to make room for %s", victim.spec.id,
                      time.monotonic() - victim.last_used, slot.spec.id)  # fmt: skip
+            victim.evictions += 1
             self._begin_stop(victim)
         await asyncio.gather(*(_quietly(v.transition) for v in victims if v.transition is not None))
         return [v.spec.id for v in victims]
@@ -249,6 +252,7 @@ class Fleet:
         # this model starts a new worker, unless it keeps crashing.
         now = time.monotonic()
         crashes = slot.record_crash(now, self.settings.crash_window_seconds)
+        slot.crash_count, slot.crashed = slot.crash_count + 1, True
         slot.last_error = f"worker pid {worker.pid} crashed ({describe_exit(worker.proc.returncode)})"
         if crashes > self.settings.crash_limit:
             slot.last_error += f"; {crashes} crashes within {self.settings.crash_window_seconds:.0f}s"
@@ -287,7 +291,7 @@ class Fleet:
         if worker is None:
             return
         worker.memory, worker.pong_at = pong.memory, time.monotonic()
-        worker.in_flight = pong.in_flight + pong.queued
+        worker.in_flight, worker.queued = pong.in_flight + pong.queued, pong.queued
         slot = self.slots.get(worker.model_id)
         if worker.in_flight:
             slot.last_used = worker.pong_at

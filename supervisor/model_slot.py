@@ -47,6 +47,8 @@ class ModelSlot:
         self.room_granted = False  # a starting model holds its estimate once the budget has made room for it
         self.last_used = time.monotonic()  # last handed to a gateway, or last seen with requests in flight
         self.crashes: deque[float] = deque()
+        self.loads = self.evictions = self.crash_count = 0  # since the supervisor started
+        self.crashed = False  # its worker crashed; cleared by the next load or an unload
 
     @property
     def priority(self) -> int:
@@ -111,4 +113,10 @@ class ModelSlot:
             alive=alive,
             ping_ms=ping_ms,
             compute=worker.compute if worker else "",
+            queued=worker.queued if worker else 0,
+            worker_memory=worker.memory if worker else None,
+            loads=self.loads,
+            evictions=self.evictions,
+            crashes=self.crash_count,
+            crashed=self.crashed,
         )

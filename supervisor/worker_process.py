@@ -35,6 +35,7 @@ class WorkerProcess:
         self.context_length: int | None = None
         self.compute = ""  # what the worker chose to compute with (Ready.compute)
         self.in_flight = 0
+        self.queued = 0  # of in_flight, waiting for the generation thread
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
         self.exited = asyncio.ensure_future(proc.wait())

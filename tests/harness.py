@@ -90,7 +90,7 @@ class Server:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}/api/v1/health/ready", timeout=5).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -75,9 +75,9 @@ def test_models_list_shows_configured_models(client, server):
 
 def test_health_reports_a_ping_through_each_worker(server, client):
     client.chat.completions.create(model="smollm2", messages=PARIS, temperature=0, max_tokens=1)
-    health = httpx.get(f"{server.url}/api/v1/health").json()
-    assert health["status"] == "ok"
-    assert health["supervisor"]["alive"] is True
+    health = httpx.get(f"{server.url}/api/v1/health/ready").json()
+    assert health["status"] == "ready"
+    assert health["supervisor"]["ok"] is True
     worker = health["workers"]["smollm2"]
     assert worker["alive"] is True and worker["state"] == "ready"
     assert worker["pid"] in server.worker_pids()

@@ -25,7 +25,7 @@ def test_a_model_that_keeps_crashing_is_marked_failed_until_an_operator_loads_it
     state = models(budget_server)["c"]
     assert state.state == "failed" and "2 crashes within 300s" in state.last_error
     assert "failed" in budget_server.ctl("ps").stdout
-    health = httpx.get(f"{budget_server.url}/api/v1/health").json()
+    health = httpx.get(f"{budget_server.url}/api/v1/health/ready").json()
     assert "crashes" in health["failed_models"]["c"] and health["status"] == "degraded"
     reply = chat(budget_server, "c")
     assert reply.status_code == 503 and reply.json()["error"]["code"] == "model_failed"

@@ -50,6 +50,7 @@ async def memory_usage(request: Request) -> JSONResponse:
             "models": {
                 m.id: {
                     "state": m.state,
+                    "pid": m.pid,
                     "charged_gb": _gb(m.charged_bytes),
                     "resident_gb": _gb(m.memory_bytes),
                     "estimate_gb": _gb(m.memory_estimate_bytes),

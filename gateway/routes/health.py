@@ -1,58 +1,103 @@
-"""GET /api/v1/health: the supervisor and each loaded worker count as alive only if a ping got through;
-models marked failed are listed.
+"""Liveness and readiness, for load balancers and orchestrators.
 
-Worker pings travel gateway -> supervisor -> worker's generation loop -> back, so a worker whose generation
-thread is wedged shows as not alive even while its process and sockets are up.
+GET /api/v1/health (also /health): liveness. This gateway process answers; nothing else is asked, so it stays
+cheap and a slow model never gets a healthy gateway restarted.
+
+GET /api/v1/health/ready: readiness, 200 or 503 with each component's verdict and response time:
+- the supervisor answers a Status call;
+- every ready worker answered a ping within READY_PING_TIMEOUT seconds (default 2). Worker pings travel
+  gateway -> supervisor -> worker's generation loop -> back, so a worker whose generation thread is wedged
+  fails even while its process and sockets are up. A worker still loading has not failed anything yet;
+  a worker that crashed fails until its model is loaded again (by a request, `ctl load` or the dashboard);
+- Redis answers PING, when REDIS_URL is configured.
+Models marked failed (too many crashes, or a failed load) make the status `degraded` but not 503: the other
+models still serve, so a load balancer should keep this gateway.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 
+import redis.asyncio as redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.errors import APIError
 from protocol.ctl import Status
 
-PING_TIMEOUT = 2.0
+STARTED = time.monotonic()
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
 
 
 async def health(request: Request) -> JSONResponse:
-    state = request.app.state
+    return JSONResponse({"status": "ok", "pid": os.getpid(), "uptime_seconds": round(time.monotonic() - STARTED, 1)})
+
+
+async def _supervisor_and_workers(state) -> tuple[dict, dict, dict]:
+    timeout = state.settings.ready_ping_timeout
     started = time.perf_counter()
     try:
-        report = await state.supervisor.call(
-            lambda call_id: Status(call_id=call_id, ping_timeout=PING_TIMEOUT), PING_TIMEOUT + 1
-        )
+        report = await state.supervisor.call(lambda call_id: Status(call_id=call_id, ping_timeout=timeout), timeout + 1)
     except APIError as exc:
-        body = {"status": "unavailable", "supervisor": {"alive": False, "error": exc.message}, "workers": {}}
-        return JSONResponse(body, status_code=503)
-    workers = {
-        m.id: {
-            "alive": bool(m.alive),
+        return {"ok": False, "error": exc.message, "response_ms": _ms(started)}, {}, {}
+    supervisor = {
+        "ok": True,
+        "pid": report.pid,
+        "uptime_seconds": round(report.uptime_seconds, 1),
+        "response_ms": _ms(started),
+    }
+    workers = {}
+    for m in report.models:
+        if m.pid is None and not (m.crashed and m.state != "failed"):
+            continue
+        # A crashed worker fails until its model is loaded again; a model marked failed only degrades (below).
+        ok = not m.crashed and (bool(m.alive) or m.state != "ready")
+        workers[m.id] = {
+            "ok": ok,
+            "alive": bool(m.alive),  # its ping came back (a worker still loading is not pinged)
             "state": m.state,
             "pid": m.pid,
             "ping_ms": m.ping_ms and round(m.ping_ms, 2),
             "memory_bytes": m.memory_bytes,
         }
-        for m in report.models
-        if m.pid is not None
-    }
-    # A worker still loading has not failed anything yet; a ready one that misses its ping has. A model marked
-    # failed (it crashed too often, or its load failed) degrades the status without failing the check: the
-    # other models still serve, so a load balancer should keep this gateway.
-    healthy = all(w["alive"] for w in workers.values() if w["state"] == "ready")
+        if not ok:
+            workers[m.id]["error"] = m.last_error if m.crashed else f"no pong within {timeout:g}s"
     failed = {m.id: m.last_error for m in report.models if m.state == "failed"}
+    return supervisor, workers, failed
+
+
+async def _redis(url: str, timeout: float) -> dict:
+    started = time.perf_counter()
+    client = redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        await asyncio.wait_for(client.ping(), timeout)
+        return {"ok": True, "response_ms": _ms(started)}
+    except (redis.RedisError, OSError, TimeoutError) as exc:
+        return {"ok": False, "error": str(exc) or type(exc).__name__, "response_ms": _ms(started)}
+    finally:
+        await client.aclose()
+
+
+async def ready(request: Request) -> JSONResponse:
+    state = request.app.state
+    checks = [_supervisor_and_workers(state)]
+    if state.settings.redis_url:
+        checks.append(_redis(state.settings.redis_url, state.settings.ready_ping_timeout))
+    started = time.perf_counter()
+    (supervisor, workers, failed), *rest = await asyncio.gather(*checks)
+    components = {"supervisor": supervisor, "workers": workers}
+    if rest:
+        components["redis"] = rest[0]
+    ok = supervisor["ok"] and all(w["ok"] for w in workers.values()) and all(r["ok"] for r in rest)
     body = {
-        "status": "ok" if healthy and not failed else "degraded",
-        "supervisor": {
-            "alive": True,
-            "pid": report.pid,
-            "uptime_seconds": round(report.uptime_seconds, 1),
-            "ping_ms": round((time.perf_counter() - started) * 1000, 1),
-        },
-        "workers": workers,
+        "status": "not_ready" if not ok else "degraded" if failed else "ready",
+        "response_ms": _ms(started),
+        **components,
         "failed_models": failed,
     }
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return JSONResponse(body, status_code=200 if ok else 503)

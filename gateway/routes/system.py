@@ -1,0 +1,129 @@
+"""GET /system/stats (also /api/v1/system/stats): the host's CPU, memory and disk (psutil), the accelerator as
+MLX describes it, and each worker's MLX memory as it last reported it to the supervisor.
+
+MLX's memory counters are per process, so the gateway's own would say nothing: the workers' figures come from
+their heartbeats. A figure this host cannot give (no Metal or CUDA device, no load average) is null, and
+`absent` says why, rather than a made-up zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+
+import psutil
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.errors import APIError
+from protocol.ctl import ListModels
+
+_PROCESS = psutil.Process()
+_WORKER_FIGURES = ("rss", "mlx_active", "mlx_peak", "mlx_cache", "kv_cache", "prompt_cache")
+
+
+@functools.cache
+def _accelerator() -> dict:
+    """What MLX sees (imported here once, on first use: the gateway needs MLX for nothing else)."""
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        backend = "metal"
+    elif hasattr(mx, "cuda") and mx.cuda.is_available():
+        backend = "cuda"
+    else:
+        backend = "cpu"
+    info = {k: v for k, v in mx.device_info().items() if isinstance(v, int | float | str)}
+    total = info.get("memory_size")
+    working_set = info.get("max_recommended_working_set_size")
+    absent = {}
+    if total is None:
+        absent["memory_total_bytes"] = f"MLX reports no device memory on this host (backend {backend})"
+    if working_set is None:
+        absent["recommended_working_set_bytes"] = "only Metal reports a recommended working set"
+    return {
+        "backend": backend,
+        "mlx_version": mx.__version__,
+        "device": info,
+        "memory_total_bytes": total,
+        "recommended_working_set_bytes": working_set,
+        "absent": absent,
+    }
+
+
+def _host(disk_path: str) -> dict:
+    vm, swap = psutil.virtual_memory(), psutil.swap_memory()
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    disk = psutil.disk_usage(disk_path if os.path.exists(disk_path) else "/")
+    return {
+        "cpu": {
+            "logical_cores": psutil.cpu_count(),
+            "physical_cores": psutil.cpu_count(logical=False),
+            "percent": psutil.cpu_percent(interval=None),  # since the previous call (primed at start-up)
+            "load_average": load,
+        },
+        "memory": {
+            "total_bytes": vm.total,
+            "available_bytes": vm.available,
+            "used_bytes": vm.used,
+            "percent": vm.percent,
+            "swap_total_bytes": swap.total,
+            "swap_used_bytes": swap.used,
+        },
+        "disk": {"path": disk_path, "total_bytes": disk.total, "free_bytes": disk.free, "percent": disk.percent},
+        "gateway": {
+            "pid": _PROCESS.pid,
+            "rss_bytes": _PROCESS.memory_info().rss,
+            "threads": _PROCESS.num_threads(),
+            "cpu_percent": _PROCESS.cpu_percent(interval=None),
+        },
+    }
+
+
+async def system_stats(request: Request) -> JSONResponse:
+    state = request.app.state
+    accelerator = await asyncio.to_thread(_accelerator)
+    body = {"time": time.time(), **_host(state.settings.run_dir), "accelerator": accelerator}
+    try:
+        reply = await state.supervisor.call(lambda call_id: ListModels(call_id=call_id), 2.0)
+    except APIError as exc:
+        body["workers"] = body["budget"] = None
+        body["absent"] = {"workers": f"the supervisor did not answer: {exc.message}"}
+        return JSONResponse(body)
+    body["workers"] = {
+        m.id: {
+            "pid": m.pid,
+            "state": m.state,
+            "charged_bytes": m.charged_bytes,
+            **(
+                {f"{k}_bytes": getattr(m.worker_memory, f"{k}_bytes") for k in _WORKER_FIGURES}
+                if m.worker_memory
+                else {}
+            ),
+        }
+        for m in reply.models
+        if m.pid is not None
+    }
+    memory = reply.memory
+    body["budget"] = memory and {
+        "budget_bytes": memory.budget_bytes,
+        "used_bytes": memory.used_bytes,
+        "reserved_bytes": memory.reserved_bytes,
+        "free_bytes": memory.free_bytes,
+    }
+    return JSONResponse(body)
+
+
+def _worker_figures(report) -> dict:
+    return {} if report is None else {f"{k}_bytes": getattr(report, f"{k}_bytes") for k in _WORKER_FIGURES}
+
+
+def prime() -> None:
+    """psutil's CPU percentages are relative to the previous call: make the first request's meaningful."""
+    psutil.cpu_percent(interval=None)
+    _PROCESS.cpu_percent(interval=None)

@@ -1,0 +1,94 @@
+"""The dashboard in headless Chromium (Debian's, driven by Playwright), against the real server.
+
+An operator enters a key, loads the model from the page, chats with streamed output, and sees the model's
+memory. The screenshot goes to DASHBOARD_SCREENSHOT when set (docs/dashboard.png in the README comes from it),
+else next to the test's temporary files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (test.sh installs it)")
+KEY = "sk-dashboard-test-key"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.mark.timeout(240)
+def test_operator_loads_a_model_chats_and_sees_its_memory(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    httpx.post(f"{server.url}/api/v1/models/smollm2/unload", timeout=60).raise_for_status()
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    sent_keys, keyed = set(), []  # the Authorization of every API call made after the key was entered
+
+    def note(request) -> None:
+        if keyed and request.resource_type == "fetch":
+            sent_keys.add(request.headers.get("authorization"))
+
+    page.on("request", note)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url)
+    expect(page.locator("h1")).to_have_text("MLX LLM Server")
+
+    page.fill("#api-key", KEY)
+    page.click("#save-key")
+    keyed.append(True)
+    expect(page.locator("#key-state")).to_have_text("key set")
+    row = page.locator('#models tr[data-model="smollm2"]')
+    expect(row.locator(".state")).to_have_text("stopped", timeout=15_000)
+
+    row.locator("button.load").click()
+    expect(row.locator(".state")).to_have_text("ready", timeout=120_000)
+    expect(row.locator(".memory")).to_contain_text(re.compile(r"resident 0\.[0-9]*[1-9]"), timeout=15_000)
+    expect(page.locator("#memory-text")).to_contain_text("GB budget")
+    assert float(page.locator("#memory-used").evaluate("e => parseFloat(e.style.width)")) > 0
+    expect(page.locator("#readiness")).to_have_text("ready", timeout=10_000)
+    # What `supervisor ctl status` (and so `./scripts/manage.sh status`) says, the page says.
+    pid = re.search(r"smollm2: ready, pid (\d+), pong", server.ctl("status").stdout).group(1)
+    expect(row.locator(".pid")).to_have_text(pid)
+
+    page.select_option("#chat-model", "smollm2")
+    page.fill("#chat-max-tokens", "24")
+    # Count how often the answer's text changes while it streams in.
+    page.evaluate("""() => {
+        window.updates = 0;
+        new MutationObserver(() => { window.updates += 1; })
+            .observe(document.getElementById('chat-output'), {childList: true, characterData: true, subtree: true});
+    }""")
+    page.fill("#chat-input", "What is the capital of France?")
+    page.click("#chat-send")
+    expect(page.locator("#chat-log .assistant")).to_contain_text("Paris", timeout=120_000)
+    assert page.evaluate("window.updates") >= 3, "the answer arrived in one piece, not streamed"
+    expect(page.locator("#chat-stats")).to_contain_text("tokens in")
+    expect(page.locator("#chat-error")).to_have_text("")
+
+    # The call shows up in the activity log and the live figures, as every poll shows what the server says.
+    expect(page.locator("#activity tbody tr").first).to_contain_text("What is the capital of France?", timeout=10_000)
+    expect(page.locator("#live-tps")).not_to_have_text("\u2013", timeout=10_000)  # the placeholder dash
+    expect(page.locator("#system")).to_contain_text("MLX")
+    expect(page.locator("#api-examples")).to_contain_text("/v1/chat/completions")
+
+    shot = Path(os.environ.get("DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert sent_keys == {f"Bearer {KEY}"}, f"every call carries the key, got {sent_keys}"
+    assert errors == []
+    page.close()
