@@ -31,6 +31,7 @@ def server_config(tmp_path_factory, model_store):
             # Speculative decoding with the bundled model as its own draft (no smaller model is bundled).
             {"id": "spec", **SHARED, "draft_model": "smollm2", "engine": {"num_draft_tokens": 2}},
         ],
+        crash_limit=100,  # tests across modules kill smollm2's worker on purpose; test_recovery tests the limit
     )
 
 

@@ -26,7 +26,8 @@ def test_liveness_is_cheap_and_readiness_details_each_component(server, client):
     client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
     reply = ready(server.url)
     body = reply.json()
-    assert reply.status_code == 200 and body["status"] == "ready"
+    # "degraded" (still 200) names models that failed to load: other tests try the `broken` model.
+    assert reply.status_code == 200 and body["status"] == ("degraded" if body.get("failed_models") else "ready")
     assert body["supervisor"]["ok"] and body["supervisor"]["response_ms"] > 0
     worker = body["workers"]["smollm2"]
     assert worker["ok"] and worker["alive"] and worker["ping_ms"] > 0 and worker["pid"] in server.worker_pids()
@@ -48,7 +49,7 @@ def test_readiness_fails_while_a_killed_worker_is_down_and_recovers_after_reload
 
     assert httpx.post(f"{server.url}/api/v1/models/smollm2/load", timeout=180).status_code == 200
     reply = ready(server.url)
-    assert reply.status_code == 200 and reply.json()["status"] == "ready"
+    assert reply.status_code == 200 and reply.json()["status"] in ("ready", "degraded")
     assert reply.json()["workers"]["smollm2"]["pid"] not in (None, pid)
     assert value(scrape(server.url), "mlx_server_model_loads_total", model="smollm2") == loads + 1
 
@@ -98,4 +99,5 @@ def test_manage_status_agrees_with_readiness(server, client):
     out = subprocess.run(
         ["bash", "scripts/manage.sh", "status"], env=server.env, cwd=ROOT, capture_output=True, text=True, timeout=120
     ).stdout
-    assert '"status":"ready"' in out and f"smollm2: ready, pid {pid}, pong in" in out
+    status = ready(server.url).json()["status"]  # "degraded" once another test has tried the `broken` model
+    assert f'"status":"{status}"' in out and f"smollm2: ready, pid {pid}, pong in" in out
