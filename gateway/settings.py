@@ -17,6 +17,8 @@ class GatewaySettings:
     connect_timeout: float = 10.0  # how long to wait for a worker socket to connect
     keepalive_seconds: float = 5.0  # a stream waiting for its model sends an SSE comment this often
     log_level: str = "INFO"
+    # Embeddings and rerank requests that name no model go to this one (the bundled all-MiniLM-L6-v2).
+    embedding_model: str = "all-minilm-l6-v2"
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -29,4 +31,5 @@ class GatewaySettings:
             silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
+            embedding_model=os.environ.get("EMBEDDING_DEFAULT_MODEL", cls.embedding_model),
         )

@@ -152,7 +152,7 @@ class Fleet:
                 self.workers_endpoint,
                 slot.spec.context_length,
                 self.settings.shutdown_grace_seconds,
-                slot.spec.engine.worker_args(),
+                [f"--model-type={slot.spec.type}", *slot.spec.engine.worker_args()],
             )
             self.registry.add(worker.pid)
             slot.worker = worker

@@ -28,15 +28,19 @@ KV_BYTES_PER_VALUE = 2  # float16/bfloat16 keys and values
 
 def estimate_bytes(spec: ModelSpec, source: str) -> int:
     """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
-    prompt cache budget + runtime."""
+    prompt cache budget + runtime. Encoders (type embedding) keep no KV or prompt cache, and the vision backend
+    no prompt cache."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
     path = Path(source)  # hub models must state memory_gb (the config checks), so this is a directory
     if not path.is_dir():
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
     weights = sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+    if spec.type == "embedding":
+        return weights + RUNTIME_BYTES
     kv = kv_cache_bytes(path / "config.json", spec.context_length)
-    return weights + kv + spec.engine.prompt_cache_mb * 2**20 + RUNTIME_BYTES
+    prompt_cache = spec.engine.prompt_cache_mb * 2**20 if spec.type == "llm" else 0
+    return weights + kv + prompt_cache + RUNTIME_BYTES
 
 
 def kv_cache_bytes(config_path: Path, context_length: int | None) -> int:

@@ -7,14 +7,16 @@ from supervisor.model_import import import_model
 from tests.harness import Server, write_config
 
 MODEL = "smollm2-135m-instruct"
+EMBEDDER = "all-minilm-l6-v2"
 CONTEXT = 2048  # small, so context-length errors are cheap to provoke
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
-    """The bundled GGUF imported once per session into a temporary model store."""
+    """The bundled models (the GGUF, the embedding model) imported once per session into a temporary store."""
     store = tmp_path_factory.mktemp("store")
     import_model(f"bundled:{MODEL}", MODEL, store)
+    import_model(f"bundled:{EMBEDDER}", EMBEDDER, store)
     return store
 
 
@@ -28,6 +30,8 @@ def server_config(tmp_path_factory, model_store):
             {"id": "broken", "source": "no-such-model-directory"},
             # One decode slot: shows that an aborted stream hands its slot over at once.
             {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
+            # The gateway's default for embeddings and rerank requests that name no model.
+            {"id": EMBEDDER, "aliases": ["minilm"], "source": EMBEDDER, "type": "embedding"},
         ],
     )
 

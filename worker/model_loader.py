@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ class LoadedModel:
     context_length: int
     load_seconds: float
     compute: str = ""  # the configuration cpu_tuning chose
+    config: dict = field(default_factory=dict)  # the model's config.json
 
 
 def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> int:

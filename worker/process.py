@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         prefill_step_size=args.prefill_step_size,
         prompt_cache_bytes=args.prompt_cache_mb * MB,
     )
-    generation = GenerationThread(ctx, args.source, args.instance_id, args.context_length, options, inbox, drain, halt)
+    generation = GenerationThread(
+        ctx, args.source, args.instance_id, args.context_length, options, inbox, drain, halt, args.model_type
+    )
     transport.start()
     generation.start()
     log.info("serving %s at %s (pid %d)", args.model_id, args.endpoint, os.getpid())
