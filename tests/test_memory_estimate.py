@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from supervisor.config import GB, EngineSettings, ModelSpec
 from supervisor.memory_budget import RUNTIME_BYTES, estimate_bytes
-from tests.conftest import MODEL
+from tests.conftest import EMBEDDER, MODEL
 
 
 def test_estimate_is_weights_plus_a_full_context_kv_cache_plus_runtime(model_store):
@@ -23,3 +23,11 @@ def test_the_configured_figure_wins_and_a_missing_directory_costs_only_the_runti
     assert estimate_bytes(stated, str(model_store / MODEL)) == int(1.5 * GB)
     missing = ModelSpec(id="m", source="nowhere")
     assert estimate_bytes(missing, str(model_store / "nowhere")) == RUNTIME_BYTES
+
+
+def test_an_embedding_model_is_charged_its_weights_and_runtime_only(model_store):
+    directory = model_store / EMBEDDER
+    weights = (directory / "model.safetensors").stat().st_size
+    assert 80 * 2**20 < weights < 100 * 2**20  # all-MiniLM-L6-v2 in float32
+    spec = ModelSpec(id="e", source=EMBEDDER, type="embedding")
+    assert estimate_bytes(spec, str(directory)) == weights + RUNTIME_BYTES  # no KV cache, no prompt cache
