@@ -19,6 +19,11 @@ class GatewaySettings:
     log_level: str = "INFO"
     # Embeddings and rerank requests that name no model go to this one (the bundled all-MiniLM-L6-v2).
     embedding_model: str = "all-minilm-l6-v2"
+    # Image inputs: size and pixel limits; http(s) image URLs are fetched only when enabled, within a time limit.
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 50_000_000
+    image_urls: bool = False
+    image_fetch_timeout: float = 10.0
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -32,4 +37,8 @@ class GatewaySettings:
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
             embedding_model=os.environ.get("EMBEDDING_DEFAULT_MODEL", cls.embedding_model),
+            max_image_bytes=int(os.environ.get("GATEWAY_MAX_IMAGE_BYTES", cls.max_image_bytes)),
+            max_image_pixels=int(os.environ.get("GATEWAY_MAX_IMAGE_PIXELS", cls.max_image_pixels)),
+            image_urls=os.environ.get("GATEWAY_IMAGE_URLS", "0").lower() in ("1", "true", "yes"),
+            image_fetch_timeout=float(os.environ.get("GATEWAY_IMAGE_FETCH_TIMEOUT", cls.image_fetch_timeout)),
         )

@@ -5,9 +5,11 @@ from openai import OpenAI
 
 from supervisor.model_import import import_model
 from tests.harness import Server, write_config
+from tests.tiny_vlm import build_tiny_qwen2_vl
 
 MODEL = "smollm2-135m-instruct"
 EMBEDDER = "all-minilm-l6-v2"
+VLM = "tiny-vlm"
 CONTEXT = 2048  # small, so context-length errors are cheap to provoke
 
 
@@ -17,6 +19,7 @@ def model_store(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     import_model(f"bundled:{MODEL}", MODEL, store)
     import_model(f"bundled:{EMBEDDER}", EMBEDDER, store)
+    build_tiny_qwen2_vl(store / VLM, tokenizer_src=store / MODEL)  # no real vision model can be fetched here
     return store
 
 
@@ -32,6 +35,7 @@ def server_config(tmp_path_factory, model_store):
             {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
             # The gateway's default for embeddings and rerank requests that name no model.
             {"id": EMBEDDER, "aliases": ["minilm"], "source": EMBEDDER, "type": "embedding"},
+            {"id": VLM, "source": VLM, "type": "vlm", "context_length": 256},
         ],
     )
 
