@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,6 +19,7 @@ from protocol.errors import ErrorCode
 from protocol.generation import failure
 from worker.model_loader import LoadedModel, context_length_of, device_name
 from worker.prompt_encoding import RequestRejected
+from worker.waiting import Waiting
 
 log = logging.getLogger("worker.embedding")
 BATCH = 32  # texts per forward pass: bounds the activations a long list of inputs can hold at once
@@ -57,7 +57,7 @@ class EmbeddingEngine:
         # Sizes a vector may be cut to: its own, and those the model was trained to keep meaning at (Matryoshka).
         self.dimensions = self._native_dimensions()
         self.allowed_dimensions = {self.dimensions, *loaded.config.get("matryoshka_dimensions", ())}
-        self._waiting: deque = deque()
+        self._waiting = Waiting()
 
     def _native_dimensions(self) -> int:
         config = self._model.config
@@ -80,10 +80,8 @@ class EmbeddingEngine:
         self._waiting.append(request)
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
-        queued = next((r for r in self._waiting if r.request_id == request_id), None)
-        if queued is None:
+        if not self._waiting.drop(request_id):
             return False
-        self._waiting.remove(queued)
         emit(failure(request_id, code, reason))
         return True
 

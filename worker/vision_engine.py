@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections import deque
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,6 +21,7 @@ from worker.model_loader import LoadedModel, context_length_of, device_name
 from worker.prompt_encoding import RequestRejected
 from worker.sampling import logits_processors_for, sampler_for
 from worker.stop_matcher import StopMatcher
+from worker.waiting import Waiting
 
 log = logging.getLogger("worker.vision")
 
@@ -82,7 +82,7 @@ class VisionEngine:
         self._model = loaded.model
         self._processor = loaded.tokenizer
         self.context_length = loaded.context_length
-        self._waiting: deque[GenerateRequest] = deque()
+        self._waiting = Waiting()
         self._running: _Running | None = None
 
     @property
@@ -107,11 +107,8 @@ class VisionEngine:
         if self._running is not None and self._running.request.request_id == request_id:
             self._running.tokens.close()  # ends mlx-vlm's generator: its KV cache is freed
             self._running = None
-        else:
-            queued = next((r for r in self._waiting if r.request_id == request_id), None)
-            if queued is None:
-                return False
-            self._waiting.remove(queued)
+        elif not self._waiting.drop(request_id):
+            return False
         emit(failure(request_id, code, reason))
         return True
 
