@@ -149,6 +149,12 @@ def test_bad_rerank_requests_are_400_naming_the_field(server, body, param):
     assert reply.json()["error"]["param"] == param
 
 
+def test_a_document_longer_than_the_context_is_named(server):
+    reply = rerank(server, query="cats", documents=["short", "word " * 600])
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "context_length_exceeded"
+    assert reply.json()["error"]["message"].startswith("document 1 has")
+
+
 def test_rerank_with_a_text_model_is_a_clear_400(server):
     reply = rerank(server, model="smollm2", query="q", documents=["a"])
     assert reply.status_code == 400 and "embedding model" in reply.json()["error"]["message"]

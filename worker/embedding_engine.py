@@ -111,22 +111,22 @@ class EmbeddingEngine:
 
     # -- the work ------------------------------------------------------------------------------------------
 
-    def _encode(self, texts: list[str], pairs: list[str] | None = None) -> dict:
-        """Tokenise, refusing (rather than silently cutting) any input longer than the model's context."""
-        lengths = self._tokenizer(texts, pairs, truncation=False)["input_ids"]
-        for i, ids in enumerate(lengths):
+    def _check_lengths(self, texts: list[str], pairs: list[str] | None, name) -> None:
+        """Refuse, before any model work, an input longer than the model's context rather than cut it.
+        `name(i)` says which input the client sees at position i."""
+        for i, ids in enumerate(self._tokenizer(texts, pairs, truncation=False)["input_ids"]):
             if len(ids) > self.context_length:
                 raise RequestRejected(
                     ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                    f"input {i} has {len(ids)} tokens; this model's maximum context length is "
+                    f"{name(i)} has {len(ids)} tokens; this model's maximum context length is "
                     f"{self.context_length} tokens",
                 )
-        return self._tokenizer(texts, pairs, padding=True, return_tensors="np")
 
     def _forward(self, texts: list[str], pairs: list[str] | None = None):
         """Per batch: (the model's output, the number of real tokens)."""
         for start in range(0, len(texts), BATCH):
-            batch = self._encode(texts[start : start + BATCH], pairs and pairs[start : start + BATCH])
+            chunk = texts[start : start + BATCH], pairs and pairs[start : start + BATCH]
+            batch = self._tokenizer(*chunk, padding=True, return_tensors="np")
             mask = mx.array(batch["attention_mask"])
             output = self._model(mx.array(batch["input_ids"]), attention_mask=mask)
             yield output, int(batch["attention_mask"].sum())
@@ -150,6 +150,7 @@ class EmbeddingEngine:
                 ErrorCode.INVALID_REQUEST,
                 f"This model does not support dimensions={size}: its embeddings have {allowed} dimensions",
             )
+        self._check_lengths(request.inputs, None, lambda i: f"input {i}")
         vectors, tokens = self._vectors(request.inputs)
         if size != vectors.shape[1]:  # Matryoshka: keep the leading dimensions, then normalise again
             vectors = vectors[:, :size]
@@ -161,13 +162,16 @@ class EmbeddingEngine:
         if self.cross_encoder:
             scores, tokens = [], 0
             queries = [request.query] * len(request.documents)
+            self._check_lengths(queries, request.documents, lambda i: f"the query with document {i}")
             for output, n in self._forward(queries, request.documents):
                 logits = output.pooler_output  # the head's output, already through sigmoid/softmax
                 scores += np.array(logits[:, -1].astype(mx.float32)).tolist()  # last label: "relevant"
                 tokens += n
             method = "cross-encoder"
         else:
-            vectors, tokens = self._vectors([request.query, *request.documents])
+            texts = [request.query, *request.documents]
+            self._check_lengths(texts, None, lambda i: f"document {i - 1}" if i else "the query")
+            vectors, tokens = self._vectors(texts)
             scores = (vectors[1:] @ vectors[0]).tolist()  # unit vectors: the dot product is the cosine
             method = "bi-encoder"
         return RerankScores(request_id=request.request_id, scores=scores, prompt_tokens=tokens, method=method)
