@@ -17,7 +17,7 @@ import numpy as np
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.errors import ErrorCode
 from protocol.generation import failure
-from worker.model_loader import LoadedModel, context_length_of, device_name
+from worker.model_loader import LoadedModel, context_length_of
 from worker.prompt_encoding import RequestRejected
 from worker.waiting import Waiting
 
@@ -29,13 +29,17 @@ def load_encoder(source: str, context_length: int | None = None) -> LoadedModel:
     """An embedding or cross-encoder model directory, loaded with mlx-embeddings (no hub: a local directory)."""
     import json
 
+    import psutil
     from mlx_embeddings import load
+
+    from worker.cpu_tuning import tune_model
 
     if not Path(source).is_dir():
         raise FileNotFoundError(f"model directory {source!r} does not exist")
     started = time.perf_counter()
     model, tokenizer = load(source)
     mx.eval(model.parameters())
+    model, compute = tune_model(model, psutil.virtual_memory().total)  # on a Linux CPU: OpenBLAS, float32
     config = json.loads((Path(source) / "config.json").read_text())
     tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)  # the Hugging Face tokenizer inside the wrapper
     return LoadedModel(
@@ -43,7 +47,7 @@ def load_encoder(source: str, context_length: int | None = None) -> LoadedModel:
         tokenizer=tokenizer,
         context_length=context_length_of(config, tokenizer, context_length),
         load_seconds=time.perf_counter() - started,
-        compute=f"{device_name()}: mlx-embeddings",
+        compute=f"{compute} (mlx-embeddings)",
         config=config,
     )
 
