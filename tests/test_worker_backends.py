@@ -134,6 +134,11 @@ def test_vision_refuses_what_it_cannot_serve(vision):
     )
     (bad,) = run(vision, broken)
     assert bad.code == "invalid_request" and "image 0 could not be decoded" in bad.message
+    sliver = GenerateRequest(
+        request_id="sliver", messages=[ChatMessage(role="user", content="?", images=[png(size=(1000, 2))])]
+    )
+    (refused,) = run(vision, sliver)  # Qwen-VL's processor takes no aspect ratio beyond 200:1
+    assert refused.code == "invalid_request" and "aspect ratio" in refused.message
     (embed,) = run(vision, EmbedRequest(request_id="e", inputs=["x"]))
     assert embed.code == "invalid_request"
     assert not vision.busy

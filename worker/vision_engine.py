@@ -182,7 +182,12 @@ class VisionEngine:
 
     def _advance(self, running: _Running, emit) -> None:
         """One token (the first call also runs the prefill)."""
-        result = next(running.tokens, None)
+        try:
+            result = next(running.tokens, None)
+        except ValueError as exc:  # mlx-vlm's words for inputs its processor refuses (e.g. a 500:1 image)
+            if running.first_token_at is None and str(exc).startswith("Failed to process inputs"):
+                raise RequestRejected(ErrorCode.INVALID_REQUEST, f"The model cannot take this input: {exc}") from exc
+            raise
         rid = running.request.request_id
         if running.first_token_at is None and result is not None:
             running.first_token_at = time.perf_counter()
