@@ -93,10 +93,10 @@ def vision(model_store):
     return engine
 
 
-def look(request_id: str, max_tokens: int | None = 6, stop: list[str] | None = None, **fields) -> GenerateRequest:
+def look(request_id: str, max_tokens: int | None = 6, stop: list[str] | None = None, sampling=None) -> GenerateRequest:
     message = ChatMessage(role="user", content="Describe it.", images=[png()])
-    sampling = SamplingParams(temperature=0, max_tokens=max_tokens, stop=stop or [])
-    return GenerateRequest(request_id=request_id, messages=[message], sampling=sampling, **fields)
+    sampling = sampling or SamplingParams(temperature=0, max_tokens=max_tokens, stop=stop or [])
+    return GenerateRequest(request_id=request_id, messages=[message], sampling=sampling)
 
 
 def test_vision_requests_run_one_at_a_time_and_an_abort_frees_the_turn(vision):
@@ -139,6 +139,8 @@ def test_vision_refuses_what_it_cannot_serve(vision):
     )
     (refused,) = run(vision, sliver)  # Qwen-VL's processor takes no aspect ratio beyond 200:1
     assert refused.code == "invalid_request" and "aspect ratio" in refused.message
+    (no_logprobs,) = run(vision, look("logprobs", sampling=SamplingParams(logprobs=True)))
+    assert no_logprobs.code == "invalid_request" and "logprobs" in no_logprobs.message
     (embed,) = run(vision, EmbedRequest(request_id="e", inputs=["x"]))
     assert embed.code == "invalid_request"
     assert not vision.busy

@@ -154,6 +154,8 @@ class VisionEngine:
             )
         if request.messages is None:
             raise RequestRejected(ErrorCode.INVALID_REQUEST, "This vision model takes chat messages, not a raw prompt")
+        if request.sampling.logprobs:
+            raise RequestRejected(ErrorCode.INVALID_REQUEST, "logprobs are not available from vision models")
         images = decode_images(request)
         messages = []
         for m in request.messages:
