@@ -21,8 +21,10 @@ from gateway.errors import APIError
 from gateway.routes import system
 from gateway.routes.admin import load_model, memory_usage, unload_model
 from gateway.routes.chat import chat_completions
+from gateway.routes.embeddings import embeddings
 from gateway.routes.health import health, ready
 from gateway.routes.models import list_models
+from gateway.routes.rerank import rerank
 from gateway.settings import GatewaySettings
 from gateway.streaming import ClientGone
 from gateway.supervisor_client import SupervisorClient
@@ -61,6 +63,8 @@ def _routes() -> list[Route]:
         routes += [
             Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
             Route(f"{prefix}/models", list_models, methods=["GET"]),
+            Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
+            Route(f"{prefix}/rerank", rerank, methods=["POST"]),
         ]
     routes += [
         Route("/api/v1/models/memory/usage", memory_usage, methods=["GET"]),

@@ -21,6 +21,13 @@ class GatewaySettings:
     redis_url: str = ""  # readiness checks Redis when set
     activity_log_size: int = 200  # requests the activity log keeps
     run_dir: str = "run"  # /system/stats reports the disk that holds it
+    # Embeddings and rerank requests that name no model go to this one (the bundled all-MiniLM-L6-v2).
+    embedding_model: str = "all-minilm-l6-v2"
+    # Image inputs: size and pixel limits; http(s) image URLs are fetched only when enabled, within a time limit.
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 50_000_000
+    image_urls: bool = False
+    image_fetch_timeout: float = 10.0
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -37,4 +44,9 @@ class GatewaySettings:
             redis_url=os.environ.get("REDIS_URL", ""),
             activity_log_size=int(os.environ.get("ACTIVITY_LOG_SIZE", cls.activity_log_size)),
             run_dir=str(run_dir),
+            embedding_model=os.environ.get("EMBEDDING_DEFAULT_MODEL", cls.embedding_model),
+            max_image_bytes=int(os.environ.get("GATEWAY_MAX_IMAGE_BYTES", cls.max_image_bytes)),
+            max_image_pixels=int(os.environ.get("GATEWAY_MAX_IMAGE_PIXELS", cls.max_image_pixels)),
+            image_urls=os.environ.get("GATEWAY_IMAGE_URLS", "0").lower() in ("1", "true", "yes"),
+            image_fetch_timeout=float(os.environ.get("GATEWAY_IMAGE_FETCH_TIMEOUT", cls.image_fetch_timeout)),
         )

@@ -1,7 +1,7 @@
 """Data plane: the gateway talks to the worker that holds a model. Every message carries `request_id`.
 
-gateway -> worker: GenerateRequest, Abort
-worker -> gateway: TextChunk*, then exactly one of Finished or GenerationError
+gateway -> worker: GenerateRequest, Abort (and the encoder requests of protocol.embedding)
+worker -> gateway: TextChunk*, then exactly one of Finished or GenerationError (or an encoder result)
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import msgspec
 
 from protocol.codec import Message, decoder
+from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.errors import RETRYABLE
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     content: str
+    images: list[bytes] = []  # encoded image files (PNG, JPEG, ...) in the order they appear in the message
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,13 +93,13 @@ def failure(request_id: str, code: str, message: str) -> GenerationError:
     return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE)
 
 
-WorkerOutbound = TextChunk | Finished | GenerationError
-TERMINAL = (Finished, GenerationError)
+WorkerOutbound = TextChunk | Finished | GenerationError | Embeddings | RerankScores
+TERMINAL = (Finished, GenerationError, Embeddings, RerankScores)
 
 
 def worker_inbound_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(GenerateRequest, Abort)
+    return decoder(GenerateRequest, Abort, EmbedRequest, RerankRequest)
 
 
 def worker_outbound_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(TextChunk, Finished, GenerationError)
+    return decoder(TextChunk, Finished, GenerationError, Embeddings, RerankScores)

@@ -15,10 +15,12 @@ export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}
 export MLX_GATEWAY_PORT=${PORT:-9123}
 mkdir -p "$MLX_SERVER_RUN_DIR"
 
-if [ ! -f models/smollm2-135m-instruct/config.json ] && [ -z "${MLX_MODEL_STORE:-}" ]; then
-  echo "importing the bundled default model into ./models" >&2
-  "${UV[@]}" run --no-sync supervisor ctl import bundled:smollm2-135m-instruct --store models
-fi
+for bundled in smollm2-135m-instruct all-minilm-l6-v2; do
+  if [ ! -f "models/$bundled/config.json" ] && [ -z "${MLX_MODEL_STORE:-}" ]; then
+    echo "importing the bundled model $bundled into ./models" >&2
+    "${UV[@]}" run --no-sync supervisor ctl import "bundled:$bundled" --store models
+  fi
+done
 
 case "$mode" in
   dev)

@@ -13,6 +13,8 @@ import msgspec
 import yaml
 
 GB = 1024**3
+# What each type is served with (worker/backends.py): mlx-lm, mlx-vlm, mlx-embeddings (embeddings and reranking).
+MODEL_TYPES = ("llm", "vlm", "embedding")
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -59,8 +61,11 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     engine: EngineSettings = EngineSettings()
 
     def __post_init__(self) -> None:
-        if self.type != "llm":
-            raise ValueError(f"model {self.id!r}: type {self.type!r} is not supported yet (supported: llm)")
+        if self.type not in MODEL_TYPES:
+            known = ", ".join(MODEL_TYPES)
+            raise ValueError(f"model {self.id!r}: type {self.type!r} is not supported (supported: {known})")
+        if self.draft_model and self.type != "llm":
+            raise ValueError(f"model {self.id!r}: draft_model (speculative decoding) is for type llm only")
         if self.memory_gb is not None and self.memory_gb <= 0:
             raise ValueError(f"model {self.id!r}: memory_gb must be positive")
 

@@ -156,7 +156,11 @@ class Fleet:
                 self.workers_endpoint,
                 slot.spec.context_length,
                 self.settings.shutdown_grace_seconds,
-                slot.spec.engine.worker_args() + (["--draft-source", slot.draft_source] if slot.draft_source else []),
+                [
+                    f"--model-type={slot.spec.type}",
+                    *slot.spec.engine.worker_args(),
+                    *(["--draft-source", slot.draft_source] if slot.draft_source else []),
+                ],
             )
             self.registry.add(worker.pid)
             slot.worker = worker

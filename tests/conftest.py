@@ -5,16 +5,21 @@ from openai import OpenAI
 
 from supervisor.model_import import import_model
 from tests.harness import Server, write_config
+from tests.tiny_vlm import build_tiny_qwen2_vl
 
 MODEL = "smollm2-135m-instruct"
+EMBEDDER = "all-minilm-l6-v2"
+VLM = "tiny-vlm"
 CONTEXT = 2048  # small, so context-length errors are cheap to provoke
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
-    """The bundled GGUF imported once per session into a temporary model store."""
+    """The bundled models (the GGUF, the embedding model) imported once per session into a temporary store."""
     store = tmp_path_factory.mktemp("store")
     import_model(f"bundled:{MODEL}", MODEL, store)
+    import_model(f"bundled:{EMBEDDER}", EMBEDDER, store)
+    build_tiny_qwen2_vl(store / VLM, tokenizer_src=store / MODEL)  # no real vision model can be fetched here
     return store
 
 
@@ -30,6 +35,9 @@ def server_config(tmp_path_factory, model_store):
             {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
             # Speculative decoding with the bundled model as its own draft (no smaller model is bundled).
             {"id": "spec", **SHARED, "draft_model": "smollm2", "engine": {"num_draft_tokens": 2}},
+            # The gateway's default for embeddings and rerank requests that name no model.
+            {"id": EMBEDDER, "aliases": ["minilm"], "source": EMBEDDER, "type": "embedding"},
+            {"id": VLM, "source": VLM, "type": "vlm", "context_length": 256},
         ],
         crash_limit=100,  # tests across modules kill smollm2's worker on purpose; test_recovery tests the limit
     )

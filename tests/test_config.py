@@ -45,6 +45,7 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
         ("models: [\n", "models.yaml"),
         ("models:\n  - {id: a, source: x, draft_model: org/small}\n", "its draft"),
         ("models:\n  - {id: a, source: x, engine: {num_draft_tokens: 0}}\n", "num_draft_tokens"),
+        ("models:\n  - {id: a, source: x, type: embedding, draft_model: b}\n", "llm only"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(tmp_path, text, complaint):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from supervisor.config import GB, EngineSettings, ModelSpec
 from supervisor.memory_budget import RUNTIME_BYTES, estimate_bytes
-from tests.conftest import MODEL
+from tests.conftest import EMBEDDER, MODEL, VLM
 
 
 def test_estimate_is_weights_plus_a_full_context_kv_cache_plus_runtime(model_store):
@@ -31,3 +31,19 @@ def test_a_draft_model_adds_its_weights_and_kv_cache(model_store):
     alone = estimate_bytes(spec, directory)
     with_draft = estimate_bytes(spec, directory, draft_source=directory)
     assert with_draft - alone == alone - 64 * 2**20 - RUNTIME_BYTES  # weights + KV once more, not the caches
+
+
+def test_an_embedding_model_is_charged_its_weights_and_runtime_only(model_store):
+    directory = model_store / EMBEDDER
+    weights = (directory / "model.safetensors").stat().st_size
+    assert 80 * 2**20 < weights < 100 * 2**20  # all-MiniLM-L6-v2 in float32
+    spec = ModelSpec(id="e", source=EMBEDDER, type="embedding")
+    assert estimate_bytes(spec, str(directory)) == weights + RUNTIME_BYTES  # no KV cache, no prompt cache
+
+
+def test_a_vision_model_is_charged_its_kv_cache_but_no_prompt_cache(model_store):
+    directory = model_store / VLM
+    weights = (directory / "model.safetensors").stat().st_size
+    spec = ModelSpec(id="v", source=VLM, type="vlm", context_length=1024)
+    kv = 2 * 2 * 2 * 16 * 1024 * 2  # keys+values x layers x kv heads x head dim x tokens x float16
+    assert estimate_bytes(spec, str(directory)) == weights + kv + RUNTIME_BYTES

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import MODEL
+from tests.conftest import EMBEDDER, MODEL
 from tests.harness import ROOT
 
 
@@ -57,3 +57,12 @@ def test_import_names_what_it_cannot_read(tmp_path):
     assert "neither a .gguf file nor a Hugging Face safetensors directory" in result.stdout
     missing = run_import(str(tmp_path / "nope.gguf"), "nope", "--store", str(tmp_path / "store"))
     assert missing.returncode == 1 and "does not exist" in missing.stdout
+
+
+def test_bundled_embedding_model_is_copied_as_mlx_embeddings_loads_it(model_store):
+    model_dir = model_store / EMBEDDER
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["hidden_size"] == 384
+    for name in ("model.safetensors", "tokenizer.json", "vocab.txt", "1_Pooling/config.json"):
+        assert (model_dir / name).is_file(), name
+    assert not (model_dir / "README.md").exists()

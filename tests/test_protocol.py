@@ -18,6 +18,7 @@ from protocol.control import (
     to_worker_decoder,
 )
 from protocol.ctl import CallFailed, EnsureLoaded, Located, ModelInfo, ModelList, call_decoder, reply_decoder
+from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import (
     Abort,
     ChatMessage,
@@ -47,6 +48,19 @@ ROUND_TRIPS = [
         ),
     ),
     (worker_inbound_decoder(), GenerateRequest(request_id="r2", prompt="once upon")),
+    (
+        worker_inbound_decoder(),
+        GenerateRequest(
+            request_id="r4", messages=[ChatMessage(role="user", content="?", images=[b"\x89PNG", b"\xff"])]
+        ),
+    ),
+    (worker_inbound_decoder(), EmbedRequest(request_id="e1", inputs=["a", "b"], dimensions=128)),
+    (worker_inbound_decoder(), RerankRequest(request_id="k1", query="q", documents=["a", "b"])),
+    (worker_outbound_decoder(), Embeddings(request_id="e1", dimensions=2, vectors=b"\0" * 16, prompt_tokens=4)),
+    (
+        worker_outbound_decoder(),
+        RerankScores(request_id="k1", scores=[0.5, -0.1], prompt_tokens=6, method="bi-encoder"),
+    ),
     (worker_inbound_decoder(), Abort(request_id="r1")),
     (
         worker_inbound_decoder(),

@@ -9,11 +9,14 @@ import sys
 import uuid
 from pathlib import Path
 
+from worker.backends import MODEL_TYPES
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--model-id", required=True, help="the id clients use for this model")
     parser.add_argument("--source", required=True, help="model directory or Hugging Face repo id")
+    parser.add_argument("--model-type", default="llm", choices=MODEL_TYPES, help="which backend serves it")
     parser.add_argument("--endpoint", help="data-plane address to bind (default: ipc under --run-dir)")
     parser.add_argument("--run-dir", default=os.environ.get("MLX_SERVER_RUN_DIR", "run"))
     parser.add_argument("--supervisor", help="the supervisor's worker socket; omit to run standalone")

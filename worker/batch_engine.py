@@ -10,7 +10,6 @@ pings: an aborted sequence leaves the batch, and its KV cache is freed, before t
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -23,6 +22,7 @@ from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_fo
 from worker.sampling import logits_processors_for, sampler_for
 from worker.sequence import Sequence
 from worker.speculative import SpeculativeRun
+from worker.waiting import Waiting
 
 log = logging.getLogger("worker.engine")
 MB = 1024**2
@@ -45,7 +45,7 @@ class BatchEngine:
         self._tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes)
-        self._waiting: deque[GenerateRequest] = deque()
+        self._waiting = Waiting()
         self._live: dict[int, Sequence] = {}  # by the generator's uid
         self._uids: dict[str, int] = {}  # request_id -> uid
         # A request alone with a draft model runs speculatively, outside the batch, until company arrives.
@@ -96,11 +96,8 @@ class BatchEngine:
         elif uid is not None:
             self._generator.remove([uid])
             del self._live[uid]
-        else:
-            queued = next((r for r in self._waiting if r.request_id == request_id), None)
-            if queued is None:
-                return False
-            self._waiting.remove(queued)
+        elif not self._waiting.drop(request_id):
+            return False
         emit(failure(request_id, code, reason))
         return True
 

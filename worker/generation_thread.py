@@ -15,10 +15,11 @@ import zmq
 
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, Ping, Pong, Ready
-from protocol.generation import TERMINAL, Abort, GenerateRequest, failure
-from worker.batch_engine import BatchEngine, EngineOptions
+from protocol.generation import TERMINAL, Abort, failure
+from worker.backends import load_engine
+from worker.batch_engine import EngineOptions
 from worker.memory import memory_report
-from worker.model_loader import device_name, load_model
+from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
 
 log = logging.getLogger("worker.generation")
@@ -36,6 +37,7 @@ class GenerationThread(threading.Thread):
         inbox: queue.Queue,
         drain: threading.Event,
         halt: threading.Event,
+        model_type: str = "llm",
     ):
         super().__init__(name="worker-generation", daemon=True)
         self._ctx = context
@@ -44,6 +46,7 @@ class GenerationThread(threading.Thread):
         self._instance_id = instance_id
         self._context_length = context_length
         self._options = options
+        self._model_type = model_type
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
@@ -59,9 +62,11 @@ class GenerationThread(threading.Thread):
         finally:
             self._out.close(linger=1000)
 
-    def _load(self) -> BatchEngine | None:
+    def _load(self):
         try:
-            loaded = load_model(self._source, self._context_length, self._draft_source)
+            engine, loaded = load_engine(
+                self._model_type, self._source, self._context_length, self._options, self._draft_source
+            )
         except Exception as exc:
             log.error("loading %s failed:\n%s", self._source, traceback.format_exc())
             self.load_failed = True
@@ -83,9 +88,9 @@ class GenerationThread(threading.Thread):
             )
         )
         log.info("computing with %s", loaded.compute)
-        return BatchEngine(loaded, self._options)
+        return engine
 
-    def _serve(self, engine: BatchEngine) -> None:
+    def _serve(self, engine) -> None:
         while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
             try:
                 # Idle: block briefly for work. Busy: take what has arrived, then produce the next token.
@@ -104,13 +109,8 @@ class GenerationThread(threading.Thread):
             except queue.Empty:
                 break
 
-    def _handle(self, message, engine: BatchEngine) -> None:
-        if isinstance(message, GenerateRequest):
-            if self._drain.is_set() or self._halt.is_set():
-                self._emit(failure(message.request_id, ErrorCode.SHUTTING_DOWN, "the worker is shutting down"))
-            else:
-                engine.submit(message)
-        elif isinstance(message, Abort):
+    def _handle(self, message, engine) -> None:
+        if isinstance(message, Abort):
             engine.abort(message.request_id, self._emit)
         elif isinstance(message, Ping):
             self._to_supervisor(
@@ -122,6 +122,10 @@ class GenerationThread(threading.Thread):
                     queued=engine.queued,
                 )
             )
+        elif self._drain.is_set() or self._halt.is_set():  # a request (generate, embed, rerank)
+            self._emit(failure(message.request_id, ErrorCode.SHUTTING_DOWN, "the worker is shutting down"))
+        else:
+            engine.submit(message)  # an engine answers a request it cannot serve with an error event
 
     def _emit(self, event) -> None:
         kind = TO_GATEWAY_FINAL if isinstance(event, TERMINAL) else TO_GATEWAY

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ class LoadedModel:
     load_seconds: float
     compute: str = ""  # the configuration cpu_tuning chose
     draft_model: Any = None  # for speculative decoding: a smaller model with the same vocabulary
+    config: dict = field(default_factory=dict)  # the model's config.json
 
 
 def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> int:

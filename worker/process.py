@@ -59,7 +59,16 @@ def run(args: argparse.Namespace) -> int:
         num_draft_tokens=args.num_draft_tokens,
     )
     generation = GenerationThread(
-        ctx, args.source, args.draft_source, args.instance_id, args.context_length, options, inbox, drain, halt
+        ctx,
+        args.source,
+        args.draft_source,
+        args.instance_id,
+        args.context_length,
+        options,
+        inbox,
+        drain,
+        halt,
+        args.model_type,
     )
     transport.start()
     generation.start()

@@ -13,6 +13,14 @@ class RequestRejected(ValueError):
 
 
 def encode_prompt(tokenizer, request: GenerateRequest) -> list[int]:
+    if not isinstance(request, GenerateRequest):  # an embed or rerank request sent to a text model
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST, "This model generates text; embeddings and reranking need an embedding model"
+        )
+    if request.messages and any(m.images for m in request.messages):
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST, "Image inputs are not supported by this model: it is a text-only model"
+        )
     if (request.messages is None) == (request.prompt is None):
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "give exactly one of messages or prompt")
     if request.messages is not None:

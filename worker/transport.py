@@ -1,6 +1,6 @@
 """The worker's socket thread: the only code that touches its ZeroMQ sockets.
 
-- data ROUTER (bound): GenerateRequest / Abort from gateways, events back to the gateway that asked;
+- data ROUTER (bound): requests (generate, embed, rerank) / Abort from gateways, events back to the gateway that asked;
 - control DEALER (connected to the supervisor): Hello/Ready/Pong out, Welcome/Refused/Ping in;
 - inproc PULL: what the generation thread emits, forwarded to the right peer.
 
@@ -17,7 +17,7 @@ import zmq
 
 from protocol import DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, Refused, Welcome, to_worker_decoder
-from protocol.generation import GenerateRequest, failure, worker_inbound_decoder
+from protocol.generation import Abort, failure, worker_inbound_decoder
 
 log = logging.getLogger("worker.transport")
 
@@ -109,7 +109,7 @@ class Transport(threading.Thread):
             reply = failure(rid, ErrorCode.MALFORMED_FRAME, str(exc))
             data.send_multipart([identity, encode(reply)])
             return
-        if isinstance(message, GenerateRequest):
+        if not isinstance(message, Abort):  # a request: its events go back to this gateway
             if message.request_id in routes:
                 reply = failure(
                     message.request_id,

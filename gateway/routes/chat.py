@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
 from gateway.generation import start_generation, stream_generation
+from gateway.images import image_bytes
 from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
 from gateway.streaming import sse, unless_disconnected
 from protocol import ErrorCode
@@ -25,20 +26,25 @@ from protocol.generation import (
 SYSTEM_FINGERPRINT = "mlx-llm-server"
 
 
-def _text_of(message: ChatMessageIn, index: int) -> str:
+def _text_of(message: ChatMessageIn) -> str:
     if message.content is None or isinstance(message.content, str):
         return message.content or ""
-    for part in message.content:
-        if isinstance(part, ImageURLPart):
-            raise APIError(
-                ErrorCode.INVALID_REQUEST,
-                "Image inputs are not supported by this model",
-                param=f"messages[{index}].content",
-            )
-    return "".join(part.text for part in message.content)
+    return "".join(part.text for part in message.content if not isinstance(part, ImageURLPart))
 
 
-def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
+async def images_of(req: ChatCompletionRequest, settings) -> dict[int, list[bytes]]:
+    """Each message's images (by message index), decoded and checked. Whether the model takes images is the
+    worker's to say: a text model's worker answers a request with images with a clear 400."""
+    images: dict[int, list[bytes]] = {}
+    for i, message in enumerate(req.messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            if isinstance(part, ImageURLPart):
+                param = f"messages[{i}].content[{j}].image_url"
+                images.setdefault(i, []).append(await image_bytes(part.image_url, settings, param))
+    return images
+
+
+def to_generate_request(req: ChatCompletionRequest, images: dict[int, list[bytes]] | None = None) -> GenerateRequest:
     if req.n != 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
     if req.top_logprobs is not None and not req.logprobs:
@@ -46,7 +52,10 @@ def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     return GenerateRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        messages=[ChatMessage(role=m.role, content=_text_of(m, i)) for i, m in enumerate(req.messages)],
+        messages=[
+            ChatMessage(role=m.role, content=_text_of(m), images=(images or {}).get(i, []))
+            for i, m in enumerate(req.messages)
+        ],
         sampling=SamplingParams(
             temperature=req.temperature,
             top_p=req.top_p,
@@ -90,7 +99,7 @@ def _logprobs(entries: list[TokenLogprob] | None) -> dict | None:
 
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
-    gen = to_generate_request(req)
+    gen = to_generate_request(req, await images_of(req, request.app.state.settings))
     base = {"id": gen.request_id, "created": int(time.time()), "system_fingerprint": SYSTEM_FINGERPRINT}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
