@@ -12,9 +12,30 @@ from protocol.codec import Message, decoder
 from protocol.errors import RETRYABLE
 
 
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text (what OpenAI sends; Anthropic's gateway route parses it)
+
+
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
-    role: str
-    content: str
+    role: str  # system, user, assistant or tool
+    content: str = ""
+    tool_calls: list[ToolCall] = []  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None  # a tool message: the tool that answered
+    images: list[bytes] = []  # raw image bytes (PNG, JPEG, ...), for vision models
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str = ""
+    parameters: dict = {}  # a JSON schema for the arguments object
+
+
+class ToolChoice(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "auto"  # auto: the model decides; none: no call; required: at least one call
+    name: str | None = None  # with required: this tool must be called
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +57,12 @@ class GenerateRequest(Message, tag="generate"):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     sampling: SamplingParams = SamplingParams()
+    tools: list[ToolSpec] = []
+    tool_choice: ToolChoice = ToolChoice()
+    # The output must be JSON valid against this schema ({"type": "object"} for any object): enforced token by
+    # token by constrained decoding.
+    json_schema: dict | None = None
+    count_only: bool = False  # answer Finished with the prompt's token count at once, generating nothing
 
 
 class Abort(Message, tag="abort"):
@@ -58,6 +85,7 @@ class TextChunk(Message, tag="chunk"):
     text: str
     completion_tokens: int  # generated so far, including this chunk
     logprobs: list[TokenLogprob] | None = None  # the tokens behind `text`, when the request asked for them
+    tool_calls: list[ToolCall] = []  # calls parsed from the output; their text is not in `text`
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +100,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
 class Finished(Message, tag="finished"):
     request_id: str
-    finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
+    finish_reason: str  # "stop" (EOS or a stop sequence), "length", or "tool_calls" (ended after calling tools)
     usage: Usage
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
