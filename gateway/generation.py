@@ -53,7 +53,17 @@ Render = Callable[[WorkerClient, RequestStream, TextChunk], AsyncIterator[bytes]
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, proxies and client timeouts see traffic
 
 
-async def stream_generation(request: Request, gen: GenerateRequest, model: str, render: Render) -> EventStreamResponse:
+def openai_error_event(exc: APIError) -> bytes:
+    return sse(exc.body())
+
+
+async def stream_generation(
+    request: Request,
+    gen: GenerateRequest,
+    model: str,
+    render: Render,
+    error_event: Callable[[APIError], bytes] = openai_error_event,
+) -> EventStreamResponse:
     """A streaming answer. If the first token comes within the keepalive interval, errors found at admission
     still get their own status code; otherwise (a model loading, or waiting for memory) the 200 event stream
     starts at once with keepalive comments until the generation starts, and an error becomes an error event.
@@ -72,7 +82,7 @@ async def stream_generation(request: Request, gen: GenerateRequest, model: str, 
         try:
             client, stream, first = starting.result()
         except APIError as exc:
-            yield sse(exc.body())
+            yield error_event(exc)
             return
         except ClientGone:
             return

@@ -86,6 +86,7 @@ class TextChunk(Message, tag="chunk"):
     completion_tokens: int  # generated so far, including this chunk
     logprobs: list[TokenLogprob] | None = None  # the tokens behind `text`, when the request asked for them
     tool_calls: list[ToolCall] = []  # calls parsed from the output; their text is not in `text`
+    prompt_tokens: int = 0  # the prompt's length, so a dialect can report it before the end (Anthropic does)
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +103,7 @@ class Finished(Message, tag="finished"):
     request_id: str
     finish_reason: str  # "stop" (EOS or a stop sequence), "length", or "tool_calls" (ended after calling tools)
     usage: Usage
+    stop_sequence: str | None = None  # the stop sequence that ended the output, if one did
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
 

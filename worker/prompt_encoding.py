@@ -17,6 +17,8 @@ def encode_prompt(tokenizer, request: GenerateRequest) -> list[int]:
     if (request.messages is None) == (request.prompt is None):
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "give exactly one of messages or prompt")
     if request.messages is not None:
+        if any(m.images for m in request.messages):
+            raise RequestRejected(ErrorCode.INVALID_REQUEST, "Image inputs are not supported by this model")
         tools = request.tools if request.tool_choice.mode != "none" else []
         messages, extra = template_inputs(tokenizer, request.messages, tools)
         try:

@@ -86,6 +86,7 @@ class Sequence:
                     completion_tokens=self.completion_tokens,
                     logprobs=self._take_pending(),
                     tool_calls=calls,
+                    prompt_tokens=self.prompt_tokens,
                 )
             )
         if done:
@@ -107,6 +108,7 @@ class Sequence:
         return Finished(
             request_id=self.request_id,
             finish_reason=finish_reason,
+            stop_sequence=self._stops.matched,
             usage=Usage(
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
