@@ -70,6 +70,16 @@ class ToolChoiceIn(msgspec.Struct, kw_only=True):
     name: str | None = None
 
 
+class JSONOutputFormat(msgspec.Struct, kw_only=True):
+    type: Literal["json_schema"]
+    schema: dict
+
+
+class OutputConfig(msgspec.Struct, kw_only=True):
+    format: JSONOutputFormat | None = None  # structured output: enforced by constrained decoding
+    effort: str | None = None  # accepted, no effect here
+
+
 class CountTokensRequest(msgspec.Struct, kw_only=True):
     model: str
     messages: Annotated[list[MessageIn], Meta(min_length=1)]
@@ -86,6 +96,7 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_k: Annotated[int, Meta(ge=0)] = 0
     stream: bool = False
     metadata: dict | None = None
+    output_config: OutputConfig | None = None
 
 
 def _invalid(message: str, param: str) -> APIError:
@@ -117,10 +128,10 @@ def _messages(req: CountTokensRequest) -> list[ChatMessage]:
     for i, m in enumerate(req.messages):
         blocks = [TextBlock(text=m.content)] if isinstance(m.content, str) else m.content
         if not blocks:
-            raise _invalid("A message needs at least one content block", f"messages.{i}.content")
+            raise _invalid("A message needs at least one content block", f"messages[{i}].content")
         text, images, calls = [], [], []
         for j, b in enumerate(blocks):
-            where = f"messages.{i}.content.{j}"
+            where = f"messages[{i}].content[{j}]"
             if isinstance(b, TextBlock):
                 text.append(b.text)
             elif isinstance(b, ImageBlock):
@@ -160,11 +171,15 @@ def to_generate_request(req: CountTokensRequest) -> GenerateRequest:
         return GenerateRequest(
             request_id=request_id, messages=_messages(req), tools=tools, tool_choice=tool_choice, count_only=True
         )
+    output = req.output_config.format if req.output_config else None
+    if output is not None and tool_choice.mode == "required":
+        raise _invalid("output_config.format cannot be combined with a required tool call", "tool_choice")
     return GenerateRequest(
         request_id=request_id,
         messages=_messages(req),
         tools=tools,
         tool_choice=tool_choice,
+        json_schema=output.schema if output else None,
         sampling=SamplingParams(
             temperature=req.temperature,
             top_p=req.top_p,

@@ -86,7 +86,10 @@ class TextChunk(Message, tag="chunk"):
     completion_tokens: int  # generated so far, including this chunk
     logprobs: list[TokenLogprob] | None = None  # the tokens behind `text`, when the request asked for them
     tool_calls: list[ToolCall] = []  # calls parsed from the output; their text is not in `text`
-    prompt_tokens: int = 0  # the prompt's length, so a dialect can report it before the end (Anthropic does)
+    # On a sequence's first chunk: the prompt's length and how much of it came from the prompt cache, so a
+    # dialect can report them before the end (Anthropic's message_start does).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ def server_config(tmp_path_factory, model_store):
             # One decode slot: shows that an aborted stream hands its slot over at once.
             {"id": "solo", "source": MODEL, "context_length": CONTEXT, "engine": {"decode_concurrency": 1}},
         ],
+        claude_tiers={"haiku": "tiny"},  # sonnet and opus stay unrouted: requests for them are not found
     )
 
 

@@ -46,6 +46,7 @@ class Sequence:
         self._stops = StopMatcher(stop)
         self._top_logprobs = top_logprobs
         self._tool_calls = tool_calls
+        self._reported = False  # the prompt's token counts went out on a chunk
         self._pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
         self._admitted = time.perf_counter()
         self._first_token_at: float | None = None
@@ -79,6 +80,7 @@ class Sequence:
                 rest, more = self._tool_calls.flush()
                 text, calls = text + rest, calls + more
         if text or calls:
+            self._reported, reported = True, self._reported
             emit(
                 TextChunk(
                     request_id=self.request_id,
@@ -86,7 +88,8 @@ class Sequence:
                     completion_tokens=self.completion_tokens,
                     logprobs=self._take_pending(),
                     tool_calls=calls,
-                    prompt_tokens=self.prompt_tokens,
+                    prompt_tokens=0 if reported else self.prompt_tokens,
+                    cached_tokens=0 if reported else self.cached_tokens,
                 )
             )
         if done:

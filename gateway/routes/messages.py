@@ -26,14 +26,19 @@ def _stop(event: Finished) -> dict:
     return {"stop_reason": reason, "stop_sequence": event.stop_sequence}
 
 
-def _usage(event: Finished) -> dict:
-    u = event.usage
+def _usage(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict:
+    # Anthropic's input_tokens leaves out the tokens read from the cache: the prompt is their sum.
     return {
-        "input_tokens": u.prompt_tokens,
-        "output_tokens": u.completion_tokens,
-        "cache_read_input_tokens": u.cached_tokens,
+        "input_tokens": prompt_tokens - cached_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_input_tokens": cached_tokens,
         "cache_creation_input_tokens": 0,
     }
+
+
+def _final_usage(event: Finished) -> dict:
+    u = event.usage
+    return _usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
 
 
 def _input(call: ToolCall) -> dict:
@@ -66,7 +71,7 @@ async def messages(request: Request) -> Response:
     if isinstance(last, GenerationError):
         raise APIError.from_event(last)
     content = ([{"type": "text", "text": text}] if text or not calls else []) + [_tool_use(c) for c in calls]
-    body = message | {"model": client.model_id, "content": content} | _stop(last) | {"usage": _usage(last)}
+    body = message | {"model": client.model_id, "content": content} | _stop(last) | {"usage": _final_usage(last)}
     return JSONResponse(body)
 
 
@@ -88,9 +93,10 @@ def _error_event(exc: APIError) -> bytes:
 async def _events(stream, event, message: dict):
     """message_start, then per content block start / deltas / stop, then message_delta with usage and
     message_stop: the sequence the anthropic SDK assembles into a Message."""
-    prompt_tokens = event.usage.prompt_tokens if isinstance(event, Finished) else event.prompt_tokens
+    counts = event.usage if isinstance(event, Finished) else event
+    usage = _usage(counts.prompt_tokens, counts.cached_tokens, 0)
     start = message | {"content": [], "stop_reason": None, "stop_sequence": None}
-    yield _event("message_start", {"message": start | {"usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}})
+    yield _event("message_start", {"message": start | {"usage": usage}})
     yield _event("ping", {})
     index, text_open = 0, False
     while not isinstance(event, Finished | GenerationError):
@@ -115,6 +121,5 @@ async def _events(stream, event, message: dict):
         return
     if text_open:
         yield _event("content_block_stop", {"index": index})
-    usage = _usage(event)
-    yield _event("message_delta", {"delta": _stop(event), "usage": usage})
+    yield _event("message_delta", {"delta": _stop(event), "usage": _final_usage(event)})
     yield _event("message_stop", {})
