@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -11,7 +12,7 @@ from gateway.errors import APIError
 from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
 from gateway.worker_client import RequestStream, WorkerClient
 from protocol import ErrorCode
-from protocol.generation import GenerateRequest, GenerationError, TextChunk
+from protocol.generation import Finished, GenerateRequest, GenerationError, TextChunk, TokenLogprob, ToolCall
 
 _REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
 
@@ -33,6 +34,39 @@ async def start_generation(
     if isinstance(first, GenerationError):
         raise APIError.from_event(first)
     return client, stream, first
+
+
+@dataclass
+class Generated:
+    """A whole (non-streamed) generation."""
+
+    model_id: str  # the model that served it
+    end: Finished
+    text: str
+    logprobs: list[TokenLogprob]
+    tool_calls: list[ToolCall]
+
+
+async def generate(request: Request, gen: GenerateRequest, model: str) -> Generated:
+    """Run `gen` to its end. Raises APIError, or ClientGone (the generation is aborted)."""
+    client, stream, first = await start_generation(request, gen, model)
+    try:
+        end, text, logprobs, calls = await unless_disconnected(request, _collect(stream, first))
+    finally:
+        client.release(stream)  # aborts the generation in the worker unless it finished
+    if isinstance(end, GenerationError):
+        raise APIError.from_event(end)
+    return Generated(client.model_id, end, text, logprobs, calls)
+
+
+async def _collect(stream, event):
+    text, entries, calls = [], [], []
+    while not isinstance(event, Finished | GenerationError):
+        text.append(event.text)
+        entries.extend(event.logprobs or ())
+        calls.extend(event.tool_calls)
+        event = await stream.next()
+    return event, "".join(text), entries, calls
 
 
 async def _send(request: Request, gen: GenerateRequest, model: str, stale_instance: str | None):

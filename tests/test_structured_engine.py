@@ -19,6 +19,7 @@ from protocol.generation import (
     ToolSpec,
 )
 from tests.conftest import MODEL
+from tests.test_engine import run
 from worker.batch_engine import BatchEngine, EngineOptions
 from worker.model_loader import load_model
 from worker.tool_calls import ToolCallScanner
@@ -49,15 +50,6 @@ TIME = ToolSpec(
 @pytest.fixture(scope="module")
 def engine(model_store):
     return BatchEngine(load_model(str(model_store / MODEL), context_length=2048), EngineOptions(decode_concurrency=4))
-
-
-def run(engine, *requests):
-    events = []
-    for request in requests:
-        engine.submit(request)
-    while engine.busy:
-        engine.step(events.append)
-    return events
 
 
 def ask(request_id, content, max_tokens=48, **fields):

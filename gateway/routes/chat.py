@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
-from gateway.generation import start_generation, stream_generation
+from gateway.generation import generate, stream_generation
 from gateway.openai_schema import (
     ChatCompletionRequest,
     ChatMessageIn,
@@ -19,7 +19,7 @@ from gateway.openai_schema import (
     NamedToolChoice,
     decode_request,
 )
-from gateway.streaming import sse, unless_disconnected
+from gateway.streaming import sse
 from protocol import ErrorCode
 from protocol.generation import (
     ChatMessage,
@@ -156,36 +156,19 @@ async def chat_completions(request: Request) -> Response:
             return _chunks(stream, first, base | {"model": client.model_id}, include_usage)
 
         return await stream_generation(request, gen, req.model or "", render)
-    client, stream, first = await start_generation(request, gen, req.model or "")
-    base["model"] = client.model_id
-    try:
-        last, text, entries, calls = await unless_disconnected(request, collect(stream, first))
-    finally:
-        client.release(stream)  # aborts the generation in the worker unless it finished
-    if isinstance(last, GenerationError):
-        raise APIError.from_event(last)
-    message = {"role": "assistant", "content": text or (None if calls else "")}
-    if calls:
-        message["tool_calls"] = [_tool_call(c) for c in calls]
-    logprobs = _logprobs(entries if req.logprobs else None)
-    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": last.finish_reason}
-    return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": usage(last)})
+    done = await generate(request, gen, req.model or "")
+    message = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
+    if done.tool_calls:
+        message["tool_calls"] = [_tool_call(c) for c in done.tool_calls]
+    logprobs = _logprobs(done.logprobs if req.logprobs else None)
+    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": done.end.finish_reason}
+    body = base | {"model": done.model_id, "object": "chat.completion", "choices": [choice]}
+    return JSONResponse(body | {"usage": usage(done.end)})
 
 
 def _tool_call(call: ToolCall, index: int | None = None) -> dict:
     out = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
     return out if index is None else {"index": index} | out
-
-
-async def collect(stream, event) -> tuple[Finished | GenerationError, str, list[TokenLogprob], list[ToolCall]]:
-    """A whole generation: its last event, its text, its logprobs and its tool calls."""
-    text, entries, calls = [], [], []
-    while not isinstance(event, Finished | GenerationError):
-        text.append(event.text)
-        entries.extend(event.logprobs or ())
-        calls.extend(event.tool_calls)
-        event = await stream.next()
-    return event, "".join(text), entries, calls
 
 
 async def _chunks(stream, event, base: dict, include_usage: bool):

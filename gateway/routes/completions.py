@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
-from gateway.generation import start_generation, stream_generation
+from gateway.generation import generate, stream_generation
 from gateway.openai_schema import CompletionRequest, decode_request
-from gateway.routes.chat import SYSTEM_FINGERPRINT, collect, usage
-from gateway.streaming import sse, unless_disconnected
+from gateway.routes.chat import SYSTEM_FINGERPRINT, usage
+from gateway.streaming import sse
 from protocol import ErrorCode
 from protocol.generation import Finished, GenerateRequest, GenerationError, SamplingParams
 
@@ -52,15 +52,9 @@ async def completions(request: Request) -> Response:
             return _chunks(stream, first, base | {"model": client.model_id}, echo, include_usage)
 
         return await stream_generation(request, gen, req.model or "", render)
-    client, stream, first = await start_generation(request, gen, req.model or "")
-    try:
-        last, text, _, _ = await unless_disconnected(request, collect(stream, first))
-    finally:
-        client.release(stream)
-    if isinstance(last, GenerationError):
-        raise APIError.from_event(last)
-    choice = {"index": 0, "text": echo + text, "logprobs": None, "finish_reason": last.finish_reason}
-    return JSONResponse(base | {"model": client.model_id, "choices": [choice], "usage": usage(last)})
+    done = await generate(request, gen, req.model or "")
+    choice = {"index": 0, "text": echo + done.text, "logprobs": None, "finish_reason": done.end.finish_reason}
+    return JSONResponse(base | {"model": done.model_id, "choices": [choice], "usage": usage(done.end)})
 
 
 async def _chunks(stream, event, base: dict, echo: str, include_usage: bool):

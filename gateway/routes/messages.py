@@ -11,10 +11,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.anthropic_schema import CountTokensRequest, MessagesRequest, to_generate_request
 from gateway.errors import APIError
-from gateway.generation import start_generation, stream_generation
+from gateway.generation import generate, start_generation, stream_generation
 from gateway.openai_schema import decode_request
-from gateway.routes.chat import collect
-from gateway.streaming import unless_disconnected
 from protocol.generation import Finished, GenerationError, ToolCall
 
 # finish_reason -> stop_reason
@@ -63,16 +61,11 @@ async def messages(request: Request) -> Response:
             return _events(stream, first, message | {"model": client.model_id})
 
         return await stream_generation(request, gen, req.model, render, error_event=_error_event)
-    client, stream, first = await start_generation(request, gen, req.model)
-    try:
-        last, text, _, calls = await unless_disconnected(request, collect(stream, first))
-    finally:
-        client.release(stream)
-    if isinstance(last, GenerationError):
-        raise APIError.from_event(last)
-    content = ([{"type": "text", "text": text}] if text or not calls else []) + [_tool_use(c) for c in calls]
-    body = message | {"model": client.model_id, "content": content} | _stop(last) | {"usage": _final_usage(last)}
-    return JSONResponse(body)
+    done = await generate(request, gen, req.model)
+    calls = [_tool_use(c) for c in done.tool_calls]
+    content = ([{"type": "text", "text": done.text}] if done.text or not calls else []) + calls
+    body = message | {"model": done.model_id, "content": content} | _stop(done.end)
+    return JSONResponse(body | {"usage": _final_usage(done.end)})
 
 
 async def count_tokens(request: Request) -> Response:
