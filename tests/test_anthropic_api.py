@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import anthropic
 import httpx
@@ -134,3 +135,40 @@ def test_unknown_route_and_malformed_json_are_anthropic_shaped(server):
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
     response = httpx.post(f"{server.url}/v1/messages/count_tokens", content=b"{", timeout=30)
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_stream_refused_at_admission_is_the_sdks_error_with_the_reason(claude):
+    too_long = [{"role": "user", "content": "word " * 3000}]  # the test model's context is 2048 tokens
+    # Loaded first: a stream whose model is still loading starts at once, and gets an error event instead.
+    claude.messages.count_tokens(model=HAIKU, messages=PARIS)
+    with (
+        pytest.raises(anthropic.BadRequestError, match="maximum context length") as caught,
+        claude.messages.stream(model=HAIKU, max_tokens=8, messages=too_long) as stream,
+    ):
+        stream.get_final_message()
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_an_error_after_the_stream_started_is_an_anthropic_error_event(tight_server):
+    """A stream whose model is still loading starts at once (keepalives every 0.5 s on this server); a refusal
+    found after that arrives as Anthropic's `error` event, which the SDK raises."""
+    for model in ("x", "y"):
+        assert tight_server.ctl("unload", model).returncode == 0
+    too_long = [{"role": "user", "content": "word " * 3000}]
+    body = {"model": "x", "max_tokens": 8, "messages": too_long, "stream": True}
+    with httpx.stream("POST", f"{tight_server.url}/anthropic/v1/messages", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[0] == ": keepalive"
+    assert lines[-2:][0] == "event: error"
+    error = json.loads(lines[-1].removeprefix("data: "))
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "maximum context length" in error["error"]["message"]
+    # The SDK turns the event into its own exception.
+    claude = anthropic.Anthropic(base_url=tight_server.url, api_key="unused", max_retries=0, timeout=120)
+    assert tight_server.ctl("unload", "x").returncode == 0
+    with (
+        pytest.raises(anthropic.APIStatusError, match="maximum context length"),
+        claude.messages.stream(model="x", max_tokens=8, messages=too_long) as stream,
+    ):
+        stream.get_final_message()
