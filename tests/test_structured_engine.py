@@ -154,3 +154,45 @@ def test_scanner_gives_back_an_unparseable_call_as_text():
     assert scanner.feed("<tool_call>not json") == ("", [])
     assert scanner.flush() == ("<tool_call>not json", [])
     assert not scanner.made_calls
+
+
+SCHEMAS = {
+    "enum": {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green", "blue"]}},
+        "required": ["color"],
+        "additionalProperties": False,
+    },
+    "array": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 2, "maxItems": 3},
+    "nested": {
+        "type": "object",
+        "properties": {
+            "city": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 12}, "capital": {"type": "boolean"}},
+                "required": ["name", "capital"],
+                "additionalProperties": False,
+            },
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["city", "score"],
+        "additionalProperties": False,
+    },
+    "string": {"type": "string", "pattern": "^[A-Z][a-z]{2,8}$"},
+}
+
+
+def test_several_schemas_decoded_together_in_one_batch_all_validate(engine):
+    prompts = {
+        "enum": "What colour is the sky?",
+        "array": "List two small numbers.",
+        "nested": "Tell me about Paris.",
+        "string": "Name a fruit.",
+    }
+    requests = [ask(name, prompts[name], json_schema=schema) for name, schema in SCHEMAS.items()]
+    events = run(engine, *requests, ask("free", "Tell me about Paris."))  # and one unconstrained beside them
+    for name, schema in SCHEMAS.items():
+        text, _, end = outcome(events, name)
+        assert end.finish_reason == "stop", (name, text)
+        jsonschema.validate(json.loads(text), schema)
+    assert outcome(events, "free")[0]
