@@ -196,3 +196,22 @@ def test_several_schemas_decoded_together_in_one_batch_all_validate(engine):
         assert end.finish_reason == "stop", (name, text)
         jsonschema.validate(json.loads(text), schema)
     assert outcome(events, "free")[0]
+
+
+def test_fallback_prompt_describes_tools_writes_calls_and_results():
+    from worker.tool_prompt import fallback_messages
+
+    call = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}')
+    rendered = fallback_messages(
+        [
+            ChatMessage(role="system", content="Be brief."),
+            ChatMessage(role="user", content="Weather in Oslo?"),
+            ChatMessage(role="assistant", tool_calls=[call]),
+            ChatMessage(role="tool", tool_call_id="call_1", content="Rain"),
+        ],
+        [WEATHER],
+    )
+    assert [m["role"] for m in rendered] == ["system", "user", "assistant", "user"]
+    assert rendered[0]["content"].startswith("Be brief.\n\n") and '"name": "get_weather"' in rendered[0]["content"]
+    assert rendered[2]["content"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    assert rendered[3]["content"] == "<tool_response>\nRain\n</tool_response>"

@@ -57,11 +57,10 @@ def fallback_messages(messages: list[ChatMessage], tools: list[ToolSpec]) -> lis
         if m.role == "tool":
             out.append({"role": "user", "content": f"<tool_response>\n{m.content}\n</tool_response>"})
             continue
-        content = m.content
-        for c in m.tool_calls:
-            call = json.dumps({"name": c.name, "arguments": _arguments(c.arguments)})
-            content += f"\n<tool_call>\n{call}\n</tool_call>"
-        out.append({"role": m.role, "content": content.lstrip("\n") if not m.content else content})
+        calls = [json.dumps({"name": c.name, "arguments": _arguments(c.arguments)}) for c in m.tool_calls]
+        parts = [m.content] if m.content else []
+        parts += [f"<tool_call>\n{call}\n</tool_call>" for call in calls]
+        out.append({"role": m.role, "content": "\n".join(parts)})
     if tools:
         described = "\n".join(json.dumps(t) for t in openai_tools(tools))
         instructions = FALLBACK_INSTRUCTIONS.format(tools=described)
