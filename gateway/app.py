@@ -21,8 +21,10 @@ from gateway.errors import APIError
 from gateway.routes import system
 from gateway.routes.admin import load_model, memory_usage, unload_model
 from gateway.routes.chat import chat_completions
+from gateway.routes.completions import completions
 from gateway.routes.embeddings import embeddings
 from gateway.routes.health import health, ready
+from gateway.routes.messages import count_tokens, messages
 from gateway.routes.models import list_models
 from gateway.routes.rerank import rerank
 from gateway.settings import GatewaySettings
@@ -37,7 +39,7 @@ DASHBOARD = Path(__file__).parent / "dashboard"  # plain static files: no build 
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return exc.response()
+    return exc.response(request.url.path)
 
 
 async def _client_gone(request: Request, exc: ClientGone) -> Response:
@@ -46,15 +48,14 @@ async def _client_gone(request: Request, exc: ClientGone) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "http_error"
-    return JSONResponse(
-        {"error": {"message": exc.detail, "type": "invalid_request_error", "param": None, "code": code}},
-        status_code=exc.status_code,
-    )
+    error = APIError(code, exc.detail, status=exc.status_code)
+    error.type = "invalid_request_error"
+    return JSONResponse(error.body_for(request.url.path), status_code=exc.status_code)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return APIError(ErrorCode.INTERNAL, "Internal server error").response()
+    return APIError(ErrorCode.INTERNAL, "Internal server error").response(request.url.path)
 
 
 def _routes() -> list[Route]:
@@ -62,9 +63,15 @@ def _routes() -> list[Route]:
     for prefix in ("/v1", "/api/v1"):
         routes += [
             Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
+            Route(f"{prefix}/completions", completions, methods=["POST"]),
             Route(f"{prefix}/models", list_models, methods=["GET"]),
             Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
             Route(f"{prefix}/rerank", rerank, methods=["POST"]),
+        ]
+    for prefix in ("/v1", "/anthropic/v1"):  # Anthropic's SDK and Claude Code take either base URL
+        routes += [
+            Route(f"{prefix}/messages", messages, methods=["POST"]),
+            Route(f"{prefix}/messages/count_tokens", count_tokens, methods=["POST"]),
         ]
     routes += [
         Route("/api/v1/models/memory/usage", memory_usage, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""Error codes from any process, turned into OpenAI-shaped HTTP errors. Only the gateway does this."""
+"""Error codes from any process, turned into HTTP errors in the shape of the API that was called (OpenAI, or
+Anthropic under /v1/messages and /anthropic/). Only the gateway does this."""
 
 from __future__ import annotations
 
@@ -22,6 +23,23 @@ _STATUS = {
     "permission_denied": (403, "permission_error"),  # the gateway's own: an admin-only endpoint
 }
 RETRY_AFTER_SECONDS = 1
+# HTTP status -> Anthropic error type (what the anthropic SDK and Claude Code expect); others are api_error.
+_ANTHROPIC_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_PREFIXES = ("/v1/messages", "/anthropic/")
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith(ANTHROPIC_PREFIXES)
 
 
 class APIError(Exception):
@@ -42,6 +60,16 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    def anthropic_body(self) -> dict:
+        return {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPE.get(self.status, "api_error"), "message": self.message},
+        }
+
+    def body_for(self, path: str) -> dict:
+        return self.anthropic_body() if is_anthropic(path) else self.body()
+
+    def response(self, path: str = "") -> JSONResponse:
+        """The error as the API under `path` renders it."""
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body_for(path), status_code=self.status, headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -12,7 +13,7 @@ from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disco
 from gateway.telemetry import record_of
 from gateway.worker_client import RequestStream, WorkerClient
 from protocol import ErrorCode
-from protocol.generation import GenerateRequest, GenerationError, TextChunk
+from protocol.generation import Finished, GenerateRequest, GenerationError, TextChunk, TokenLogprob, ToolCall
 
 _REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
 
@@ -36,6 +37,39 @@ async def start_generation(
     return client, stream, first
 
 
+@dataclass
+class Generated:
+    """A whole (non-streamed) generation."""
+
+    model_id: str  # the model that served it
+    end: Finished
+    text: str
+    logprobs: list[TokenLogprob]
+    tool_calls: list[ToolCall]
+
+
+async def generate(request: Request, gen: GenerateRequest, model: str) -> Generated:
+    """Run `gen` to its end. Raises APIError, or ClientGone (the generation is aborted)."""
+    client, stream, first = await start_generation(request, gen, model)
+    try:
+        end, text, logprobs, calls = await unless_disconnected(request, _collect(stream, first))
+    finally:
+        client.release(stream)  # aborts the generation in the worker unless it finished
+    if isinstance(end, GenerationError):
+        raise APIError.from_event(end)
+    return Generated(client.model_id, end, text, logprobs, calls)
+
+
+async def _collect(stream, event):
+    text, entries, calls = [], [], []
+    while not isinstance(event, Finished | GenerationError):
+        text.append(event.text)
+        entries.extend(event.logprobs or ())
+        calls.extend(event.tool_calls)
+        event = await stream.next()
+    return event, "".join(text), entries, calls
+
+
 async def _send(request: Request, gen: GenerateRequest, model: str, stale_instance: str | None):
     client = await request.app.state.workers.acquire(model, stale_instance)
     stream = await client.open(gen, request.app.state.settings.connect_timeout)
@@ -56,7 +90,17 @@ Render = Callable[[WorkerClient, RequestStream, TextChunk], AsyncIterator[bytes]
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, proxies and client timeouts see traffic
 
 
-async def stream_generation(request: Request, gen: GenerateRequest, model: str, render: Render) -> EventStreamResponse:
+def openai_error_event(exc: APIError) -> bytes:
+    return sse(exc.body())
+
+
+async def stream_generation(
+    request: Request,
+    gen: GenerateRequest,
+    model: str,
+    render: Render,
+    error_event: Callable[[APIError], bytes] = openai_error_event,
+) -> EventStreamResponse:
     """A streaming answer. If the first token comes within the keepalive interval, errors found at admission
     still get their own status code; otherwise (a model loading, or waiting for memory) the 200 event stream
     starts at once with keepalive comments until the generation starts, and an error becomes an error event.
@@ -75,7 +119,7 @@ async def stream_generation(request: Request, gen: GenerateRequest, model: str, 
         try:
             client, stream, first = starting.result()
         except APIError as exc:
-            yield sse(exc.body())
+            yield error_event(exc)
             return
         except ClientGone:
             return

@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions request types, validated at the edge with msgspec.
+"""OpenAI Chat Completions and Completions request types, validated at the edge with msgspec.
 
 Unknown fields are ignored (clients and SDKs send extras); known fields are checked for type and range, and a
 violation is reported with the offending field as the error's `param`.
@@ -26,10 +26,65 @@ class ImageURLPart(msgspec.Struct, tag_field="type", tag="image_url"):
     image_url: dict
 
 
+class FunctionCallIn(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str  # JSON text, as the API sends it
+
+
+class ToolCallIn(msgspec.Struct, kw_only=True):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(msgspec.Struct, kw_only=True):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | ImageURLPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDef(msgspec.Struct, kw_only=True):
+    name: ToolName
+    description: str = ""
+    parameters: dict = {}
+
+
+class ToolIn(msgspec.Struct, kw_only=True):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(msgspec.Struct, kw_only=True):
+    name: ToolName
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(msgspec.Struct, tag_field="type", tag="text"):
+    pass
+
+
+class JSONObjectFormat(msgspec.Struct, tag_field="type", tag="json_object"):
+    pass
+
+
+class JSONSchemaSpec(msgspec.Struct, kw_only=True):
+    name: str
+    schema: dict = {}  # OpenAI allows it to be left out: then any JSON
+    description: str | None = None
+    strict: bool | None = None
+
+
+class JSONSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema"):
+    json_schema: JSONSchemaSpec
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -53,6 +108,28 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1)] = 1
+    user: str | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: TextFormat | JSONObjectFormat | JSONSchemaFormat | None = None
+
+
+class CompletionRequest(msgspec.Struct, kw_only=True):
+    prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
+    model: str | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    max_tokens: Annotated[int, Meta(ge=1)] | None = 16  # OpenAI's default for completions
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    top_k: Annotated[int, Meta(ge=0)] = 0
+    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1)] = 1
+    echo: bool = False
     user: str | None = None
 
 

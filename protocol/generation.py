@@ -13,10 +13,30 @@ from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankSc
 from protocol.errors import RETRYABLE
 
 
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text (what OpenAI sends; Anthropic's gateway route parses it)
+
+
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
-    role: str
-    content: str
-    images: list[bytes] = []  # encoded image files (PNG, JPEG, ...) in the order they appear in the message
+    role: str  # system, user, assistant or tool
+    content: str = ""
+    tool_calls: list[ToolCall] = []  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None  # a tool message: the tool that answered
+    images: list[bytes] = []  # raw image bytes (PNG, JPEG, ...), for vision models
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str = ""
+    parameters: dict = {}  # a JSON schema for the arguments object
+
+
+class ToolChoice(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "auto"  # auto: the model decides; none: no call; required: at least one call
+    name: str | None = None  # with required: this tool must be called
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,6 +58,12 @@ class GenerateRequest(Message, tag="generate"):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     sampling: SamplingParams = SamplingParams()
+    tools: list[ToolSpec] = []
+    tool_choice: ToolChoice = ToolChoice()
+    # The output must be JSON valid against this schema ({"type": "object"} for any object): enforced token by
+    # token by constrained decoding.
+    json_schema: dict | None = None
+    count_only: bool = False  # answer Finished with the prompt's token count at once, generating nothing
 
 
 class Abort(Message, tag="abort"):
@@ -60,6 +86,11 @@ class TextChunk(Message, tag="chunk"):
     text: str
     completion_tokens: int  # generated so far, including this chunk
     logprobs: list[TokenLogprob] | None = None  # the tokens behind `text`, when the request asked for them
+    tool_calls: list[ToolCall] = []  # calls parsed from the output; their text is not in `text`
+    # On a sequence's first chunk: the prompt's length and how much of it came from the prompt cache, so a
+    # dialect can report them before the end (Anthropic's message_start does).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,8 +105,9 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
 class Finished(Message, tag="finished"):
     request_id: str
-    finish_reason: str  # "stop" (EOS or a stop sequence) or "length"
+    finish_reason: str  # "stop" (EOS or a stop sequence), "length", or "tool_calls" (ended after calling tools)
     usage: Usage
+    stop_sequence: str | None = None  # the stop sequence that ended the output, if one did
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     draft_accepted_tokens: int = 0  # with speculative decoding: tokens the model took from its draft

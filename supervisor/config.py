@@ -6,6 +6,7 @@ instead of surfacing at the first request.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 
@@ -88,10 +89,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # More than crash_limit crashes within crash_window_seconds marks a model failed until `ctl load`.
     crash_limit: int = 3
     crash_window_seconds: float = 300.0
+    # Claude model names (claude-*-haiku-*, claude-sonnet-4-5, ...) served by local models: tier -> model id or
+    # alias. A Claude name whose tier has no entry here, and that no alias matches, is not found.
+    claude_tiers: dict[str, str] = {}
 
     def __post_init__(self) -> None:
         if self.memory_budget_gb <= 0:
             raise ValueError("memory_budget_gb must be positive")
+        unknown = set(self.claude_tiers) - set(CLAUDE_TIERS)
+        if unknown:
+            raise ValueError(f"claude_tiers: unknown tier(s) {sorted(unknown)} (tiers: {', '.join(CLAUDE_TIERS)})")
+
+
+CLAUDE_TIERS = ("haiku", "sonnet", "opus")
+WILDCARDS = "*?["
 
 
 class Config:
@@ -106,14 +117,23 @@ class Config:
         self.base_dir = base_dir
         self.models: dict[str, ModelSpec] = {}
         self._names: dict[str, str] = {}
+        self._patterns: list[tuple[str, str]] = []  # (wildcard alias, model id), most specific first
         for spec in settings.models:
             for name in (spec.id, *spec.aliases):
-                if name in self._names:
+                if name in self._names or any(name == p for p, _ in self._patterns):
                     raise ValueError(f"model name {name!r} is used twice in the config")
-                self._names[name] = spec.id
+                if name != spec.id and any(c in name for c in WILDCARDS):
+                    self._patterns.append((name, spec.id))
+                else:
+                    self._names[name] = spec.id
             self.models[spec.id] = spec
             if spec.memory_gb is None and is_hub_id(spec.source):
                 raise ValueError(f"model {spec.id!r}: set memory_gb (hub weights are not on disk to measure)")
+        # The longest pattern is taken as the most specific: `claude-3-*` wins over `claude-*`.
+        self._patterns.sort(key=lambda entry: -len(entry[0]))
+        for tier, target in settings.claude_tiers.items():
+            if target not in self._names:
+                raise ValueError(f"claude_tiers.{tier}: {target!r} is not a configured model id or alias")
         for spec in settings.models:  # once every name is known: a draft may name a model listed after it
             if spec.memory_gb is None and spec.draft_model and is_hub_id(self.draft_source_of(spec)):
                 raise ValueError(f"model {spec.id!r}: set memory_gb (its draft's weights are not on disk to measure)")
@@ -124,9 +144,23 @@ class Config:
             raise ValueError(f"default_model {self.default_model!r} is not a configured model")
 
     def resolve(self, name: str) -> ModelSpec | None:
-        """A model by id or alias; the empty name means the default model."""
+        """A model by id or alias, else a Claude tier, else a wildcard alias; the empty name is the default."""
         model_id = self._names.get(name or self.default_model)
+        if model_id is None and (tier := claude_tier(name)) in self.settings.claude_tiers:
+            model_id = self._names[self.settings.claude_tiers[tier]]
+        if model_id is None:
+            model_id = next((m for pattern, m in self._patterns if fnmatch.fnmatchcase(name, pattern)), None)
         return None if model_id is None else self.models[model_id]
+
+    def why_unknown(self, name: str) -> str:
+        """Why `name` resolves to no model, for the error a client reads."""
+        tier = claude_tier(name)
+        if tier is not None:
+            configured = ", ".join(sorted(self.settings.claude_tiers)) or "none"
+            return f"no local model serves the Claude {tier} tier (configured tiers: {configured})"
+        if name.startswith("claude"):
+            return f"'{name}' names no Claude tier ({', '.join(CLAUDE_TIERS)}) and no alias matches it"
+        return f"the model '{name}' does not exist (known: {', '.join(sorted(self.models))})"
 
     def source_of(self, spec: ModelSpec) -> str:
         """What the worker loads: an absolute directory, or a hub repo id left for mlx-lm to fetch."""
@@ -145,6 +179,14 @@ class Config:
             path = Path(source).expanduser()
             return str(path if path.is_absolute() else (self.base_dir / path).resolve())
         return str(self.store / source)
+
+
+def claude_tier(name: str) -> str | None:
+    """haiku, sonnet or opus for a Claude model name (claude-3-5-haiku-20241022, claude-sonnet-4-5, ...)."""
+    if not name.startswith("claude-"):
+        return None
+    parts = name.split("-")
+    return next((tier for tier in CLAUDE_TIERS if tier in parts), None)
 
 
 def is_hub_id(source: str) -> bool:

@@ -63,8 +63,8 @@ class Fleet:
     def slot(self, name: str) -> ModelSlot:
         spec = self.config.resolve(name)
         if spec is None:
-            known = ", ".join(sorted(self.slots))
-            raise FleetError(ErrorCode.MODEL_NOT_FOUND, f"The model '{name}' does not exist (known: {known})")
+            reason = self.config.why_unknown(name)
+            raise FleetError(ErrorCode.MODEL_NOT_FOUND, reason[0].upper() + reason[1:])
         return self.slots[spec.id]
 
     async def ensure_loaded(

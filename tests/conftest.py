@@ -40,6 +40,7 @@ def server_config(tmp_path_factory, model_store):
             {"id": VLM, "source": VLM, "type": "vlm", "context_length": 256},
         ],
         crash_limit=100,  # tests across modules kill smollm2's worker on purpose; test_recovery tests the limit
+        claude_tiers={"haiku": "tiny"},  # sonnet and opus stay unrouted: requests for them are not found
     )
 
 

@@ -51,3 +51,46 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
 def test_bad_configs_are_refused_with_the_reason(tmp_path, text, complaint):
     with pytest.raises(ValueError, match=complaint):
         load_config(write(tmp_path, text))
+
+
+def test_claude_tiers_and_wildcard_aliases(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            "claude_tiers: {haiku: small, sonnet: b}\nmodels:\n"
+            "  - {id: a, aliases: [small, 'gpt-*'], source: x}\n"
+            "  - {id: b, aliases: ['claude-3-*'], source: y}\n"
+            "  - {id: c, aliases: ['claude-*'], source: z}\n",
+        )
+    )
+    assert config.resolve("claude-3-5-haiku-20241022").id == "a"  # a tier, by the alias it names
+    assert config.resolve("claude-haiku-4-5").id == "a"
+    assert config.resolve("claude-sonnet-4-5-20250929").id == "b"
+    assert config.resolve("claude-3-opus-20240229").id == "b"  # no opus tier: the longest pattern matches
+    assert config.resolve("claude-opus-4-1").id == "c"
+    assert config.resolve("gpt-4o").id == "a"
+    assert config.resolve("gpt") is None and config.resolve("llama") is None
+    assert "known: a, b, c" in config.why_unknown("llama")
+
+
+def test_an_unrouted_claude_tier_says_which_tiers_exist(tmp_path):
+    config = load_config(write(tmp_path, "claude_tiers: {sonnet: a}\nmodels:\n  - {id: a, source: x}\n"))
+    assert config.resolve("claude-sonnet-4-5").id == "a"
+    assert config.resolve("claude-opus-4-1") is None
+    assert (
+        config.why_unknown("claude-opus-4-1") == "no local model serves the Claude opus tier (configured tiers: sonnet)"
+    )
+    assert "names no Claude tier" in config.why_unknown("claude-instant-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("claude_tiers: {gigantic: a}\nmodels:\n  - {id: a, source: x}\n", "unknown tier"),
+        ("claude_tiers: {opus: nope}\nmodels:\n  - {id: a, source: x}\n", "claude_tiers.opus"),
+        ("models:\n  - {id: a, source: x, aliases: ['c-*']}\n  - {id: b, source: y, aliases: ['c-*']}\n", "used twice"),
+    ],
+)
+def test_bad_routing_config_is_refused(tmp_path, text, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        load_config(write(tmp_path, text))

@@ -28,6 +28,9 @@ from protocol.generation import (
     SamplingParams,
     TextChunk,
     TokenLogprob,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
     TopLogprob,
     Usage,
     worker_inbound_decoder,
@@ -70,7 +73,41 @@ ROUND_TRIPS = [
             sampling=SamplingParams(top_k=40, min_p=0.05, repetition_penalty=1.1, logprobs=True, top_logprobs=3),
         ),
     ),
+    (
+        worker_inbound_decoder(),
+        GenerateRequest(
+            request_id="r4",
+            messages=[
+                ChatMessage(role="assistant", tool_calls=[ToolCall(id="c1", name="f", arguments='{"a": 1}')]),
+                ChatMessage(role="tool", content="42", tool_call_id="c1", name="f", images=[b"\x89PNG"]),
+            ],
+            tools=[ToolSpec(name="f", description="d", parameters={"type": "object"})],
+            tool_choice=ToolChoice(mode="required", name="f"),
+            json_schema={"type": "object", "properties": {"a": {"type": "integer"}}},
+            count_only=True,
+        ),
+    ),
     (worker_outbound_decoder(), TextChunk(request_id="r1", text="Par", completion_tokens=1)),
+    (
+        worker_outbound_decoder(),
+        TextChunk(
+            request_id="r1",
+            text="",
+            completion_tokens=9,
+            tool_calls=[ToolCall(id="c2", name="f", arguments="{}")],
+            prompt_tokens=12,
+            cached_tokens=4,
+        ),
+    ),
+    (
+        worker_outbound_decoder(),
+        Finished(
+            request_id="r1",
+            finish_reason="stop",
+            stop_sequence="END",
+            usage=Usage(prompt_tokens=3, completion_tokens=2),
+        ),
+    ),
     (
         worker_outbound_decoder(),
         TextChunk(

@@ -31,3 +31,9 @@ def test_held_back_text_is_released_when_it_turns_out_not_to_be_a_stop():
 
 def test_earliest_of_several_stops_wins():
     assert feed_all(["b", "a"], ["xxab"])[:2] == ("xx", True)
+
+
+def test_the_stop_that_matched_is_named():
+    matcher = StopMatcher(["b", "a"])
+    assert matcher.feed("xxab") == "xx" and matcher.matched == "a"
+    assert StopMatcher(["z"]).matched is None

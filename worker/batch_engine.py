@@ -13,15 +13,18 @@ import logging
 from dataclasses import dataclass
 
 import mlx.core as mx
+from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
-from protocol.generation import GenerateRequest, failure
+from protocol.generation import Finished, GenerateRequest, Usage, failure
+from worker.constrained import json_schema_processor, tool_call_processor
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_for
 from worker.sampling import logits_processors_for, sampler_for
 from worker.sequence import Sequence
 from worker.speculative import SpeculativeRun
+from worker.tool_calls import ToolCallScanner, parser_for
 from worker.waiting import Waiting
 
 log = logging.getLogger("worker.engine")
@@ -151,7 +154,17 @@ class BatchEngine:
     def _admit(self, request: GenerateRequest, emit, speculative: bool = False) -> None:
         try:
             prompt = encode_prompt(self._tokenizer, request)
+            if request.count_only:
+                emit(
+                    Finished(
+                        request_id=request.request_id,
+                        finish_reason="stop",
+                        usage=Usage(prompt_tokens=len(prompt), completion_tokens=0),
+                    )
+                )
+                return
             max_tokens = max_tokens_for(request, len(prompt), self.context_length)
+            constraints = self._constraints(request)
         except RequestRejected as exc:
             emit(failure(request.request_id, exc.code, str(exc)))
             return
@@ -167,9 +180,11 @@ class BatchEngine:
             tokenizer=self._tokenizer,
             stop=params.stop,
             top_logprobs=params.top_logprobs if params.logprobs else None,
+            tool_calls=ToolCallScanner(self._tokenizer, request.tools) if self._offers_tools(request) else None,
         )
-        sampler, processors = sampler_for(params), logits_processors_for(params)
-        if speculative:
+        sampler, processors = sampler_for(params), logits_processors_for(params) + constraints
+        # Constraints keep state per token they let through; drafts the model rejects would corrupt it.
+        if speculative and not constraints:
             run = SpeculativeRun(
                 self._model,
                 self._draft_model,
@@ -186,6 +201,24 @@ class BatchEngine:
             self._solo = (run, sequence)
         else:
             self._insert(sequence, prompt[cached:], prompt[:cached], cache, max_tokens, sampler, processors)
+
+    @staticmethod
+    def _offers_tools(request: GenerateRequest) -> bool:
+        return bool(request.tools) and request.tool_choice.mode != "none"
+
+    def _constraints(self, request: GenerateRequest) -> list:
+        """Logits processors that enforce the output's shape: a JSON schema, or a call that tool_choice requires.
+
+        A required call is enforced only in the json_tools format (the fallback's, and models whose parser is
+        json_tools); other models' call formats are left to their template and parser.
+        """
+        if request.json_schema is not None:
+            return [json_schema_processor(self._tokenizer, request.json_schema)]
+        choice = request.tool_choice
+        json_tools_format = parser_for(self._tokenizer)[2] is json_tools.parse_tool_call
+        if self._offers_tools(request) and choice.mode == "required" and json_tools_format:
+            return [tool_call_processor(self._tokenizer, request.tools, choice.name)]
+        return []
 
     def _insert(self, sequence: Sequence, prompt, history, cache, max_tokens: int, sampler, processors) -> None:
         (uid,) = self._generator.insert(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from protocol.errors import ErrorCode
 from protocol.generation import GenerateRequest
+from worker.tool_prompt import template_inputs
 
 
 class RequestRejected(ValueError):
@@ -24,9 +25,10 @@ def encode_prompt(tokenizer, request: GenerateRequest) -> list[int]:
     if (request.messages is None) == (request.prompt is None):
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "give exactly one of messages or prompt")
     if request.messages is not None:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        tools = request.tools if request.tool_choice.mode != "none" else []
+        messages, extra = template_inputs(tokenizer, request.messages, tools)
         try:
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra)
         except Exception as exc:  # jinja templates raise on roles/orders they do not support
             raise RequestRejected(
                 ErrorCode.INVALID_REQUEST, f"the model's chat template rejected the messages: {exc}"

@@ -9,6 +9,7 @@ import mlx.core as mx
 
 from protocol.generation import Finished, TextChunk, TokenLogprob, TopLogprob, Usage
 from worker.stop_matcher import StopMatcher
+from worker.tool_calls import ToolCallScanner
 
 
 def token_logprob(tokenizer, token: int, logprobs: mx.array, top_n: int) -> TokenLogprob:
@@ -34,6 +35,7 @@ class Sequence:
         tokenizer: Any,
         stop: list[str],
         top_logprobs: int | None,  # None: no logprobs
+        tool_calls: ToolCallScanner | None = None,  # None: the request offered no tools
     ):
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
@@ -44,6 +46,8 @@ class Sequence:
         self._detokenizer = tokenizer.detokenizer
         self._stops = StopMatcher(stop)
         self._top_logprobs = top_logprobs
+        self._tool_calls = tool_calls
+        self._reported = False  # the prompt's token counts went out on a chunk
         self._pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
         self._admitted = time.perf_counter()
         self._first_token_at: float | None = None
@@ -70,17 +74,30 @@ class Sequence:
         done = finish_reason is not None or self._stops.stopped
         if done:
             text += self._stops.flush()
-        if text:
+        calls = []
+        if self._tool_calls is not None:
+            text, calls = self._tool_calls.feed(text)
+            if done:
+                rest, more = self._tool_calls.flush()
+                text, calls = text + rest, calls + more
+        if text or calls:
+            self._reported, reported = True, self._reported
             emit(
                 TextChunk(
                     request_id=self.request_id,
                     text=text,
                     completion_tokens=self.completion_tokens,
                     logprobs=self._take_pending(),
+                    tool_calls=calls,
+                    prompt_tokens=0 if reported else self.prompt_tokens,
+                    cached_tokens=0 if reported else self.cached_tokens,
                 )
             )
         if done:
-            emit(self._finished("stop" if self._stops.stopped else finish_reason))
+            reason = "stop" if self._stops.stopped else finish_reason
+            if reason == "stop" and self._tool_calls is not None and self._tool_calls.made_calls:
+                reason = "tool_calls"
+            emit(self._finished(reason))
         return done
 
     def _take_pending(self) -> list[TokenLogprob] | None:
@@ -95,6 +112,7 @@ class Sequence:
         return Finished(
             request_id=self.request_id,
             finish_reason=finish_reason,
+            stop_sequence=self._stops.matched,
             usage=Usage(
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,

@@ -13,6 +13,7 @@ class StopMatcher:
         self._text = ""
         self._sent = 0
         self.stopped = False
+        self.matched: str | None = None  # the stop sequence found
 
     def feed(self, segment: str) -> str:
         """Add generated text; return what is now safe to send. Sets `stopped` when a stop sequence appears."""
@@ -21,10 +22,11 @@ class StopMatcher:
             return self._release(len(self._text))
         # A stop string may straddle the boundary with text already sent: search from just before it.
         start = max(0, self._sent - max(map(len, self._stops)) + 1)
-        hits = [i for i in (self._text.find(s, start) for s in self._stops) if i >= 0]
+        hits = [(i, s) for s in self._stops if (i := self._text.find(s, start)) >= 0]
         if hits:
             self.stopped = True
-            return self._release(min(hits))
+            at, self.matched = min(hits)
+            return self._release(at)
         return self._release(len(self._text) - self._held_back())
 
     def flush(self) -> str:

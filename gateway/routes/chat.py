@@ -9,10 +9,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
-from gateway.generation import start_generation, stream_generation
+from gateway.generation import generate, stream_generation
 from gateway.images import image_bytes
-from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
-from gateway.streaming import sse, unless_disconnected
+from gateway.openai_schema import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    ImageURLPart,
+    JSONObjectFormat,
+    JSONSchemaFormat,
+    NamedToolChoice,
+    decode_request,
+)
+from gateway.streaming import sse
 from protocol import ErrorCode
 from protocol.generation import (
     ChatMessage,
@@ -21,6 +29,9 @@ from protocol.generation import (
     GenerationError,
     SamplingParams,
     TokenLogprob,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
 )
 
 SYSTEM_FINGERPRINT = "mlx-llm-server"
@@ -44,18 +55,66 @@ async def images_of(req: ChatCompletionRequest, settings) -> dict[int, list[byte
     return images
 
 
+def _message(m: ChatMessageIn, images: list[bytes]) -> ChatMessage:
+    calls = [ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in m.tool_calls or ()]
+    return ChatMessage(
+        role=m.role,
+        content=_text_of(m),
+        tool_calls=calls,
+        tool_call_id=m.tool_call_id,
+        name=m.name,
+        images=images,
+    )
+
+
+def _tool_choice(req: ChatCompletionRequest, tools: list[ToolSpec]) -> ToolChoice:
+    choice = req.tool_choice or "auto"
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in {t.name for t in tools}:
+            raise APIError(
+                ErrorCode.INVALID_REQUEST,
+                f"tool_choice names the function '{choice.function.name}', which is not among the tools",
+                param="tool_choice",
+            )
+        return ToolChoice(mode="required", name=choice.function.name)
+    if choice == "required" and not tools:
+        raise APIError(ErrorCode.INVALID_REQUEST, "tool_choice 'required' needs tools", param="tool_choice")
+    return ToolChoice(mode=choice)
+
+
+def json_schema_of(response_format) -> dict | None:
+    """The schema constrained decoding enforces for an OpenAI response_format (None: free text)."""
+    if isinstance(response_format, JSONObjectFormat):
+        return {"type": "object"}
+    if isinstance(response_format, JSONSchemaFormat):
+        return response_format.json_schema.schema
+    return None
+
+
 def to_generate_request(req: ChatCompletionRequest, images: dict[int, list[bytes]] | None = None) -> GenerateRequest:
     if req.n != 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(ErrorCode.INVALID_REQUEST, "top_logprobs requires logprobs to be true", param="top_logprobs")
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    tools = [
+        ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
+        for t in req.tools or ()
+    ]
+    tool_choice = _tool_choice(req, tools)
+    json_schema = json_schema_of(req.response_format)
+    if json_schema is not None and tool_choice.mode == "required":
+        raise APIError(
+            ErrorCode.INVALID_REQUEST,
+            "response_format cannot be combined with a required tool call",
+            param="tool_choice",
+        )
     return GenerateRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        messages=[
-            ChatMessage(role=m.role, content=_text_of(m), images=(images or {}).get(i, []))
-            for i, m in enumerate(req.messages)
-        ],
+        messages=[_message(m, (images or {}).get(i, [])) for i, m in enumerate(req.messages)],
+        tools=tools,
+        tool_choice=tool_choice,
+        json_schema=json_schema,
         sampling=SamplingParams(
             temperature=req.temperature,
             top_p=req.top_p,
@@ -71,7 +130,7 @@ def to_generate_request(req: ChatCompletionRequest, images: dict[int, list[bytes
     )
 
 
-def _usage(event: Finished) -> dict:
+def usage(event: Finished) -> dict:
     u = event.usage
     return {
         "prompt_tokens": u.prompt_tokens,
@@ -108,27 +167,19 @@ async def chat_completions(request: Request) -> Response:
             return _chunks(stream, first, base | {"model": client.model_id}, include_usage)
 
         return await stream_generation(request, gen, req.model or "", render)
-    client, stream, first = await start_generation(request, gen, req.model or "")
-    base["model"] = client.model_id
-    try:
-        last, text, entries = await unless_disconnected(request, _collect(stream, first))
-    finally:
-        client.release(stream)  # aborts the generation in the worker unless it finished
-    if isinstance(last, GenerationError):
-        raise APIError.from_event(last)
-    message = {"role": "assistant", "content": text}
-    logprobs = _logprobs(entries if req.logprobs else None)
-    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": last.finish_reason}
-    return JSONResponse(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(last)})
+    done = await generate(request, gen, req.model or "")
+    message = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
+    if done.tool_calls:
+        message["tool_calls"] = [_tool_call(c) for c in done.tool_calls]
+    logprobs = _logprobs(done.logprobs if req.logprobs else None)
+    choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": done.end.finish_reason}
+    body = base | {"model": done.model_id, "object": "chat.completion", "choices": [choice]}
+    return JSONResponse(body | {"usage": usage(done.end)})
 
 
-async def _collect(stream, event) -> tuple[Finished | GenerationError, str, list[TokenLogprob]]:
-    text, entries = [], []
-    while not isinstance(event, Finished | GenerationError):
-        text.append(event.text)
-        entries.extend(event.logprobs or ())
-        event = await stream.next()
-    return event, "".join(text), entries
+def _tool_call(call: ToolCall, index: int | None = None) -> dict:
+    out = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return out if index is None else {"index": index} | out
 
 
 async def _chunks(stream, event, base: dict, include_usage: bool):
@@ -140,6 +191,7 @@ async def _chunks(stream, event, base: dict, include_usage: bool):
         return sse(body)
 
     yield chunk({"role": "assistant", "content": ""})
+    calls = 0
     while True:
         if isinstance(event, GenerationError):
             yield sse(APIError.from_event(event).body())
@@ -147,8 +199,12 @@ async def _chunks(stream, event, base: dict, include_usage: bool):
         if isinstance(event, Finished):
             yield chunk({}, event.finish_reason)
             if include_usage:
-                yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
+                yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": usage(event)})
             yield b"data: [DONE]\n\n"
             return
-        yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
+        if event.text or not event.tool_calls:
+            yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
+        if event.tool_calls:
+            yield chunk({"tool_calls": [_tool_call(c, calls + i) for i, c in enumerate(event.tool_calls)]})
+            calls += len(event.tool_calls)
         event = await stream.next()

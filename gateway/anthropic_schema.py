@@ -1,0 +1,190 @@
+"""Anthropic Messages request types, validated at the edge, and their translation into a GenerateRequest.
+
+System prompt, text, image and tool blocks map onto the chat messages every worker understands: tool_use
+blocks become an assistant's tool calls, tool_result blocks become `tool` messages, base64 image blocks
+become raw image bytes on the message (for vision models; a text model refuses them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from gateway.errors import APIError
+from protocol import ErrorCode
+from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
+
+MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's own limit per image
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+class TextBlock(msgspec.Struct, tag_field="type", tag="text", kw_only=True):
+    text: str
+
+
+class ImageSource(msgspec.Struct, kw_only=True):
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ImageBlock(msgspec.Struct, tag_field="type", tag="image", kw_only=True):
+    source: ImageSource
+
+
+class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use", kw_only=True):
+    id: str
+    name: str
+    input: dict
+
+
+class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result", kw_only=True):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock] = ""
+    is_error: bool = False
+
+
+Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock
+
+
+class MessageIn(msgspec.Struct, kw_only=True):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolDef(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str = ""
+    input_schema: dict
+
+
+class ToolChoiceIn(msgspec.Struct, kw_only=True):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+
+
+class JSONOutputFormat(msgspec.Struct, kw_only=True):
+    type: Literal["json_schema"]
+    schema: dict
+
+
+class OutputConfig(msgspec.Struct, kw_only=True):
+    format: JSONOutputFormat | None = None  # structured output: enforced by constrained decoding
+    effort: str | None = None  # accepted, no effect here
+
+
+class CountTokensRequest(msgspec.Struct, kw_only=True):
+    model: str
+    messages: Annotated[list[MessageIn], Meta(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoiceIn | None = None
+
+
+class MessagesRequest(CountTokensRequest, kw_only=True):
+    max_tokens: Annotated[int, Meta(ge=1)]
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Meta(ge=0)] = 0
+    stream: bool = False
+    metadata: dict | None = None
+    output_config: OutputConfig | None = None
+
+
+def _invalid(message: str, param: str) -> APIError:
+    return APIError(ErrorCode.INVALID_REQUEST, message, param=param)
+
+
+def _image(block: ImageBlock, where: str) -> bytes:
+    source = block.source
+    if source.type != "base64" or not source.data:
+        raise _invalid("Only base64 image sources are supported", f"{where}.source")
+    if source.media_type not in IMAGE_TYPES:
+        raise _invalid(f"Image media_type must be one of {', '.join(IMAGE_TYPES)}", f"{where}.source.media_type")
+    if len(source.data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise _invalid(f"The image is larger than {MAX_IMAGE_BYTES // 2**20} MB", f"{where}.source.data")
+    try:
+        return base64.b64decode(source.data, validate=True)
+    except binascii.Error:
+        raise _invalid("The image data is not valid base64", f"{where}.source.data") from None
+
+
+def _text(content: str | list[TextBlock | ImageBlock]) -> str:
+    return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, TextBlock))
+
+
+def _messages(req: CountTokensRequest) -> list[ChatMessage]:
+    out = []
+    if req.system:
+        out.append(ChatMessage(role="system", content=_text(req.system)))
+    for i, m in enumerate(req.messages):
+        blocks = [TextBlock(text=m.content)] if isinstance(m.content, str) else m.content
+        if not blocks:
+            raise _invalid("A message needs at least one content block", f"messages[{i}].content")
+        text, images, calls = [], [], []
+        for j, b in enumerate(blocks):
+            where = f"messages[{i}].content[{j}]"
+            if isinstance(b, TextBlock):
+                text.append(b.text)
+            elif isinstance(b, ImageBlock):
+                images.append(_image(b, where))
+            elif isinstance(b, ToolUseBlock) and m.role == "assistant":
+                calls.append(ToolCall(id=b.id, name=b.name, arguments=json.dumps(b.input)))
+            elif isinstance(b, ToolResultBlock) and m.role == "user":
+                result = _text(b.content)
+                out.append(
+                    ChatMessage(
+                        role="tool", content=f"Error: {result}" if b.is_error else result, tool_call_id=b.tool_use_id
+                    )
+                )
+            else:
+                raise _invalid(f"A {m.role} message cannot hold a {type(b).__name__} block", where)
+        if text or images or calls:
+            out.append(ChatMessage(role=m.role, content="".join(text), images=images, tool_calls=calls))
+    return out
+
+
+def _tools(req: CountTokensRequest) -> tuple[list[ToolSpec], ToolChoice]:
+    tools = [ToolSpec(name=t.name, description=t.description, parameters=t.input_schema) for t in req.tools or ()]
+    choice = req.tool_choice or ToolChoiceIn(type="auto")
+    if choice.type in ("any", "tool") and not tools:
+        raise _invalid(f"tool_choice '{choice.type}' needs tools", "tool_choice")
+    if choice.type == "tool":
+        if choice.name not in {t.name for t in tools}:
+            raise _invalid(f"tool_choice names the tool '{choice.name}', which is not among the tools", "tool_choice")
+        return tools, ToolChoice(mode="required", name=choice.name)
+    return tools, ToolChoice(mode={"any": "required"}.get(choice.type, choice.type))
+
+
+def to_generate_request(req: CountTokensRequest) -> GenerateRequest:
+    tools, tool_choice = _tools(req)
+    request_id = f"msg_{uuid.uuid4().hex[:24]}"
+    if not isinstance(req, MessagesRequest):
+        return GenerateRequest(
+            request_id=request_id, messages=_messages(req), tools=tools, tool_choice=tool_choice, count_only=True
+        )
+    output = req.output_config.format if req.output_config else None
+    if output is not None and tool_choice.mode == "required":
+        raise _invalid("output_config.format cannot be combined with a required tool call", "tool_choice")
+    return GenerateRequest(
+        request_id=request_id,
+        messages=_messages(req),
+        tools=tools,
+        tool_choice=tool_choice,
+        json_schema=output.schema if output else None,
+        sampling=SamplingParams(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            max_tokens=req.max_tokens,
+            stop=req.stop_sequences or [],
+        ),
+    )
