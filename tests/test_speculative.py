@@ -4,10 +4,11 @@ model alone produces, and moves into the batch without a seam when another reque
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
-from protocol.generation import GenerationError
+from protocol.generation import ChatMessage, GenerateRequest, GenerationError, SamplingParams
 from tests.conftest import MODEL
 from tests.test_engine import PARIS, SYSTEM, chat, finished, run, text_of
 from worker.batch_engine import BatchEngine, EngineOptions
@@ -91,3 +92,18 @@ def test_the_server_decodes_with_a_configured_draft(client):
     drafted = client.chat.completions.create(model="spec", **ask)
     assert drafted.choices[0].message.content == plain.choices[0].message.content
     assert "Paris" in drafted.choices[0].message.content
+
+
+def test_a_constrained_request_is_not_decoded_speculatively_and_still_validates(loaded):
+    """A JSON-schema constraint keeps state per accepted token, so such a request goes to the batch."""
+    _, speculative = engines(loaded)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    request = GenerateRequest(
+        request_id="j",
+        messages=[ChatMessage(role="user", content=PARIS)],
+        sampling=SamplingParams(temperature=0, max_tokens=24),
+        json_schema=schema,
+    )
+    events = run(speculative, request)
+    assert isinstance(json.loads(text_of(events, "j"))["city"], str)
+    assert finished(events, "j").draft_accepted_tokens == 0
