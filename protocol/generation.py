@@ -36,6 +36,11 @@ class GenerateRequest(Message, tag="generate"):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     sampling: SamplingParams = SamplingParams()
+    # The client's X-Request-ID (or the one the gateway gave it), for the worker's log lines.
+    trace_id: str | None = None
+    # A stored conversation: if it does not fit the context, the oldest turns are dropped (system messages kept)
+    # instead of refusing the request.
+    trim_history: bool = False
 
 
 class Abort(Message, tag="abort"):

@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # More than crash_limit crashes within crash_window_seconds marks a model failed until `ctl load`.
     crash_limit: int = 3
     crash_window_seconds: float = 300.0
+    # Read by the gateway (gateway/config.py), which validates them; the supervisor only lets them through.
+    services: list[dict] = []
+    gateway: dict = {}
 
     def __post_init__(self) -> None:
         if self.memory_budget_gb <= 0:
@@ -107,6 +110,12 @@ class Config:
         """A model by id or alias; the empty name means the default model."""
         model_id = self._names.get(name or self.default_model)
         return None if model_id is None else self.models[model_id]
+
+    def allows(self, spec: ModelSpec, allowed: list[str] | None) -> bool:
+        """Whether `spec` is among `allowed` (ids or aliases, resolved like request names; None: any model)."""
+        if allowed is None:
+            return True
+        return any((other := self.resolve(name)) is not None and other.id == spec.id for name in allowed if name)
 
     def source_of(self, spec: ModelSpec) -> str:
         """What the worker loads: an absolute directory, or a hub repo id left for mlx-lm to fetch."""

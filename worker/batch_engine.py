@@ -136,9 +136,10 @@ class BatchEngine:
 
     def _admit(self, request: GenerateRequest, emit) -> None:
         try:
-            prompt = encode_prompt(self._tokenizer, request)
+            prompt = encode_prompt(self._tokenizer, request, self.context_length)
             max_tokens = max_tokens_for(request, len(prompt), self.context_length)
         except RequestRejected as exc:
+            log.info("request %s [x-request-id %s] refused: %s", request.request_id, request.trace_id, exc.code)
             emit(failure(request.request_id, exc.code, str(exc)))
             return
         except Exception as exc:  # a tokenizer failure ends this request, not the worker
@@ -161,6 +162,7 @@ class BatchEngine:
             tokenizer=self._tokenizer,
             stop=params.stop,
             top_logprobs=params.top_logprobs if params.logprobs else None,
+            trace_id=request.trace_id,
         )
         self._uids[request.request_id] = uid
 
