@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 
+from gateway.auth import route_model
 from gateway.errors import APIError
 from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
 from gateway.worker_client import RequestStream, WorkerClient
@@ -20,6 +21,9 @@ async def start_generation(
     request: Request, gen: GenerateRequest, model: str
 ) -> tuple[WorkerClient, RequestStream, TextChunk]:
     """Send `gen` to the worker serving `model` and wait for its first token.
+
+    `model` is what the request named ("" for none): the calling service's default model stands in for none,
+    and the supervisor refuses a model the service may not use (after resolving aliases) with a 403.
 
     Waiting for it before answering lets errors found at admission (context length, a worker that is gone)
     get their own status code instead of an error inside a 200 stream. A worker that dies before producing
@@ -36,7 +40,8 @@ async def start_generation(
 
 
 async def _send(request: Request, gen: GenerateRequest, model: str, stale_instance: str | None):
-    client = await request.app.state.workers.acquire(model, stale_instance)
+    name, allowed = route_model(request, model)
+    client = await request.app.state.workers.acquire(name, stale_instance, allowed)
     stream = await client.open(gen, request.app.state.settings.connect_timeout)
     try:
         first = await unless_disconnected(request, stream.next())

@@ -54,6 +54,23 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1)] = 1
     user: str | None = None
+    # Beyond OpenAI: continue a stored conversation (POST /api/v1/sessions creates one). Its history goes before
+    # `messages`; `messages` and the answer are appended to it.
+    session_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
+def text_of(message: ChatMessageIn, index: int) -> str:
+    """A message's text; image parts are refused (no vision model yet)."""
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    for part in message.content:
+        if isinstance(part, ImageURLPart):
+            raise APIError(
+                ErrorCode.INVALID_REQUEST,
+                "Image inputs are not supported by this model",
+                param=f"messages[{index}].content",
+            )
+    return "".join(part.text for part in message.content)
 
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")

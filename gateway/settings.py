@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -17,6 +17,13 @@ class GatewaySettings:
     connect_timeout: float = 10.0  # how long to wait for a worker socket to connect
     keepalive_seconds: float = 5.0  # a stream waiting for its model sends an SSE comment this often
     log_level: str = "INFO"
+    log_format: str = "json"  # or "text"
+    config_path: str | None = None  # the shared config file (services, gateway settings); None: the default
+    # Secrets stay out of repr(), so a settings object that reaches a log line does not carry them.
+    redis_url: str | None = field(default=None, repr=False)  # sessions and rate limits; None: in memory
+    jwt_secret: str | None = field(default=None, repr=False)  # signs the tokens of /api/v1/auth/token
+    tls_certfile: str | None = None  # override the config's gateway.tls
+    tls_keyfile: str | None = None
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -29,4 +36,10 @@ class GatewaySettings:
             silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
+            log_format=os.environ.get("LOG_FORMAT", cls.log_format).lower(),
+            config_path=os.environ.get("MLX_SERVER_CONFIG") or None,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            jwt_secret=os.environ.get("JWT_SECRET") or None,
+            tls_certfile=os.environ.get("TLS_CERTFILE") or None,
+            tls_keyfile=os.environ.get("TLS_KEYFILE") or None,
         )

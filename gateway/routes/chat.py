@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import APIError
 from gateway.generation import start_generation, stream_generation
-from gateway.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageURLPart, decode_request
+from gateway.openai_schema import ChatCompletionRequest, decode_request, text_of
+from gateway.routes.sessions import not_found, store_of, using_store
 from gateway.streaming import sse, unless_disconnected
 from protocol import ErrorCode
 from protocol.generation import (
@@ -25,28 +26,19 @@ from protocol.generation import (
 SYSTEM_FINGERPRINT = "mlx-llm-server"
 
 
-def _text_of(message: ChatMessageIn, index: int) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
-    for part in message.content:
-        if isinstance(part, ImageURLPart):
-            raise APIError(
-                ErrorCode.INVALID_REQUEST,
-                "Image inputs are not supported by this model",
-                param=f"messages[{index}].content",
-            )
-    return "".join(part.text for part in message.content)
-
-
-def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
+def to_generate_request(
+    req: ChatCompletionRequest, history: list[dict] | None = None, trace_id: str | None = None
+) -> GenerateRequest:
+    """The worker's request: a session's stored `history` (if any) followed by the request's messages."""
     if req.n != 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(ErrorCode.INVALID_REQUEST, "top_logprobs requires logprobs to be true", param="top_logprobs")
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    stored = [ChatMessage(role=m["role"], content=m["content"]) for m in history or ()]
     return GenerateRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        messages=[ChatMessage(role=m.role, content=_text_of(m, i)) for i, m in enumerate(req.messages)],
+        messages=stored + [ChatMessage(role=m.role, content=text_of(m, i)) for i, m in enumerate(req.messages)],
         sampling=SamplingParams(
             temperature=req.temperature,
             top_p=req.top_p,
@@ -59,6 +51,8 @@ def to_generate_request(req: ChatCompletionRequest) -> GenerateRequest:
             logprobs=req.logprobs,
             top_logprobs=req.top_logprobs or 0,
         ),
+        trace_id=trace_id,
+        trim_history=history is not None,
     )
 
 
@@ -90,13 +84,29 @@ def _logprobs(entries: list[TokenLogprob] | None) -> dict | None:
 
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
-    gen = to_generate_request(req)
+    service = getattr(request.state, "service", None)
+    history = None
+    if req.session_id is not None:
+        history = await using_store(store_of(request).messages(service.name, req.session_id))
+        if history is None:
+            raise not_found(req.session_id)
+    gen = to_generate_request(req, history, getattr(request.state, "request_id", None))
+    new_messages = [{"role": m.role, "content": m.content} for m in gen.messages[len(history or ()) :]]
+
+    async def finish(text: str, event: Finished) -> None:
+        """The answer is complete: charge its tokens, and store the turn in the session atomically."""
+        await request.app.state.limiter.charge_tokens(service, event.usage.total_tokens)
+        if req.session_id is not None:
+            turn = [*new_messages, {"role": "assistant", "content": text}]
+            if await using_store(store_of(request).append(service.name, req.session_id, turn)) is None:
+                raise not_found(req.session_id)  # deleted or expired while the answer was generated
+
     base = {"id": gen.request_id, "created": int(time.time()), "system_fingerprint": SYSTEM_FINGERPRINT}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def render(client, stream, first):
-            return _chunks(stream, first, base | {"model": client.model_id}, include_usage)
+            return _chunks(stream, first, base | {"model": client.model_id}, include_usage, finish)
 
         return await stream_generation(request, gen, req.model or "", render)
     client, stream, first = await start_generation(request, gen, req.model or "")
@@ -107,6 +117,7 @@ async def chat_completions(request: Request) -> Response:
         client.release(stream)  # aborts the generation in the worker unless it finished
     if isinstance(last, GenerationError):
         raise APIError.from_event(last)
+    await finish(text, last)
     message = {"role": "assistant", "content": text}
     logprobs = _logprobs(entries if req.logprobs else None)
     choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": last.finish_reason}
@@ -122,7 +133,7 @@ async def _collect(stream, event) -> tuple[Finished | GenerationError, str, list
     return event, "".join(text), entries
 
 
-async def _chunks(stream, event, base: dict, include_usage: bool):
+async def _chunks(stream, event, base: dict, include_usage: bool, finish):
     def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         body = base | {"object": "chat.completion.chunk", "choices": [choice]}
@@ -131,15 +142,22 @@ async def _chunks(stream, event, base: dict, include_usage: bool):
         return sse(body)
 
     yield chunk({"role": "assistant", "content": ""})
+    text = []
     while True:
         if isinstance(event, GenerationError):
             yield sse(APIError.from_event(event).body())
             return
         if isinstance(event, Finished):
+            try:
+                await finish("".join(text), event)
+            except APIError as exc:  # the answer was sent, but its turn could not be stored
+                yield sse(exc.body())
+                return
             yield chunk({}, event.finish_reason)
             if include_usage:
                 yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(event)})
             yield b"data: [DONE]\n\n"
             return
+        text.append(event.text)
         yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
         event = await stream.next()
