@@ -4,6 +4,7 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/lib.sh"
 ensure_uv
 ensure_openblas  # speeds the model tests up where it can be installed; they pass without it
+ensure_redis     # the session, rate-limit and multi-gateway tests start their own redis-server
 "${UV[@]}" sync --frozen
 "${UV[@]}" run --no-sync ruff check .
 "${UV[@]}" run --no-sync ruff format --check .

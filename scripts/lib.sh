@@ -28,3 +28,17 @@ ensure_openblas() {
   fi
   return 0
 }
+
+# Redis holds sessions and rate-limit counters in production; the tests start a real redis-server of their own.
+# Installed where apt-get runs as root (Debian's redis-server package); the tests that need it skip without it.
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server for the session and rate-limit tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq redis-server >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq redis-server >/dev/null 2>&1; } ||
+      echo "redis-server not installed: the tests that need Redis will be skipped" >&2
+  fi
+  return 0
+}
