@@ -25,6 +25,7 @@ from protocol import ErrorCode
 log = logging.getLogger("gateway.ratelimit")
 KEY_PREFIX = "mlxs-limits"
 WARN_EVERY = 30.0  # seconds between two warnings that Redis is unreachable
+RETRY_REDIS_AFTER = 5.0  # after a failure, count in memory this long before trying Redis again
 
 
 class _Strategies:
@@ -49,6 +50,7 @@ class RateLimiter:
             )
             self._redis = _Strategies(storage)
         self._warned_at = 0.0
+        self._redis_down_until = 0.0  # a Redis that does not answer costs each request a timeout: not every time
 
     @property
     def shared(self) -> bool:
@@ -56,11 +58,12 @@ class RateLimiter:
 
     async def _run(self, work):
         """`work(strategies)` against Redis, or against memory if there is no Redis or it is unreachable."""
-        if self._redis is not None:
+        if self._redis is not None and time.monotonic() >= self._redis_down_until:
             try:
                 return await work(self._redis)
             except (StorageError, OSError) as exc:
                 now = time.monotonic()
+                self._redis_down_until = now + RETRY_REDIS_AFTER
                 if now - self._warned_at > WARN_EVERY:
                     self._warned_at = now
                     log.warning("rate limits: Redis unreachable (%s); counting in this process meanwhile", exc)

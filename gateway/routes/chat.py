@@ -26,14 +26,19 @@ from protocol.generation import (
 SYSTEM_FINGERPRINT = "mlx-llm-server"
 
 
-def to_generate_request(
-    req: ChatCompletionRequest, history: list[dict] | None = None, trace_id: str | None = None
-) -> GenerateRequest:
-    """The worker's request: a session's stored `history` (if any) followed by the request's messages."""
+def validate(req: ChatCompletionRequest) -> None:
+    """What the schema cannot say."""
     if req.n != 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(ErrorCode.INVALID_REQUEST, "top_logprobs requires logprobs to be true", param="top_logprobs")
+
+
+def to_generate_request(
+    req: ChatCompletionRequest, history: list[dict] | None = None, trace_id: str | None = None
+) -> GenerateRequest:
+    """The worker's request: a session's stored `history` (if any) followed by the request's messages."""
+    validate(req)
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     stored = [ChatMessage(role=m["role"], content=m["content"]) for m in history or ()]
     return GenerateRequest(
@@ -84,6 +89,7 @@ def _logprobs(entries: list[TokenLogprob] | None) -> dict | None:
 
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
+    validate(req)  # before reading a session: a bad request is a 400 whatever the store's state
     service = getattr(request.state, "service", None)
     history = None
     if req.session_id is not None:
