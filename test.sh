@@ -4,7 +4,7 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/lib.sh"
 ensure_uv
 ensure_openblas  # speeds the model tests up where it can be installed; they pass without it
-ensure_test_tools  # chromium (dashboard test), redis-server (readiness)
+ensure_test_tools  # chromium (dashboard test), redis-server (sessions, rate limits, readiness)
 "${UV[@]}" sync --frozen
 "${UV[@]}" run --no-sync ruff check .
 "${UV[@]}" run --no-sync ruff format --check .

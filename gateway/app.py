@@ -1,9 +1,11 @@
-"""The Starlette application: routes, error handlers, and the ZeroMQ clients it holds for its lifetime."""
+"""The Starlette application: routes, middleware, error handlers, and the clients it holds for its lifetime
+(ZeroMQ to the supervisor and workers; the session store and rate limiter, in Redis or in memory)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import zmq.asyncio
@@ -17,9 +19,14 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import metrics
 from gateway.activity import ActivityLog, clear_activity, list_activity
+from gateway.auth import Authenticator, KeyRing, TokenIssuer, is_loopback
+from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import APIError
+from gateway.middleware import Auth, BodyLimit, JSONCORSMiddleware, RequestContext, TrustedHosts
+from gateway.ratelimit import RateLimiter
 from gateway.routes import system
 from gateway.routes.admin import load_model, memory_usage, unload_model
+from gateway.routes.auth import issue_token
 from gateway.routes.chat import chat_completions
 from gateway.routes.completions import completions
 from gateway.routes.embeddings import embeddings
@@ -27,6 +34,8 @@ from gateway.routes.health import health, ready
 from gateway.routes.messages import count_tokens, messages
 from gateway.routes.models import list_models
 from gateway.routes.rerank import rerank
+from gateway.routes.sessions import create_session, delete_session, get_session, list_sessions, session_messages
+from gateway.sessions import make_session_store
 from gateway.settings import GatewaySettings
 from gateway.streaming import ClientGone
 from gateway.supervisor_client import SupervisorClient
@@ -36,6 +45,25 @@ from protocol import ErrorCode
 
 log = logging.getLogger("gateway")
 DASHBOARD = Path(__file__).parent / "dashboard"  # plain static files: no build step
+
+CORS_HEADERS = ["authorization", "content-type", "x-api-key", "x-request-id", "anthropic-version", "anthropic-beta"]
+CORS_EXPOSED = [
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+]
+
+
+class RefusedToStart(Exception):
+    """The configuration is unsafe or invalid: the gateway must not serve."""
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -47,10 +75,10 @@ async def _client_gone(request: Request, exc: ClientGone) -> Response:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "http_error"
-    error = APIError(code, exc.detail, status=exc.status_code)
-    error.type = "invalid_request_error"
-    return JSONResponse(error.body_for(request.url.path), status_code=exc.status_code)
+    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, "http_error")
+    return APIError(code, exc.detail, status=exc.status_code, headers=dict(exc.headers or {})).response(
+        request.url.path
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -77,6 +105,12 @@ def _routes() -> list[Route]:
         Route("/api/v1/models/memory/usage", memory_usage, methods=["GET"]),
         Route("/api/v1/models/{model_id:str}/load", load_model, methods=["POST"]),
         Route("/api/v1/models/{model_id:str}/unload", unload_model, methods=["POST"]),
+        Route("/api/v1/sessions", create_session, methods=["POST"]),
+        Route("/api/v1/sessions", list_sessions, methods=["GET"]),
+        Route("/api/v1/sessions/{session_id:str}", get_session, methods=["GET"]),
+        Route("/api/v1/sessions/{session_id:str}", delete_session, methods=["DELETE"]),
+        Route("/api/v1/sessions/{session_id:str}/messages", session_messages, methods=["GET"]),
+        Route("/api/v1/auth/token", issue_token, methods=["POST"]),
         Route("/api/v1/health", health, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/api/v1/health/ready", ready, methods=["GET"]),
@@ -95,20 +129,52 @@ async def _dashboard(request: Request) -> FileResponse:
     return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def create_app(settings: GatewaySettings | None = None) -> Starlette:
+def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | None = None) -> Starlette:
+    """The application; raises RefusedToStart for a configuration it must not serve (bad keys, or no keys on
+    an address other than loopback)."""
     settings = settings or GatewaySettings.from_env()
+    try:
+        config = config or load_gateway_config(settings.config_path)
+        keyring = KeyRing(config, os.environ)
+        tokens = TokenIssuer(settings.jwt_secret, config.transport.token_ttl_seconds, keyring)
+    except ValueError as exc:
+        raise RefusedToStart(str(exc)) from None
+    if keyring.keyless:
+        if not is_loopback(settings.host):
+            raise RefusedToStart(
+                f"no API keys are configured: refusing to serve on {settings.host}, which is not a loopback "
+                "address (give services keys in the config or API_KEYS, or bind HOST=127.0.0.1)"
+            )
+        log.warning(
+            "no API keys configured: development mode without authentication, on loopback only "
+            "(every request acts as the admin service 'local')"
+        )
+    else:
+        log.info("API keys configured for services: %s", ", ".join(sorted(config.services)))
+    authenticator = Authenticator(keyring, tokens)
+    limiter = RateLimiter(settings.redis_url)
+    transport = config.transport
     activity = ActivityLog(settings.activity_log_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         ctx = zmq.asyncio.Context()
         app.state.settings = settings
+        app.state.config = config
+        app.state.tokens = tokens
+        app.state.limiter = limiter
+        app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
         app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
         app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
         app.state.activity = activity
         system.prime()
         log.info(
-            "gateway on http://%s:%d, supervisor at %s", settings.host, settings.port, settings.supervisor_endpoint
+            "gateway on %s://%s:%d, supervisor at %s; sessions and rate limits in %s",
+            "https" if settings.tls_certfile or transport.tls.certfile else "http",
+            settings.host,
+            settings.port,
+            settings.supervisor_endpoint,
+            "Redis" if settings.redis_url else "memory",
         )
         try:
             yield
@@ -116,12 +182,33 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             app.state.workers.close()
             app.state.supervisor.close()
             ctx.term()
+            await app.state.sessions.close()
+            await limiter.close()
             metrics.process_exited()
 
+    middleware = [
+        Middleware(Telemetry, activity=activity),  # outermost: times and counts every answer, 401s and 429s too
+        Middleware(RequestContext),
+        Middleware(TrustedHosts, hosts=transport.trusted_hosts),
+    ]
+    if transport.cors_origins:
+        middleware.append(
+            Middleware(
+                JSONCORSMiddleware,
+                allow_origins=transport.cors_origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=CORS_HEADERS,
+                expose_headers=CORS_EXPOSED,
+            )
+        )
+    middleware += [
+        Middleware(BodyLimit, max_bytes=transport.max_body_bytes),
+        Middleware(Auth, authenticator=authenticator, limiter=limiter),
+    ]
     return Starlette(
         routes=_routes(),
         lifespan=lifespan,
-        middleware=[Middleware(Telemetry, activity=activity)],  # outermost of ours: times auth failures too
+        middleware=middleware,
         exception_handlers={
             APIError: _api_error,
             ClientGone: _client_gone,

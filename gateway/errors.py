@@ -1,5 +1,5 @@
-"""Error codes from any process, turned into HTTP errors in the shape of the API that was called (OpenAI, or
-Anthropic under /v1/messages and /anthropic/). Only the gateway does this."""
+"""Error codes from any process, turned into HTTP errors in the API dialect of the path. Only the gateway does
+this: OpenAI's shape everywhere except the Anthropic Messages paths, which get Anthropic's (see error_body)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,21 @@ _STATUS = {
     ErrorCode.WORKER_UNAVAILABLE: (503, "server_error"),
     ErrorCode.SHUTTING_DOWN: (503, "server_error"),
     ErrorCode.TIMEOUT: (504, "server_error"),
-    "permission_denied": (403, "permission_error"),  # the gateway's own: an admin-only endpoint
+    ErrorCode.INVALID_API_KEY: (401, "authentication_error"),
+    ErrorCode.PERMISSION_DENIED: (403, "permission_error"),
+    ErrorCode.MODEL_NOT_ALLOWED: (403, "permission_error"),
+    ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorCode.REQUEST_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorCode.INVALID_HOST: (400, "invalid_request_error"),
+    ErrorCode.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
+    ErrorCode.SESSION_NOT_FOUND: (404, "invalid_request_error"),
+    ErrorCode.SESSION_STORE_UNAVAILABLE: (503, "server_error"),
 }
 RETRY_AFTER_SECONDS = 1
-# HTTP status -> Anthropic error type (what the anthropic SDK and Claude Code expect); others are api_error.
-_ANTHROPIC_TYPE = {
+
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
@@ -35,15 +45,33 @@ _ANTHROPIC_TYPE = {
     503: "overloaded_error",
     529: "overloaded_error",
 }
-ANTHROPIC_PREFIXES = ("/v1/messages", "/anthropic/")
+ANTHROPIC_PATHS = ("/v1/messages", "/anthropic/")
 
 
-def is_anthropic(path: str) -> bool:
-    return path.startswith(ANTHROPIC_PREFIXES)
+def is_anthropic_path(path: str) -> bool:
+    """The Anthropic Messages API's paths (/v1/messages, /v1/messages/count_tokens, /anthropic/...)."""
+    return path == "/v1/messages" or path.startswith(("/v1/messages/", "/anthropic/"))
+
+
+def error_body(path: str, status: int, code: str, message: str, type_: str, param: str | None = None) -> dict:
+    """THE choice of error shape, by request path: Anthropic's on the Anthropic Messages paths,
+    {"type": "error", "error": {"type", "message"}}; OpenAI's everywhere else,
+    {"error": {"message", "type", "param", "code"}}."""
+    if is_anthropic_path(path):
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 class APIError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -51,25 +79,16 @@ class APIError(Exception):
         self.status, self.type = _STATUS.get(code, (500, "server_error"))
         if status is not None:
             self.status = status
+        self.headers = headers or {}
 
     @classmethod
     def from_event(cls, event) -> APIError:
         """From a GenerationError or CallFailed that crossed a process boundary."""
         return cls(event.code, event.message)
 
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def anthropic_body(self) -> dict:
-        return {
-            "type": "error",
-            "error": {"type": _ANTHROPIC_TYPE.get(self.status, "api_error"), "message": self.message},
-        }
-
-    def body_for(self, path: str) -> dict:
-        return self.anthropic_body() if is_anthropic(path) else self.body()
+    def body(self, path: str = "") -> dict:
+        return error_body(path, self.status, self.code, self.message, self.type, self.param)
 
     def response(self, path: str = "") -> JSONResponse:
-        """The error as the API under `path` renders it."""
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else None
-        return JSONResponse(self.body_for(path), status_code=self.status, headers=headers)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else {}
+        return JSONResponse(self.body(path), status_code=self.status, headers=headers | self.headers)

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import msgspec
 from starlette.requests import Request
 
+from gateway.auth import route_model
 from gateway.errors import APIError
 from gateway.streaming import ClientGone, EventStreamResponse, sse, unless_disconnected
 from gateway.telemetry import record_of
@@ -16,6 +18,7 @@ from protocol import ErrorCode
 from protocol.generation import Finished, GenerateRequest, GenerationError, TextChunk, TokenLogprob, ToolCall
 
 _REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
+_charging: set[asyncio.Task] = set()  # token charges under way (a task must be referenced until it ends)
 
 
 async def start_generation(
@@ -23,12 +26,18 @@ async def start_generation(
 ) -> tuple[WorkerClient, RequestStream, TextChunk]:
     """Send `gen` to the worker serving `model` and wait for its first token.
 
+    `model` is what the request named ("" for none): the calling service's default model stands in for none,
+    and the supervisor refuses a model the service may not use (after resolving aliases) with a 403.
+
     Waiting for it before answering lets errors found at admission (context length, a worker that is gone)
     get their own status code instead of an error inside a 200 stream. A worker that dies before producing
     anything, or was already shutting down (evicted, or unloaded for idleness, as the request reached it), is
     replaced and the request sent once more: nothing has reached the client, so the retry is invisible.
     Raises APIError, or ClientGone if the client leaves meanwhile (the generation is aborted).
     """
+    request_id = getattr(request.state, "request_id", None)
+    if getattr(gen, "trace_id", "") is None and request_id:  # every dialect's request carries X-Request-ID
+        gen = msgspec.structs.replace(gen, trace_id=request_id)
     client, stream, first = await _send(request, gen, model, stale_instance=None)
     if isinstance(first, GenerationError) and first.code in _REPLACEABLE:
         client, stream, first = await _send(request, gen, model, stale_instance=client.instance_id)
@@ -71,10 +80,10 @@ async def _collect(stream, event):
 
 
 async def _send(request: Request, gen: GenerateRequest, model: str, stale_instance: str | None):
-    client = await request.app.state.workers.acquire(model, stale_instance)
+    name, allowed = route_model(request, model)
+    client = await request.app.state.workers.acquire(name, stale_instance, allowed)
     stream = await client.open(gen, request.app.state.settings.connect_timeout)
-    if (record := record_of(request)) is not None:
-        record.model, stream.observer = client.model_id, record.observe_event
+    stream.observer = _observer(request, client.model_id)
     try:
         first = await unless_disconnected(request, stream.next())
     except BaseException:
@@ -83,6 +92,25 @@ async def _send(request: Request, gen: GenerateRequest, model: str, stale_instan
     if isinstance(first, GenerationError):
         client.release(stream)
     return client, stream, first
+
+
+def _observer(request: Request, model_id: str):
+    """What every generation's events feed, whatever the API dialect: the request's telemetry record, and the
+    service's tokens-per-minute window once the answer's size is known."""
+    record = record_of(request)
+    if record is not None:
+        record.model = model_id
+    service, limiter = getattr(request.state, "service", None), request.app.state.limiter
+
+    def observe(event) -> None:
+        if record is not None:
+            record.observe_event(event)
+        if isinstance(event, Finished):
+            task = asyncio.get_running_loop().create_task(limiter.charge_tokens(service, event.usage.total_tokens))
+            _charging.add(task)
+            task.add_done_callback(_charging.discard)
+
+    return observe
 
 
 # Renders the SSE body of a started generation in one API dialect.

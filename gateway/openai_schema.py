@@ -113,6 +113,9 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: TextFormat | JSONObjectFormat | JSONSchemaFormat | None = None
+    # Beyond OpenAI: continue a stored conversation (POST /api/v1/sessions creates one). Its history goes before
+    # `messages`; `messages` and the answer are appended to it.
+    session_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
 
 
 class CompletionRequest(msgspec.Struct, kw_only=True):

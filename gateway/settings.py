@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -18,7 +18,6 @@ class GatewaySettings:
     keepalive_seconds: float = 5.0  # a stream waiting for its model sends an SSE comment this often
     log_level: str = "INFO"
     ready_ping_timeout: float = 2.0  # readiness: how long each ready worker has to answer its ping
-    redis_url: str = ""  # readiness checks Redis when set
     activity_log_size: int = 200  # requests the activity log keeps
     run_dir: str = "run"  # /system/stats reports the disk that holds it
     # Embeddings and rerank requests that name no model go to this one (the bundled all-MiniLM-L6-v2).
@@ -28,6 +27,13 @@ class GatewaySettings:
     max_image_pixels: int = 50_000_000
     image_urls: bool = False
     image_fetch_timeout: float = 10.0
+    log_format: str = "json"  # or "text"
+    config_path: str | None = None  # the shared config file (services, gateway settings); None: the default
+    # Secrets stay out of repr(), so a settings object that reaches a log line does not carry them.
+    redis_url: str | None = field(default=None, repr=False)  # sessions and rate limits; None: in memory
+    jwt_secret: str | None = field(default=None, repr=False)  # signs the tokens of /api/v1/auth/token
+    tls_certfile: str | None = None  # override the config's gateway.tls
+    tls_keyfile: str | None = None
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -41,7 +47,6 @@ class GatewaySettings:
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
             ready_ping_timeout=float(os.environ.get("READY_PING_TIMEOUT", cls.ready_ping_timeout)),
-            redis_url=os.environ.get("REDIS_URL", ""),
             activity_log_size=int(os.environ.get("ACTIVITY_LOG_SIZE", cls.activity_log_size)),
             run_dir=str(run_dir),
             embedding_model=os.environ.get("EMBEDDING_DEFAULT_MODEL", cls.embedding_model),
@@ -49,4 +54,10 @@ class GatewaySettings:
             max_image_pixels=int(os.environ.get("GATEWAY_MAX_IMAGE_PIXELS", cls.max_image_pixels)),
             image_urls=os.environ.get("GATEWAY_IMAGE_URLS", "0").lower() in ("1", "true", "yes"),
             image_fetch_timeout=float(os.environ.get("GATEWAY_IMAGE_FETCH_TIMEOUT", cls.image_fetch_timeout)),
+            log_format=os.environ.get("LOG_FORMAT", cls.log_format).lower(),
+            config_path=os.environ.get("MLX_SERVER_CONFIG") or None,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            jwt_secret=os.environ.get("JWT_SECRET") or None,
+            tls_certfile=os.environ.get("TLS_CERTFILE") or None,
+            tls_keyfile=os.environ.get("TLS_KEYFILE") or None,
         )

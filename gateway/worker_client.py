@@ -128,14 +128,17 @@ class WorkerPool:
         self._settings = settings
         self._clients: dict[str, WorkerClient] = {}  # by model id
 
-    async def acquire(self, model: str, stale_instance: str | None = None) -> WorkerClient:
-        """The client of the worker serving `model` (id, alias, or "" for the default), loading it if needed.
+    async def acquire(
+        self, model: str, stale_instance: str | None = None, allowed: list[str] | None = None
+    ) -> WorkerClient:
+        """The client of the worker serving `model` (id, alias, or "" for the default), loading it if needed;
+        a model outside `allowed` (when given) is refused by the supervisor with `model_not_allowed`.
 
         `stale_instance` names a worker the caller found gone, so the supervisor replaces it rather than
         handing it out again (the gateway can see a worker's socket close before the supervisor reaps it).
         """
         located = await self._supervisor.call(
-            lambda call_id: EnsureLoaded(call_id=call_id, model=model, stale_instance=stale_instance),
+            lambda call_id: EnsureLoaded(call_id=call_id, model=model, stale_instance=stale_instance, allowed=allowed),
             self._settings.load_timeout,
         )
         current = self._clients.get(located.model_id)

@@ -17,6 +17,9 @@ class EnsureLoaded(Message, tag="ensure_loaded"):
     # The instance the caller was last given and found gone (its connection dropped): the supervisor
     # waits to see that process exit and starts a new one instead of handing the dead one out again.
     stale_instance: str | None = None
+    # The models (ids or aliases) the calling service may use; None: any. Checked after `model` is resolved,
+    # so an alias of an allowed model is allowed; another model fails with `model_not_allowed`.
+    allowed: list[str] | None = None
 
 
 class Load(Message, tag="load"):
@@ -39,6 +42,7 @@ class Pin(Message, tag="pin"):
 
 class ListModels(Message, tag="list_models"):
     call_id: str
+    allowed: list[str] | None = None  # only these models (ids or aliases, as in EnsureLoaded); None: all
 
 
 class Status(Message, tag="status"):

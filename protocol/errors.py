@@ -18,6 +18,17 @@ class ErrorCode(StrEnum):
     MALFORMED_FRAME = "malformed_frame"
     TIMEOUT = "timeout"
     INTERNAL = "internal_error"
+    # The gateway's edge: who is calling and what they may do.
+    INVALID_API_KEY = "invalid_api_key"  # no key, an unknown key, or a bad, expired or tampered token
+    PERMISSION_DENIED = "permission_denied"  # an admin endpoint called with a service's key
+    MODEL_NOT_ALLOWED = "model_not_allowed"  # the model exists, but not for this service
+    RATE_LIMITED = "rate_limit_exceeded"
+    REQUEST_TOO_LARGE = "request_too_large"
+    INVALID_HOST = "invalid_host"  # a Host header outside the trusted hosts
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    SESSION_NOT_FOUND = "session_not_found"  # unknown, expired, or another service's
+    SESSION_STORE_UNAVAILABLE = "session_store_unavailable"  # Redis unreachable
 
 
 # Codes a client may retry as they are: the condition is transient on the server's side.

@@ -64,6 +64,11 @@ class GenerateRequest(Message, tag="generate"):
     # token by constrained decoding.
     json_schema: dict | None = None
     count_only: bool = False  # answer Finished with the prompt's token count at once, generating nothing
+    # The client's X-Request-ID (or the one the gateway gave it), for the worker's log lines.
+    trace_id: str | None = None
+    # A stored conversation: if it does not fit the context, the oldest turns are dropped (system messages kept)
+    # instead of refusing the request.
+    trim_history: bool = False
 
 
 class Abort(Message, tag="abort"):

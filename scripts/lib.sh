@@ -30,7 +30,7 @@ ensure_openblas() {
 }
 
 # Debian packages the tests drive (best effort, like OpenBLAS): chromium for the dashboard's browser test,
-# redis-server for the readiness check. Without them those tests are skipped, with the reason.
+# redis-server for the session, rate-limit and readiness tests. Without them those tests are skipped, with the reason.
 ensure_test_tools() {
   [ "$(uname -s)" = Linux ] || return 0
   local missing=()

@@ -6,14 +6,19 @@ ensure_uv
 export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}
 port=${PORT:-9123}
 pidfile="$MLX_SERVER_RUN_DIR/honcho.pid"
+# start_server.sh wrote the URL it served; https when TLS is on (its certificate is not checked for this probe)
+url=$(cat "$MLX_SERVER_RUN_DIR/gateway.url" 2>/dev/null || echo "http://127.0.0.1:$port")
+scheme=${url%%://*}
+port=${url##*:}
+health="$scheme://127.0.0.1:$port/api/v1/health"
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 case "${1:-status}" in
   status)
     if running; then echo "server: running (honcho pid $(cat "$pidfile"))"; else echo "server: not running"; fi
-    echo "--- gateway http://127.0.0.1:$port/api/v1/health/ready (dashboard: http://127.0.0.1:$port/)"
-    curl -s --max-time 5 "http://127.0.0.1:$port/api/v1/health/ready" && echo || echo "gateway: not answering"
+    echo "--- gateway $health/ready (dashboard: $scheme://127.0.0.1:$port/)"
+    curl -sk --max-time 5 "$health/ready" && echo || echo "gateway: not answering"
     echo "--- supervisor"
     "${UV[@]}" run --no-sync supervisor ctl status || true
     echo

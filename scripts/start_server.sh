@@ -4,6 +4,10 @@
 #   ./scripts/start_server.sh dev    foreground, 127.0.0.1:${PORT:-9123}, configs/models.yaml (bundled model)
 #   ./scripts/start_server.sh prod   background, ${HOST:-127.0.0.1}:${PORT:-9123}, $MLX_SERVER_CONFIG
 #                                    (default configs/models.m3-ultra.yaml); logs in run/server.log
+#
+# HTTPS when a certificate and key are configured: gateway.tls in the config, or TLS_CERTFILE and TLS_KEYFILE.
+# Keys: the config's services (hashes, or variables they name) and API_KEYS; without any, only loopback is served.
+# REDIS_URL keeps sessions and rate limits in Redis (shared by gateways); JWT_SECRET enables /api/v1/auth/token.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 mode=${1:-dev}
@@ -22,21 +26,27 @@ for bundled in smollm2-135m-instruct all-minilm-l6-v2; do
   fi
 done
 
+# The URL the gateway will serve (https when TLS is configured); manage.sh reads it back.
+gateway_url() {
+  PORT=$MLX_GATEWAY_PORT "${UV[@]}" run --no-sync python -m gateway url | tee "$MLX_SERVER_RUN_DIR/gateway.url"
+}
+
 case "$mode" in
   dev)
     export MLX_SERVER_CONFIG=${MLX_SERVER_CONFIG:-configs/models.yaml}
     export HOST=${HOST:-127.0.0.1}
     echo $$ > "$MLX_SERVER_RUN_DIR/honcho.pid"
-    echo "MLX LLM Server (dev): http://$HOST:$MLX_GATEWAY_PORT  config $MLX_SERVER_CONFIG" >&2
+    echo "MLX LLM Server (dev): $(gateway_url)  config $MLX_SERVER_CONFIG" >&2
     exec > >(tee -a "$MLX_SERVER_RUN_DIR/server.log") 2>&1
     exec "${UV[@]}" run --no-sync honcho start -f Procfile
     ;;
   prod)
     export MLX_SERVER_CONFIG=${MLX_SERVER_CONFIG:-configs/models.m3-ultra.yaml}
     export HOST=${HOST:-127.0.0.1}
+    url=$(gateway_url)
     nohup "${UV[@]}" run --no-sync honcho start -f Procfile >> "$MLX_SERVER_RUN_DIR/server.log" 2>&1 &
     echo $! > "$MLX_SERVER_RUN_DIR/honcho.pid"
-    echo "MLX LLM Server (prod) started: http://$HOST:$MLX_GATEWAY_PORT, pid $!, logs $MLX_SERVER_RUN_DIR/server.log"
+    echo "MLX LLM Server (prod) started: $url, pid $!, logs $MLX_SERVER_RUN_DIR/server.log"
     ;;
   *)
     echo "usage: $0 dev|prod" >&2

@@ -92,6 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Claude model names (claude-*-haiku-*, claude-sonnet-4-5, ...) served by local models: tier -> model id or
     # alias. A Claude name whose tier has no entry here, and that no alias matches, is not found.
     claude_tiers: dict[str, str] = {}
+    # Read by the gateway (gateway/config.py), which validates them; the supervisor only lets them through.
+    services: list[dict] = []
+    gateway: dict = {}
 
     def __post_init__(self) -> None:
         if self.memory_budget_gb <= 0:
@@ -152,15 +155,22 @@ class Config:
             model_id = next((m for pattern, m in self._patterns if fnmatch.fnmatchcase(name, pattern)), None)
         return None if model_id is None else self.models[model_id]
 
-    def why_unknown(self, name: str) -> str:
-        """Why `name` resolves to no model, for the error a client reads."""
+    def why_unknown(self, name: str, allowed: list[str] | None = None) -> str:
+        """Why `name` resolves to no model, for the error a client reads (naming only models it may use)."""
         tier = claude_tier(name)
         if tier is not None:
             configured = ", ".join(sorted(self.settings.claude_tiers)) or "none"
             return f"no local model serves the Claude {tier} tier (configured tiers: {configured})"
         if name.startswith("claude"):
             return f"'{name}' names no Claude tier ({', '.join(CLAUDE_TIERS)}) and no alias matches it"
-        return f"the model '{name}' does not exist (known: {', '.join(sorted(self.models))})"
+        known = [i for i, spec in self.models.items() if self.allows(spec, allowed)]
+        return f"the model '{name}' does not exist (known: {', '.join(sorted(known))})"
+
+    def allows(self, spec: ModelSpec, allowed: list[str] | None) -> bool:
+        """Whether `spec` is among `allowed` (ids or aliases, resolved like request names; None: any model)."""
+        if allowed is None:
+            return True
+        return any((other := self.resolve(name)) is not None and other.id == spec.id for name in allowed if name)
 
     def source_of(self, spec: ModelSpec) -> str:
         """What the worker loads: an absolute directory, or a hub repo id left for mlx-lm to fetch."""

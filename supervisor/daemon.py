@@ -128,7 +128,10 @@ class Supervisor:
         fleet = self.fleet
         match call:
             case EnsureLoaded():
-                return _located(call, *await fleet.ensure_loaded(call.model, stale_instance=call.stale_instance))
+                located = await fleet.ensure_loaded(
+                    call.model, stale_instance=call.stale_instance, allowed=call.allowed
+                )
+                return _located(call, *located)
             case Load():
                 return _located(call, *await fleet.ensure_loaded(call.model, retry_failed=True))
             case Unload():
@@ -138,7 +141,7 @@ class Supervisor:
                 slot = fleet.pin(call.model, call.pinned)
                 return Pinned(call_id=call.call_id, model_id=slot.spec.id, pinned=slot.pinned)
             case ListModels():
-                models = [s.info() for s in fleet.slots.values()]
+                models = [s.info() for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
                 return ModelList(call_id=call.call_id, models=models, memory=fleet.memory())
             case Status():
                 slots = list(fleet.slots.values())

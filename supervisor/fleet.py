@@ -60,18 +60,29 @@ class Fleet:
         self.closing = False  # the supervisor is stopping: no new loads
         self._changed = asyncio.Event()  # set (and replaced) whenever memory may have been freed
 
-    def slot(self, name: str) -> ModelSlot:
+    def slot(self, name: str, allowed: list[str] | None = None) -> ModelSlot:
+        """The slot of the model `name` resolves to; a caller limited to `allowed` models gets only those."""
         spec = self.config.resolve(name)
+        if spec is not None and not self.config.allows(spec, allowed):
+            raise FleetError(
+                ErrorCode.MODEL_NOT_ALLOWED,
+                f"The model '{name or spec.id}' is not available to this API key (allowed: {', '.join(allowed)})",
+            )
         if spec is None:
-            reason = self.config.why_unknown(name)
+            reason = self.config.why_unknown(name, allowed)
             raise FleetError(ErrorCode.MODEL_NOT_FOUND, reason[0].upper() + reason[1:])
         return self.slots[spec.id]
 
     async def ensure_loaded(
-        self, name: str, *, retry_failed: bool = False, stale_instance: str | None = None
+        self,
+        name: str,
+        *,
+        retry_failed: bool = False,
+        stale_instance: str | None = None,
+        allowed: list[str] | None = None,
     ) -> tuple[WorkerProcess, list[str]]:
         """The ready worker for `name`, and the models evicted by the load this call waited for (if any)."""
-        slot = self.slot(name)
+        slot = self.slot(name, allowed)
         evicted: list[str] = []
         while True:
             if self.closing:

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import hashlib
+import secrets
+import shutil
+from dataclasses import dataclass
+
 import pytest
 from openai import OpenAI
 
 from supervisor.model_import import import_model
-from tests.harness import Server, write_config
+from tests.harness import LOG_ARCHIVE, RedisServer, Server, write_config
 from tests.tiny_vlm import build_tiny_qwen2_vl
 
 MODEL = "smollm2-135m-instruct"
@@ -100,5 +105,114 @@ def tight_server(tmp_path_factory, model_store):
     srv = Server(config)
     srv.env["GATEWAY_KEEPALIVE_SECONDS"] = "0.5"
     srv.env["MLX_SERVER_CPU_TUNING"] = "off"
+    yield srv.start()
+    srv.stop()
+
+
+# -- the secured server: services, keys, Redis, JWT ----------------------------------------------------------
+
+# Every key and secret the tests hand to a server; none may appear in any server log of the run.
+TEST_SECRETS: list[str] = []
+
+
+def secret(prefix: str) -> str:
+    value = prefix + secrets.token_urlsafe(24)
+    TEST_SECRETS.append(value)
+    return value
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Grep the logs of every server this run started for the test keys: none may appear."""
+    if not LOG_ARCHIVE.exists():
+        return
+    text = LOG_ARCHIVE.read_text(errors="replace")
+    LOG_ARCHIVE.unlink()
+    leaked = [s[:8] + "..." for s in TEST_SECRETS if s in text]
+    if leaked:
+        session.config.get_terminal_writer().line(f"SECRETS IN SERVER LOGS: {leaked}", red=True)
+        session.exitstatus = 1
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+needs_redis = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed (./test.sh installs it)")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    if not redis_available():
+        pytest.skip("redis-server is not installed (./test.sh installs it)")
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@dataclass
+class Keys:
+    vista: str  # sha256 in the config; may use smollm2 (named by its alias), default smollm2
+    fork: str  # API_KEYS; may use coder only, its default
+    ops: str  # the variable the config names (key_env); admin, any model
+    metered: str  # 5 requests per minute
+    thrifty: str  # 20 tokens per minute
+    jwt_secret: str
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys(
+        vista=secret("vista_"),
+        fork=secret("fork_"),
+        ops=secret("ops_"),
+        metered=secret("metered_"),
+        thrifty=secret("thrifty_"),
+        jwt_secret=secret("jwt-secret-"),
+    )
+
+
+SECURE_BODY_LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def secure_config(tmp_path_factory, model_store, keys):
+    return write_config(
+        tmp_path_factory.mktemp("secure") / "models.yaml",
+        model_store,
+        [
+            {"id": "smollm2", "aliases": ["tiny"], **SHARED},
+            {"id": "coder", **SHARED},
+            {"id": "short", **SHARED, "context_length": 512},  # cheap to fill: for trimming long sessions
+        ],
+        services=[
+            {
+                "name": "vista",
+                "default_model": "smollm2",
+                "allowed_models": ["tiny"],  # an alias: allowed is checked after resolution
+                "key_sha256": [hashlib.sha256(keys.vista.encode()).hexdigest()],
+            },
+            {"name": "fork", "default_model": "coder", "allowed_models": ["coder"]},
+            {"name": "ops", "admin": True, "key_env": "OPS_KEYS"},
+            {"name": "metered", "rate_limits": {"requests_per_minute": 5}},
+            {"name": "thrifty", "default_model": "smollm2", "rate_limits": {"tokens_per_minute": 20}},
+        ],
+        gateway={
+            "cors_origins": ["https://dashboard.example"],
+            "trusted_hosts": ["127.0.0.1", "localhost", "*.example.com"],
+            "max_body_bytes": SECURE_BODY_LIMIT,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def secure_server(secure_config, keys, redis_server):
+    """Keys for five services (from a hash, API_KEYS and a named variable), Redis sessions and rate limits, JWT."""
+    srv = Server(secure_config)
+    srv.env |= {
+        "API_KEYS": f"fork:{keys.fork},metered:{keys.metered},thrifty:{keys.thrifty}",
+        "OPS_KEYS": keys.ops,
+        "REDIS_URL": redis_server.url,
+        "JWT_SECRET": keys.jwt_secret,
+    }
     yield srv.start()
     srv.stop()

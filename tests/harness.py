@@ -17,6 +17,8 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every server log of the test run is appended here when its server stops (conftest greps it for test keys).
+LOG_ARCHIVE = Path(tempfile.gettempdir()) / f"mlxs-test-logs-{os.getpid()}.log"
 
 
 def free_port() -> int:
@@ -52,14 +54,16 @@ class Server:
         self.port = free_port()
         self.env = os.environ | {
             "MLX_SERVER_RUN_DIR": str(self.run_dir),
+            "MLX_SERVER_CONFIG": str(config),  # the gateway reads its services and settings from it
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "LOG_LEVEL": "INFO",
         }
-        self.env.pop("SUPERVISOR_ENDPOINT", None)
-        self.env.pop("MLX_MODEL_STORE", None)
+        for name in ("SUPERVISOR_ENDPOINT", "MLX_MODEL_STORE", "API_KEYS", "REDIS_URL", "JWT_SECRET"):
+            self.env.pop(name, None)
         self.supervisor: subprocess.Popen | None = None
         self.gateway: subprocess.Popen | None = None
+        self.extra_gateways: list[Gateway] = []
         self._workers_seen: set[int] = set()
 
     @property
@@ -74,9 +78,18 @@ class Server:
         """What the supervisor, its workers and the gateway logged, as an operator would read it."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _popen(self, *args: str) -> subprocess.Popen:
+    def _popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
         with self.log_path.open("ab") as log:
-            return subprocess.Popen([sys.executable, *args], env=self.env, cwd=ROOT, stdout=log, stderr=log)
+            return subprocess.Popen([sys.executable, *args], env=env or self.env, cwd=ROOT, stdout=log, stderr=log)
+
+    def spawn_gateway(self, **env: str) -> Gateway:
+        """Another gateway process in front of this server's supervisor, on a port of its own, with `env` on top of
+        this server's environment; it logs to the same file and stops with the server."""
+        port = free_port()
+        proc = self._popen("-m", "gateway", env=self.env | {"PORT": str(port)} | env)
+        gateway = Gateway(proc, f"http://127.0.0.1:{port}")
+        self.extra_gateways.append(gateway)
+        return gateway
 
     def start_supervisor(self) -> None:
         self.supervisor = self._popen("-m", "supervisor", "run", "--config", str(self.config))
@@ -118,6 +131,8 @@ class Server:
 
     def stop(self) -> None:
         self.worker_pids()
+        for gateway in self.extra_gateways:
+            gateway.stop()
         for proc in (self.gateway, self.supervisor):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -132,8 +147,86 @@ class Server:
         for pid in self._workers_seen:  # belt and braces: no worker outlives the test session
             if psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGKILL)
+        if self.log_path.exists():
+            with LOG_ARCHIVE.open("a", errors="replace") as archive:
+                archive.write(self.log_text())
         if self._owns_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class Gateway:
+    """A gateway process started by a test, stopped by its pid."""
+
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc = proc
+        self.url = url
+
+    def wait_ready(self, timeout: float = 30, path: str = "/api/v1/health", **client) -> Gateway:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode}")
+            try:
+                httpx.get(f"{self.url}{path}", timeout=5, **client)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the gateway at {self.url} did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, without persistence, started and stopped by its pid."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="mlxs-redis-"))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with (self.dir / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["redis-server", *args, "--dir", str(self.dir)], stdout=log, stderr=log, cwd=self.dir
+            )
+        if not wait_until(self.answers, timeout=20):
+            self.stop()
+            raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

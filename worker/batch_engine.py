@@ -153,7 +153,7 @@ class BatchEngine:
 
     def _admit(self, request: GenerateRequest, emit, speculative: bool = False) -> None:
         try:
-            prompt = encode_prompt(self._tokenizer, request)
+            prompt = encode_prompt(self._tokenizer, request, self.context_length)
             if request.count_only:
                 emit(
                     Finished(
@@ -166,6 +166,7 @@ class BatchEngine:
             max_tokens = max_tokens_for(request, len(prompt), self.context_length)
             constraints = self._constraints(request)
         except RequestRejected as exc:
+            log.info("request %s [x-request-id %s] refused: %s", request.request_id, request.trace_id, exc.code)
             emit(failure(request.request_id, exc.code, str(exc)))
             return
         except Exception as exc:  # a tokenizer failure ends this request, not the worker
@@ -181,6 +182,7 @@ class BatchEngine:
             stop=params.stop,
             top_logprobs=params.top_logprobs if params.logprobs else None,
             tool_calls=ToolCallScanner(self._tokenizer, request.tools) if self._offers_tools(request) else None,
+            trace_id=request.trace_id,
         )
         sampler, processors = sampler_for(params), logits_processors_for(params) + constraints
         # Constraints keep state per token they let through; drafts the model rejects would corrupt it.

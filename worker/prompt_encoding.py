@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from protocol.errors import ErrorCode
 from protocol.generation import GenerateRequest
 from worker.tool_prompt import template_inputs
+
+log = logging.getLogger("worker.prompt")
+SYSTEM_ROLES = ("system", "developer")
 
 
 class RequestRejected(ValueError):
@@ -13,7 +18,7 @@ class RequestRejected(ValueError):
         self.code = code
 
 
-def encode_prompt(tokenizer, request: GenerateRequest) -> list[int]:
+def encode_prompt(tokenizer, request: GenerateRequest, context_length: int | None = None) -> list[int]:
     if not isinstance(request, GenerateRequest):  # an embed or rerank request sent to a text model
         raise RequestRejected(
             ErrorCode.INVALID_REQUEST, "This model generates text; embeddings and reranking need an embedding model"
@@ -27,19 +32,75 @@ def encode_prompt(tokenizer, request: GenerateRequest) -> list[int]:
     if request.messages is not None:
         tools = request.tools if request.tool_choice.mode != "none" else []
         messages, extra = template_inputs(tokenizer, request.messages, tools)
-        try:
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra)
-        except Exception as exc:  # jinja templates raise on roles/orders they do not support
-            raise RequestRejected(
-                ErrorCode.INVALID_REQUEST, f"the model's chat template rejected the messages: {exc}"
-            ) from exc
-        if isinstance(prompt, str):  # some tokenizers return text when no tokenization was asked
-            prompt = tokenizer.encode(prompt, add_special_tokens=False)
-        return list(prompt)
+        prompt = _apply_template(tokenizer, messages, extra)
+        if request.trim_history and context_length is not None:
+            room = _room_needed(request, context_length)
+            prompt = _trim_history(tokenizer, messages, extra, prompt, room, context_length, request.trace_id)
+        return prompt
     prompt = list(tokenizer.encode(request.prompt))
     if not prompt:
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "the prompt is empty")
     return prompt
+
+
+def _apply_template(tokenizer, messages: list[dict], extra: dict) -> list[int]:
+    try:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra)
+    except Exception as exc:  # jinja templates raise on roles/orders they do not support
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST, f"the model's chat template rejected the messages: {exc}"
+        ) from exc
+    if isinstance(prompt, str):  # some tokenizers return text when no tokenization was asked
+        prompt = tokenizer.encode(prompt, add_special_tokens=False)
+    return list(prompt)
+
+
+def _room_needed(request: GenerateRequest, context_length: int) -> int:
+    """Tokens a trimmed conversation leaves for the answer: what the request asked for, else a quarter of the
+    context (at most 1,024)."""
+    return request.sampling.max_tokens or min(context_length // 4, 1024)
+
+
+def _trim_history(
+    tokenizer,
+    messages: list[dict],
+    extra: dict,
+    prompt: list[int],
+    room: int,
+    context_length: int,
+    trace_id: str | None = None,
+) -> list[int]:
+    """Drop the oldest turns of a stored conversation until the prompt leaves `room` tokens in the context.
+
+    System (and developer) messages are kept wherever they are. The rest is cut only where a user message
+    starts, so the conversation still opens with a user turn, and the last turn is always kept: if even that
+    does not fit, the context-length check that follows refuses the request as usual.
+    """
+    budget = context_length - room
+    if len(prompt) <= budget:
+        return prompt
+    system = [m for m in messages if m["role"] in SYSTEM_ROLES]
+    turns = [m for m in messages if m["role"] not in SYSTEM_ROLES]
+    cuts = [i for i, m in enumerate(turns) if m["role"] == "user" and i > 0]
+    if not cuts:
+        return prompt
+    # Fewer tokens the later the cut: binary search for the earliest cut that fits, else the last one.
+    lo, hi, best = 0, len(cuts) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = _apply_template(tokenizer, system + turns[cuts[mid] :], extra)
+        if len(candidate) <= budget:
+            best, hi = (cuts[mid], candidate), mid - 1
+        else:
+            lo = mid + 1
+    cut, trimmed = best or (cuts[-1], _apply_template(tokenizer, system + turns[cuts[-1] :], extra))
+    log.info(
+        "[x-request-id %s] trimmed the %d oldest messages of a conversation to fit the context (%d tokens)",
+        trace_id,
+        cut,
+        context_length,
+    )
+    return trimmed
 
 
 def max_tokens_for(request: GenerateRequest, prompt_tokens: int, context_length: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ import mlx.core as mx
 from protocol.generation import Finished, TextChunk, TokenLogprob, TopLogprob, Usage
 from worker.stop_matcher import StopMatcher
 from worker.tool_calls import ToolCallScanner
+
+log = logging.getLogger("worker.sequence")
 
 
 def token_logprob(tokenizer, token: int, logprobs: mx.array, top_n: int) -> TokenLogprob:
@@ -36,8 +39,10 @@ class Sequence:
         stop: list[str],
         top_logprobs: int | None,  # None: no logprobs
         tool_calls: ToolCallScanner | None = None,  # None: the request offered no tools
+        trace_id: str | None = None,  # the client's X-Request-ID, for log lines
     ):
         self.request_id = request_id
+        self.trace_id = trace_id
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = cached_tokens
         self.completion_tokens = 0
@@ -109,6 +114,16 @@ class Sequence:
     def _finished(self, finish_reason: str) -> Finished:
         now = time.perf_counter()
         first = self._first_token_at or now
+        log.info(
+            "request %s [x-request-id %s] finished (%s): %d prompt tokens (%d cached), %d generated in %.2fs",
+            self.request_id,
+            self.trace_id,
+            finish_reason,
+            self.prompt_tokens,
+            self.cached_tokens,
+            self.completion_tokens,
+            now - self._admitted,
+        )
         return Finished(
             request_id=self.request_id,
             finish_reason=finish_reason,

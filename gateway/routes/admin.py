@@ -3,6 +3,8 @@
 POST /api/v1/models/{model_id}/load     load it (evicting idle models if needed) and wait until it serves
 POST /api/v1/models/{model_id}/unload   drain its requests and stop its worker
 GET  /api/v1/models/memory/usage        the memory budget and what each loaded model holds
+
+Loading and unloading need an admin service (`admin: true` in the config; keyless development mode is one).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.auth import require_admin
 from protocol.ctl import ListModels, Load, Unload
 
 GB = 1024**3
@@ -20,6 +23,7 @@ def _gb(n: int) -> float:
 
 
 async def load_model(request: Request) -> JSONResponse:
+    require_admin(request)
     state, model = request.app.state, request.path_params["model_id"]
     located = await state.supervisor.call(
         lambda call_id: Load(call_id=call_id, model=model), state.settings.load_timeout
@@ -28,6 +32,7 @@ async def load_model(request: Request) -> JSONResponse:
 
 
 async def unload_model(request: Request) -> JSONResponse:
+    require_admin(request)
     state, model = request.app.state, request.path_params["model_id"]
     reply = await state.supervisor.call(
         lambda call_id: Unload(call_id=call_id, model=model), state.settings.load_timeout

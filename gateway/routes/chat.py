@@ -20,6 +20,7 @@ from gateway.openai_schema import (
     NamedToolChoice,
     decode_request,
 )
+from gateway.routes.sessions import not_found, store_of, using_store
 from gateway.streaming import sse
 from protocol import ErrorCode
 from protocol.generation import (
@@ -91,11 +92,22 @@ def json_schema_of(response_format) -> dict | None:
     return None
 
 
-def to_generate_request(req: ChatCompletionRequest, images: dict[int, list[bytes]] | None = None) -> GenerateRequest:
+def validate(req: ChatCompletionRequest) -> None:
+    """What the schema cannot say."""
     if req.n != 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "Only n=1 is supported", param="n")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(ErrorCode.INVALID_REQUEST, "top_logprobs requires logprobs to be true", param="top_logprobs")
+
+
+def to_generate_request(
+    req: ChatCompletionRequest,
+    images: dict[int, list[bytes]] | None = None,
+    history: list[dict] | None = None,
+    trace_id: str | None = None,
+) -> GenerateRequest:
+    """The worker's request: a session's stored `history` (if any) followed by the request's messages."""
+    validate(req)
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     tools = [
         ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
@@ -111,7 +123,8 @@ def to_generate_request(req: ChatCompletionRequest, images: dict[int, list[bytes
         )
     return GenerateRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        messages=[_message(m, (images or {}).get(i, [])) for i, m in enumerate(req.messages)],
+        messages=[ChatMessage(role=m["role"], content=m["content"]) for m in history or ()]
+        + [_message(m, (images or {}).get(i, [])) for i, m in enumerate(req.messages)],
         tools=tools,
         tool_choice=tool_choice,
         json_schema=json_schema,
@@ -127,6 +140,8 @@ def to_generate_request(req: ChatCompletionRequest, images: dict[int, list[bytes
             logprobs=req.logprobs,
             top_logprobs=req.top_logprobs or 0,
         ),
+        trace_id=trace_id,
+        trim_history=history is not None,
     )
 
 
@@ -158,16 +173,34 @@ def _logprobs(entries: list[TokenLogprob] | None) -> dict | None:
 
 async def chat_completions(request: Request) -> Response:
     req = decode_request(await request.body(), ChatCompletionRequest)
-    gen = to_generate_request(req, await images_of(req, request.app.state.settings))
+    validate(req)  # before reading a session: a bad request is a 400 whatever the store's state
+    service = getattr(request.state, "service", None)
+    history = None
+    if req.session_id is not None:
+        history = await using_store(store_of(request).messages(service.name, req.session_id))
+        if history is None:
+            raise not_found(req.session_id)
+    images = await images_of(req, request.app.state.settings)
+    gen = to_generate_request(req, images, history, getattr(request.state, "request_id", None))
+    new_messages = [{"role": m.role, "content": m.content} for m in gen.messages[len(history or ()) :]]
+
+    async def store_turn(text: str) -> None:
+        """The answer is complete: the request's messages and the answer join the session, atomically."""
+        if req.session_id is not None:
+            turn = [*new_messages, {"role": "assistant", "content": text}]
+            if await using_store(store_of(request).append(service.name, req.session_id, turn)) is None:
+                raise not_found(req.session_id)  # deleted or expired while the answer was generated
+
     base = {"id": gen.request_id, "created": int(time.time()), "system_fingerprint": SYSTEM_FINGERPRINT}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def render(client, stream, first):
-            return _chunks(stream, first, base | {"model": client.model_id}, include_usage)
+            return _chunks(stream, first, base | {"model": client.model_id}, include_usage, store_turn)
 
         return await stream_generation(request, gen, req.model or "", render)
     done = await generate(request, gen, req.model or "")
+    await store_turn(done.text)
     message = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
     if done.tool_calls:
         message["tool_calls"] = [_tool_call(c) for c in done.tool_calls]
@@ -182,7 +215,7 @@ def _tool_call(call: ToolCall, index: int | None = None) -> dict:
     return out if index is None else {"index": index} | out
 
 
-async def _chunks(stream, event, base: dict, include_usage: bool):
+async def _chunks(stream, event, base: dict, include_usage: bool, store_turn):
     def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         body = base | {"object": "chat.completion.chunk", "choices": [choice]}
@@ -191,17 +224,23 @@ async def _chunks(stream, event, base: dict, include_usage: bool):
         return sse(body)
 
     yield chunk({"role": "assistant", "content": ""})
-    calls = 0
+    calls, text = 0, []
     while True:
         if isinstance(event, GenerationError):
             yield sse(APIError.from_event(event).body())
             return
         if isinstance(event, Finished):
+            try:
+                await store_turn("".join(text))
+            except APIError as exc:  # the answer was sent, but its turn could not be stored
+                yield sse(exc.body())
+                return
             yield chunk({}, event.finish_reason)
             if include_usage:
                 yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": usage(event)})
             yield b"data: [DONE]\n\n"
             return
+        text.append(event.text)
         if event.text or not event.tool_calls:
             yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
         if event.tool_calls:

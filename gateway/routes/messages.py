@@ -80,7 +80,7 @@ def _event(kind: str, data: dict) -> bytes:
 
 
 def _error_event(exc: APIError) -> bytes:
-    return _event("error", {"error": exc.anthropic_body()["error"]})
+    return _event("error", {"error": exc.body("/v1/messages")["error"]})
 
 
 async def _events(stream, event, message: dict):

@@ -5,14 +5,19 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.auth import route_model
 from protocol.ctl import ListModels
 
 OWNER = "mlx-llm-server"
 
 
 async def list_models(request: Request) -> JSONResponse:
+    """The models the calling service may use."""
     state = request.app.state
-    reply = await state.supervisor.call(lambda call_id: ListModels(call_id=call_id), state.settings.connect_timeout)
+    _, allowed = route_model(request, None)
+    reply = await state.supervisor.call(
+        lambda call_id: ListModels(call_id=call_id, allowed=allowed), state.settings.connect_timeout
+    )
     data = [
         {
             "id": m.id,

@@ -1,0 +1,103 @@
+"""The gateway's part of the config file: `services:` (who may call, with which keys, for which models, how
+often) and `gateway:` (transport settings). The supervisor reads the same file for the models.
+
+Keys never appear in clear in the file: a service lists the sha256 of each of its keys, or names an
+environment variable that holds them. `API_KEYS` (comma-separated `service:key` pairs) adds keys without
+touching the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import yaml
+
+DEFAULT_CONFIG = "configs/models.yaml"
+SHA256_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class RateLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    requests_per_minute: int | None = None  # None: unlimited
+    tokens_per_minute: int | None = None  # prompt + completion tokens
+
+
+class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    key_prefix: str | None = None  # default: "<name>_"; every key of the service starts with it
+    default_model: str | None = None  # for requests that name no model; default: the server's default
+    allowed_models: Literal["any"] | list[str] = "any"  # ids or aliases
+    rate_limits: RateLimits = RateLimits()
+    admin: bool = False  # may load and unload models
+    key_sha256: list[str] = []  # sha256 (hex) of each key
+    key_env: str | None = None  # an environment variable holding keys (comma-separated)
+
+    def __post_init__(self) -> None:
+        if not SERVICE_NAME.match(self.name):
+            raise ValueError(f"service name {self.name!r}: lowercase letters, digits, '_' and '-' only")
+        for digest in self.key_sha256:
+            if not SHA256_HEX.match(digest):
+                raise ValueError(f"service {self.name!r}: key_sha256 entries are 64 hex digits (sha256 of the key)")
+
+
+class TLSSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ttl_seconds: int = 86400  # a session unused this long expires (every use renews it)
+
+
+class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cors_origins: list[str] = []  # browser origins allowed to call the API; empty: no CORS headers at all
+    trusted_hosts: list[str] = msgspec.field(
+        default_factory=lambda: ["*"]
+    )  # Host headers accepted ("*.example.com" matches subdomains)
+    max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+    token_ttl_seconds: int = 900  # lifetime of the JWTs POST /api/v1/auth/token issues
+    tls: TLSSettings = TLSSettings()
+    sessions: SessionSettings = SessionSettings()
+
+
+class _File(msgspec.Struct, kw_only=True):
+    """The keys of the shared config file the gateway reads; the models are the supervisor's."""
+
+    services: list[ServiceSpec] = []
+    gateway: TransportSettings = TransportSettings()
+
+
+class GatewayConfig:
+    def __init__(self, services: list[ServiceSpec], transport: TransportSettings, base_dir: Path):
+        self.services = {s.name: s for s in services}
+        if len(self.services) != len(services):
+            raise ValueError("a service name is used twice in the config")
+        self.transport = transport
+        self.base_dir = base_dir
+
+    def path(self, value: str | None) -> str | None:
+        """A file named in the config: relative to the config file's directory, ~ expanded."""
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else self.base_dir / path)
+
+
+def load_gateway_config(path: str | os.PathLike | None = None) -> GatewayConfig:
+    """The config file's `services:` and `gateway:` sections ($MLX_SERVER_CONFIG, else configs/models.yaml).
+    A missing file means no services and default settings."""
+    path = Path(path or os.environ.get("MLX_SERVER_CONFIG") or DEFAULT_CONFIG)
+    if not path.exists():
+        return GatewayConfig([], TransportSettings(), Path.cwd())
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError("the config is not a mapping")
+        parsed = msgspec.convert({k: raw[k] for k in ("services", "gateway") if k in raw}, _File)
+    except (OSError, yaml.YAMLError, msgspec.ValidationError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return GatewayConfig(parsed.services, parsed.gateway, path.parent.resolve())
