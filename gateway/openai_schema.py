@@ -154,3 +154,10 @@ def decode_request(body: bytes, cls: type[msgspec.Struct]):
         ) from None
     except msgspec.DecodeError as exc:
         raise APIError(ErrorCode.INVALID_REQUEST, f"The request body is not valid JSON: {exc}", param=None) from None
+
+
+def text_of(message: ChatMessageIn) -> str:
+    """A message's text: its string, or its text parts joined (image parts travel apart, as image bytes)."""
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    return "".join(part.text for part in message.content if not isinstance(part, ImageURLPart))

@@ -108,8 +108,9 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        tail = self.log_text()[-3000:]
         self.stop()
-        raise RuntimeError("server did not become healthy within 60s")
+        raise RuntimeError(f"server did not become ready within 60s; its log ends:\n{tail}")
 
     def ctl(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import httpx
 import psutil
@@ -57,10 +56,11 @@ def test_counters_move_by_what_the_requests_did(server, client):
     def delta(name: str, **labels) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    ok = {"route": CHAT, "method": "POST", "status": "200", "service": "anonymous", "model": "smollm2"}
+    # No keys are configured: the gateway serves loopback as the development service "local".
+    ok = {"route": CHAT, "method": "POST", "status": "200", "service": "local", "model": "smollm2"}
     assert delta("mlx_server_http_requests_total", **ok) == 3  # the alias counts under the model's id
     assert delta("mlx_server_http_requests_total", route=CHAT, status="404", model="") == 1
-    mine = {"service": "anonymous", "model": "smollm2"}
+    mine = {"service": "local", "model": "smollm2"}
     assert delta("mlx_server_completion_tokens_total", **mine) == sum(u.completion_tokens for u in usage)
     assert delta("mlx_server_prompt_tokens_total", **mine) == sum(u.prompt_tokens for u in usage)
     assert delta("mlx_server_time_to_first_token_seconds_count", **mine) == 3
@@ -96,7 +96,7 @@ def test_activity_log_keeps_each_call_with_a_sanitised_preview(server, client):
     newest = log["data"][0]
     assert log["capacity"] == 200 and len(log["data"]) <= 5
     assert newest["route"] == CHAT and newest["model"] == "smollm2" and newest["status"] == 200
-    assert newest["service"] == "anonymous" and newest["error"] is None
+    assert newest["service"] == "local" and newest["error"] is None
     assert newest["completion_tokens"] == reply.usage.completion_tokens
     assert newest["prompt_tokens"] == reply.usage.prompt_tokens
     assert newest["latency_ms"] >= newest["ttft_ms"] > 0
@@ -111,37 +111,37 @@ def test_activity_log_keeps_each_call_with_a_sanitised_preview(server, client):
     assert (left["method"], left["route"], left["status"]) == ("DELETE", "/api/activity-logs", 200)  # who cleared it
 
 
-class _Service:
-    """Stands where the auth middleware sets `request.state.service`: the key named in X-Test-Service."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        name = dict(scope.get("headers", [])).get(b"x-test-service")
-        if scope["type"] == "http" and name:
-            scope.setdefault("state", {})["service"] = SimpleNamespace(name=name.decode(), admin=name == b"ops")
-        await self.app(scope, receive, send)
+KEYS = {"vista": "vista_k1", "whisplbrx": "whisplbrx_k2", "ops": "ops_k3"}
 
 
-def test_clearing_needs_an_admin_and_services_see_their_own_calls(tmp_path):
-    settings = GatewaySettings(supervisor_endpoint=f"ipc://{tmp_path}/none.sock", activity_log_size=3)
+def test_clearing_needs_an_admin_and_services_see_their_own_calls(tmp_path, monkeypatch):
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "models:\n  - {id: a, source: x}\n"
+        "services:\n  - {name: vista}\n  - {name: whisplbrx}\n  - {name: ops, admin: true}\n"
+    )
+    monkeypatch.setenv("API_KEYS", ",".join(f"{name}:{key}" for name, key in KEYS.items()))
+    settings = GatewaySettings(
+        supervisor_endpoint=f"ipc://{tmp_path}/none.sock", activity_log_size=3, config_path=str(config)
+    )
     app = create_app(settings)
-    app.add_middleware(_Service)  # sets request.state.service before the handlers run, as auth will
+
+    def as_(service: str) -> dict:
+        return {"Authorization": f"Bearer {KEYS[service]}"}
+
     with TestClient(app) as http:  # its client address is not loopback
         for service in ("vista", "whisplbrx", "vista", "vista"):
-            http.post("/v1/chat/completions", content=b"{", headers={"X-Test-Service": service})
-        entries = http.get("/api/activity-logs", headers={"X-Test-Service": "ops"}).json()["data"]
+            http.post("/v1/chat/completions", content=b"{", headers=as_(service))
+        entries = http.get("/api/activity-logs", headers=as_("ops")).json()["data"]
         assert [e["service"] for e in entries] == ["vista", "vista", "whisplbrx"]  # the last 3, newest first
         assert all(e["status"] == 400 for e in entries)
-        own = http.get("/api/activity-logs", headers={"X-Test-Service": "whisplbrx"}).json()["data"]
+        own = http.get("/api/activity-logs", headers=as_("whisplbrx")).json()["data"]
         assert [e["service"] for e in own] == ["whisplbrx"]
-        for who in ({"X-Test-Service": "vista"}, {}):  # a service without admin; no auth and not loopback
-            refused = http.delete("/api/activity-logs", headers=who)
-            assert refused.status_code == 403
-            assert refused.json()["error"]["type"] == "permission_error"
-        assert http.delete("/api/activity-logs", headers={"X-Test-Service": "ops"}).json() == {"cleared": 3}
-        [left] = http.get("/api/activity-logs", headers={"X-Test-Service": "ops"}).json()["data"]
+        refused = http.delete("/api/activity-logs", headers=as_("vista"))  # a service without admin rights
+        assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+        assert http.delete("/api/activity-logs").status_code == 401  # no key at all
+        assert http.delete("/api/activity-logs", headers=as_("ops")).json() == {"cleared": 3}
+        [left] = http.get("/api/activity-logs", headers=as_("ops")).json()["data"]
         assert (left["service"], left["method"]) == ("ops", "DELETE")
 
 

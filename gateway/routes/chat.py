@@ -19,6 +19,7 @@ from gateway.openai_schema import (
     JSONSchemaFormat,
     NamedToolChoice,
     decode_request,
+    text_of,
 )
 from gateway.routes.sessions import not_found, store_of, using_store
 from gateway.streaming import sse
@@ -38,12 +39,6 @@ from protocol.generation import (
 SYSTEM_FINGERPRINT = "mlx-llm-server"
 
 
-def _text_of(message: ChatMessageIn) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
-    return "".join(part.text for part in message.content if not isinstance(part, ImageURLPart))
-
-
 async def images_of(req: ChatCompletionRequest, settings) -> dict[int, list[bytes]]:
     """Each message's images (by message index), decoded and checked. Whether the model takes images is the
     worker's to say: a text model's worker answers a request with images with a clear 400."""
@@ -60,7 +55,7 @@ def _message(m: ChatMessageIn, images: list[bytes]) -> ChatMessage:
     calls = [ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in m.tool_calls or ()]
     return ChatMessage(
         role=m.role,
-        content=_text_of(m),
+        content=text_of(m),
         tool_calls=calls,
         tool_call_id=m.tool_call_id,
         name=m.name,
@@ -181,6 +176,8 @@ async def chat_completions(request: Request) -> Response:
         if history is None:
             raise not_found(req.session_id)
     images = await images_of(req, request.app.state.settings)
+    if images and req.session_id is not None:
+        raise APIError(ErrorCode.INVALID_REQUEST, "A session stores text only: send images without session_id")
     gen = to_generate_request(req, images, history, getattr(request.state, "request_id", None))
     new_messages = [{"role": m.role, "content": m.content} for m in gen.messages[len(history or ()) :]]
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.errors import APIError
-from gateway.openai_schema import ChatMessageIn, decode_request, text_of
+from gateway.openai_schema import ChatMessageIn, ImageURLPart, decode_request, text_of
 from gateway.sessions import SessionStore, SessionStoreUnavailable
 from protocol import ErrorCode
 
@@ -60,7 +60,10 @@ async def create_session(request: Request) -> JSONResponse:
     req = decode_request(body, CreateSession) if body.strip() else CreateSession()
     if len(msgspec.json.encode(req.metadata)) > MAX_METADATA_BYTES:
         raise APIError(ErrorCode.INVALID_REQUEST, f"metadata is larger than {MAX_METADATA_BYTES} bytes", "metadata")
-    messages = [{"role": m.role, "content": text_of(m, i)} for i, m in enumerate(req.messages)]
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, list) and any(isinstance(part, ImageURLPart) for part in m.content):
+            raise APIError(ErrorCode.INVALID_REQUEST, "A session stores text only", param=f"messages[{i}].content")
+    messages = [{"role": m.role, "content": text_of(m)} for m in req.messages]
     info = await using_store(store_of(request).create(service_name(request), req.metadata, messages))
     return JSONResponse(info.to_json(), status_code=201)
 
