@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from tests.harness import terminate
 
 ANIMALS = ["dragon", "fox", "whale", "owl", "badger", "otter", "heron", "lynx"]
 SKILLS = ["bake bread", "sail a boat"]
@@ -114,12 +115,7 @@ class PeerServer(HTTPTarget):
         raise RuntimeError(f"{self.name} did not start")
 
     def __exit__(self, *_) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, grace=20)
 
 
 class InProcess:
