@@ -58,7 +58,7 @@ class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     trusted_hosts: list[str] = msgspec.field(
         default_factory=lambda: ["*"]
     )  # Host headers accepted ("*.example.com" matches subdomains)
-    max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+    max_body_bytes: int = 32 * 1024 * 1024  # larger bodies get 413; room for a 20 MiB image as base64
     token_ttl_seconds: int = 900  # lifetime of the JWTs POST /api/v1/auth/token issues
     tls: TLSSettings = TLSSettings()
     sessions: SessionSettings = SessionSettings()

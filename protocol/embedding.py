@@ -13,6 +13,7 @@ class EmbedRequest(Message, tag="embed"):
     request_id: str
     inputs: list[str]
     dimensions: int | None = None  # None: the model's own size; smaller only where the model was trained for it
+    trace_id: str | None = None  # the client's X-Request-ID, for the worker's log lines
 
 
 class Embeddings(Message, tag="embeddings"):
@@ -29,6 +30,7 @@ class RerankRequest(Message, tag="rerank"):
     request_id: str
     query: str
     documents: list[str]
+    trace_id: str | None = None  # the client's X-Request-ID, for the worker's log lines
 
 
 class RerankScores(Message, tag="rerank_scores"):

@@ -154,7 +154,8 @@ class Keys:
     vista: str  # sha256 in the config; may use smollm2 (named by its alias), default smollm2
     fork: str  # API_KEYS; may use coder only, its default
     ops: str  # the variable the config names (key_env); admin, any model
-    metered: str  # 5 requests per minute
+    metered: str  # 5 requests per minute (the rate-limit test's own: other tests must not spend it)
+    fuzzed: str  # 5 requests per minute, for the fuzz test's 429s
     thrifty: str  # 20 tokens per minute
     jwt_secret: str
 
@@ -166,6 +167,7 @@ def keys() -> Keys:
         fork=secret("fork_"),
         ops=secret("ops_"),
         metered=secret("metered_"),
+        fuzzed=secret("fuzzed_"),
         thrifty=secret("thrifty_"),
         jwt_secret=secret("jwt-secret-"),
     )
@@ -194,6 +196,7 @@ def secure_config(tmp_path_factory, model_store, keys):
             {"name": "fork", "default_model": "coder", "allowed_models": ["coder"]},
             {"name": "ops", "admin": True, "key_env": "OPS_KEYS"},
             {"name": "metered", "rate_limits": {"requests_per_minute": 5}},
+            {"name": "fuzzed", "rate_limits": {"requests_per_minute": 5}},
             {"name": "thrifty", "default_model": "smollm2", "rate_limits": {"tokens_per_minute": 20}},
         ],
         gateway={
@@ -209,7 +212,7 @@ def secure_server(secure_config, keys, redis_server):
     """Keys for five services (from a hash, API_KEYS and a named variable), Redis sessions and rate limits, JWT."""
     srv = Server(secure_config)
     srv.env |= {
-        "API_KEYS": f"fork:{keys.fork},metered:{keys.metered},thrifty:{keys.thrifty}",
+        "API_KEYS": f"fork:{keys.fork},metered:{keys.metered},fuzzed:{keys.fuzzed},thrifty:{keys.thrifty}",
         "OPS_KEYS": keys.ops,
         "REDIS_URL": redis_server.url,
         "JWT_SECRET": keys.jwt_secret,

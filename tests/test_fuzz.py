@@ -150,7 +150,7 @@ def test_fuzzed_requests_get_no_5xx_and_errors_in_the_apis_shape(secure_server, 
     session_ids = [made.json()["id"], "sess_unknown"]
     token = httpx.post(f"{secure_server.url}/api/v1/auth/token", headers=headers).json()["access_token"]
     # Not the admin key: an admin could unload the models the other requests need.
-    credentials = [keys.vista] * 4 + [keys.fork] * 2 + [keys.metered, token, "vista_wrong", token[:-4] + "AAAA", ""]
+    credentials = [keys.vista] * 4 + [keys.fork] * 2 + [keys.fuzzed, token, "vista_wrong", token[:-4] + "AAAA", ""]
     sent = []
     client = httpx.Client(base_url=secure_server.url, timeout=120)
 

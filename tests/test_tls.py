@@ -116,7 +116,7 @@ def test_start_server_prod_serves_tls_and_manage_stops_it(tmp_path, model_store,
         )
         assert reply.status_code == 200, reply.text
         status = subprocess.run(["./scripts/manage.sh", "status"], cwd=ROOT, env=env, capture_output=True, text=True)
-        assert '"status":"ok"' in status.stdout.replace(" ", "")
+        assert '"status":"ready"' in status.stdout.replace(" ", "")
         processes += psutil.Process(honcho).children(recursive=True)
         stopped = subprocess.run(["./scripts/manage.sh", "stop"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert stopped.returncode == 0 and "stopped" in stopped.stdout

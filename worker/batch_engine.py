@@ -166,7 +166,12 @@ class BatchEngine:
             max_tokens = max_tokens_for(request, len(prompt), self.context_length)
             constraints = self._constraints(request)
         except RequestRejected as exc:
-            log.info("request %s [x-request-id %s] refused: %s", request.request_id, request.trace_id, exc.code)
+            log.info(
+                "request %s [x-request-id %s] refused: %s",
+                request.request_id,
+                getattr(request, "trace_id", None),
+                exc.code,
+            )
             emit(failure(request.request_id, exc.code, str(exc)))
             return
         except Exception as exc:  # a tokenizer failure ends this request, not the worker
