@@ -1,7 +1,7 @@
 """The activity log: the last N API calls this gateway answered, for the dashboard and operators.
 
 GET    /api/activity-logs?limit=50   newest first; a service without admin rights sees only its own calls
-DELETE /api/activity-logs            clear it (an admin key; without auth configured, only from this host)
+DELETE /api/activity-logs            clear it (an admin service; keyless development mode is one)
 
 Kept in memory per gateway process (ACTIVITY_LOG_SIZE entries, default 200); GET polls (the dashboard's, model
 lists) are not logged, so they cannot push the calls that matter out. A preview holds the start of the last
@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.auth import require_admin
 from gateway.errors import APIError
 from protocol import ErrorCode
 
 PREVIEW_CHARS = 120
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _SECRETS = [
     (re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+"), "[image]"),
     (re.compile(r"\b(?:sk|pk|rk|key|api|tok)[-_][A-Za-z0-9_-]{8,}"), "[key]"),
@@ -109,14 +109,6 @@ class ActivityLog:
         return count
 
 
-def _is_admin(request: Request) -> bool:
-    service = getattr(request.state, "service", None)
-    if service is not None:
-        return bool(getattr(service, "admin", False))
-    client = request.client.host if request.client else ""
-    return client in LOOPBACK  # no auth configured: the machine's own operator only
-
-
 async def list_activity(request: Request) -> JSONResponse:
     log: ActivityLog = request.app.state.activity
     try:
@@ -125,13 +117,12 @@ async def list_activity(request: Request) -> JSONResponse:
         raise APIError(ErrorCode.INVALID_REQUEST, "limit must be an integer", param="limit") from None
     if limit < 1:
         raise APIError(ErrorCode.INVALID_REQUEST, "limit must be at least 1", param="limit")
-    service = getattr(request.state, "service", None)
-    own = None if service is None or getattr(service, "admin", False) else service.name
+    service = request.state.service  # set by the auth middleware (the admin "local" without keys)
+    own = None if service.admin else service.name
     entries = log.entries(own)
     return JSONResponse({"object": "list", "capacity": log.size, "total": len(entries), "data": entries[:limit]})
 
 
 async def clear_activity(request: Request) -> JSONResponse:
-    if not _is_admin(request):
-        raise APIError("permission_denied", "Clearing the activity log needs an admin key", status=403)
+    require_admin(request, "clear the activity log")
     return JSONResponse({"cleared": request.app.state.activity.clear()})

@@ -17,6 +17,8 @@ import msgspec
 from msgspec import Meta
 
 from gateway.errors import APIError
+from gateway.images import check_image
+from gateway.settings import GatewaySettings
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
 
@@ -103,7 +105,7 @@ def _invalid(message: str, param: str) -> APIError:
     return APIError(ErrorCode.INVALID_REQUEST, message, param=param)
 
 
-def _image(block: ImageBlock, where: str) -> bytes:
+def _image(block: ImageBlock, where: str, settings: GatewaySettings) -> bytes:
     source = block.source
     if source.type != "base64" or not source.data:
         raise _invalid("Only base64 image sources are supported", f"{where}.source")
@@ -112,16 +114,18 @@ def _image(block: ImageBlock, where: str) -> bytes:
     if len(source.data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
         raise _invalid(f"The image is larger than {MAX_IMAGE_BYTES // 2**20} MB", f"{where}.source.data")
     try:
-        return base64.b64decode(source.data, validate=True)
+        data = base64.b64decode(source.data, validate=True)
     except binascii.Error:
         raise _invalid("The image data is not valid base64", f"{where}.source.data") from None
+    check_image(data, settings, f"{where}.source.data")  # the checks OpenAI image parts get: format, pixels
+    return data
 
 
 def _text(content: str | list[TextBlock | ImageBlock]) -> str:
     return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, TextBlock))
 
 
-def _messages(req: CountTokensRequest) -> list[ChatMessage]:
+def _messages(req: CountTokensRequest, settings: GatewaySettings) -> list[ChatMessage]:
     out = []
     if req.system:
         out.append(ChatMessage(role="system", content=_text(req.system)))
@@ -135,7 +139,7 @@ def _messages(req: CountTokensRequest) -> list[ChatMessage]:
             if isinstance(b, TextBlock):
                 text.append(b.text)
             elif isinstance(b, ImageBlock):
-                images.append(_image(b, where))
+                images.append(_image(b, where, settings))
             elif isinstance(b, ToolUseBlock) and m.role == "assistant":
                 calls.append(ToolCall(id=b.id, name=b.name, arguments=json.dumps(b.input)))
             elif isinstance(b, ToolResultBlock) and m.role == "user":
@@ -164,19 +168,23 @@ def _tools(req: CountTokensRequest) -> tuple[list[ToolSpec], ToolChoice]:
     return tools, ToolChoice(mode={"any": "required"}.get(choice.type, choice.type))
 
 
-def to_generate_request(req: CountTokensRequest) -> GenerateRequest:
+def to_generate_request(req: CountTokensRequest, settings: GatewaySettings) -> GenerateRequest:
     tools, tool_choice = _tools(req)
     request_id = f"msg_{uuid.uuid4().hex[:24]}"
     if not isinstance(req, MessagesRequest):
         return GenerateRequest(
-            request_id=request_id, messages=_messages(req), tools=tools, tool_choice=tool_choice, count_only=True
+            request_id=request_id,
+            messages=_messages(req, settings),
+            tools=tools,
+            tool_choice=tool_choice,
+            count_only=True,
         )
     output = req.output_config.format if req.output_config else None
     if output is not None and tool_choice.mode == "required":
         raise _invalid("output_config.format cannot be combined with a required tool call", "tool_choice")
     return GenerateRequest(
         request_id=request_id,
-        messages=_messages(req),
+        messages=_messages(req, settings),
         tools=tools,
         tool_choice=tool_choice,
         json_schema=output.schema if output else None,

@@ -187,8 +187,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
             metrics.process_exited()
 
     middleware = [
-        Middleware(Telemetry, activity=activity),  # outermost: times and counts every answer, 401s and 429s too
-        Middleware(RequestContext),
+        Middleware(RequestContext),  # outermost: every log line below carries the request id
+        Middleware(Telemetry, activity=activity),  # times and counts every answer, 401s and 429s too
         Middleware(TrustedHosts, hosts=transport.trusted_hosts),
     ]
     if transport.cors_origins:

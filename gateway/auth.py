@@ -203,11 +203,7 @@ class Authenticator:
         self.keyring = keyring
         self.tokens = tokens
 
-    @property
-    def keyless(self) -> bool:
-        return self.keyring.keyless
-
-    def authenticate(self, headers: Mapping[str, str], allow_token: bool = True) -> tuple[Service, bytes | None]:
+    def authenticate(self, headers: Mapping[str, str]) -> tuple[Service, bytes | None]:
         """The calling service, and the digest of its key (None for a token or keyless mode); else a 401."""
         if self.keyring.keyless:
             return LOCAL, None
@@ -217,8 +213,6 @@ class Authenticator:
                 "Missing API key: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header"
             )
         if self.tokens.enabled and _looks_like_jwt(credential):
-            if not allow_token:
-                raise _unauthorized("A token cannot be exchanged for another; use the service key")
             return self.tokens.verify(credential), None
         found = self.keyring.lookup(credential)
         if found is None:
@@ -226,11 +220,11 @@ class Authenticator:
         return found
 
 
-def require_admin(request) -> Service:
+def require_admin(request, action: str = "manage models") -> Service:
     """For operator endpoints: the caller's service must be marked `admin: true` (keyless mode is)."""
     service: Service = request.state.service
     if not service.admin:
-        raise APIError(ErrorCode.PERMISSION_DENIED, f"The service '{service.name}' may not manage models")
+        raise APIError(ErrorCode.PERMISSION_DENIED, f"The service '{service.name}' may not {action}")
     return service
 
 

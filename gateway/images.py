@@ -62,7 +62,8 @@ async def _fetch(url: str, settings: GatewaySettings, param: str) -> bytes:
         raise APIError(ErrorCode.INVALID_REQUEST, f"The image could not be fetched: {exc!r}", param=param) from None
 
 
-def _check_image(data: bytes, settings: GatewaySettings, param: str) -> None:
+def check_image(data: bytes, settings: GatewaySettings, param: str) -> None:
+    """Size, a format Pillow reads, and pixel count: a 400 or 413 naming `param` otherwise."""
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > settings.max_image_bytes:
@@ -99,5 +100,5 @@ async def image_bytes(image_url: dict, settings: GatewaySettings, param: str) ->
         data = await _fetch(url, settings, param)
     else:
         raise APIError(ErrorCode.INVALID_REQUEST, "image_url.url must be a data URL or an http(s) URL", param=param)
-    _check_image(data, settings, param)
+    check_image(data, settings, param)
     return data

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -118,9 +119,9 @@ def _supervisor_families(reply: ModelList | None) -> list:
         if m.pid is not None:
             memory.add_metric([m.id, "charged"], m.charged_bytes)
             memory.add_metric([m.id, "resident"], m.memory_bytes)
-            if (r := m.worker_memory) is not None:
-                for kind in ("rss", "mlx_active", "mlx_peak", "mlx_cache", "kv_cache", "prompt_cache"):
-                    memory.add_metric([m.id, kind], getattr(r, f"{kind}_bytes"))
+            if m.worker_memory is not None:  # rss, mlx_active/peak/cache, kv_cache, prompt_cache
+                for field, value in msgspec.structs.asdict(m.worker_memory).items():
+                    memory.add_metric([m.id, field.removesuffix("_bytes")], value)
             in_flight.add_metric([m.id], m.in_flight)
             queued.add_metric([m.id], m.queued)
         loads.add_metric([m.id], m.loads)

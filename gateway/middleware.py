@@ -1,7 +1,7 @@
 """The gateway's ASGI middleware, outermost first:
 
-RequestContext   X-Request-ID accepted (if well-formed) or generated, returned, and set for every log line;
-                 one access-log line per request
+RequestContext   X-Request-ID accepted (if well-formed) or generated, returned, and set for every log line
+(Telemetry       times every answer: metrics, activity log, the access-log line; see gateway/telemetry.py)
 TrustedHosts     a Host header outside the configured list gets 400
 CORS             browser origins from the config's allowlist (none: no CORS headers)
 BodyLimit        request bodies over the limit get 413, whether announced by Content-Length or not
@@ -13,9 +13,7 @@ Errors raised here never reach the app's exception handlers, so each one answers
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -26,7 +24,6 @@ from gateway.errors import APIError
 from gateway.logs import request_id_var
 from protocol import ErrorCode
 
-access_log = logging.getLogger("gateway.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Probes, the Prometheus scrape and the dashboard's own files need no key (the dashboard sends the key it is
 # given with every API call it makes).
@@ -50,34 +47,15 @@ class RequestContext:
         request_id = given if REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
         _state(scope)["request_id"] = request_id
         token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status = [500]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
                 MutableHeaders(scope=message)["x-request-id"] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            service = _state(scope).get("service")
-            access_log.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status[0],
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "path": scope["path"],  # never the query string
-                        "status": status[0],
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                        "service": getattr(service, "name", None),
-                    }
-                },
-            )
             request_id_var.reset(token)
 
 

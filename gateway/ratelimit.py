@@ -52,10 +52,6 @@ class RateLimiter:
         self._warned_at = 0.0
         self._redis_down_until = 0.0  # a Redis that does not answer costs each request a timeout: not every time
 
-    @property
-    def shared(self) -> bool:
-        return self._redis is not None
-
     async def _run(self, work):
         """`work(strategies)` against Redis, or against memory if there is no Redis or it is unreachable."""
         if self._redis is not None and time.monotonic() >= self._redis_down_until:

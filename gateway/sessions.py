@@ -83,6 +83,10 @@ class SessionStore(ABC):
     async def list(self, service: str, limit: int = 100) -> list[SessionInfo]:
         """The service's live sessions, most recently used first."""
 
+    async def ping(self) -> None:
+        """Raises SessionStoreUnavailable if the store does not answer (memory always does)."""
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -303,6 +307,9 @@ class RedisSessionStore(SessionStore):
             message_count=int(count),
             metadata=json.loads(fields.get("metadata") or "{}"),
         )
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
 
     async def close(self) -> None:
         await self._redis.aclose()

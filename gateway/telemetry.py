@@ -1,4 +1,4 @@
-"""One ASGI middleware that times every request and hands it to the metrics and the activity log.
+"""One ASGI middleware that times every request and hands it to the metrics, the activity log and the access log.
 
 Being a middleware, it covers every route, including ones added later, without edits to them. Handlers that
 generate add what only they know (the model, first-token time, token counts) to the request's RequestRecord,
@@ -8,6 +8,7 @@ found with `record_of(request)`; it is in the request's state, which Starlette s
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from gateway import metrics
 from gateway.activity import ActivityLog
 from protocol.generation import Finished, GenerationError, TextChunk
 
+access_log = logging.getLogger("gateway.access")
 BODY_CAPTURE_LIMIT = 256 * 1024  # bytes of a request body kept for the activity log's preview
 
 
@@ -113,5 +115,18 @@ class Telemetry:
             service = state.get("service")
             record.service = getattr(service, "name", None) or "anonymous"
             metrics.observe(record)
+            _access_log(record)
             if record.method not in ("GET", "HEAD", "OPTIONS"):
                 self.activity.add(record, bytes(body))
+
+
+def _access_log(record: RequestRecord) -> None:
+    """One line per request: what was asked and how it went, never the query string, a key or content."""
+    fields = {
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "duration_ms": round(record.duration * 1000, 1),
+        "service": record.service,
+    }
+    access_log.info("%s %s %d", record.method, record.path, record.status, extra={"fields": fields})

@@ -11,6 +11,10 @@ import msgspec
 
 from protocol.codec import Message, decoder
 
+# A model's type picks the backend its worker runs (the supervisor passes it as --model-type): mlx-lm, mlx-vlm,
+# or mlx-embeddings (embeddings and reranking).
+MODEL_TYPES = ("llm", "vlm", "embedding")
+
 
 class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
     mlx_active_bytes: int

@@ -13,9 +13,9 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from protocol.control import MODEL_TYPES
+
 GB = 1024**3
-# What each type is served with (worker/backends.py): mlx-lm, mlx-vlm, mlx-embeddings (embeddings and reranking).
-MODEL_TYPES = ("llm", "vlm", "embedding")
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

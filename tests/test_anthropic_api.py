@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import anthropic
 import httpx
 import pytest
+from PIL import Image
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 HAIKU = "claude-haiku-4-5-20251001"  # routed by the test config's claude_tiers to `tiny`, an alias of smollm2
@@ -95,7 +97,9 @@ def test_unrouted_tier_is_the_sdks_not_found_error(claude):
 
 
 def test_an_image_for_a_text_model_is_a_bad_request(claude):
-    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")  # a real image: the gateway checks it first
+    png = base64.b64encode(buffer.getvalue()).decode()
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}
     content = [image, {"type": "text", "text": "What is this?"}]
     with pytest.raises(anthropic.BadRequestError, match="Image inputs are not supported"):

@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import httpx
-import pytest
 
-from tests.harness import ROOT, Server, free_port, pid_gone, short_run_dir, wait_until
+from tests.conftest import needs_redis
+from tests.harness import ROOT, RedisServer, Server, pid_gone, short_run_dir, wait_until
 from tests.test_metrics import gateways, scrape, value
 
 
@@ -68,29 +68,23 @@ def test_readiness_without_a_supervisor(server_config):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (test.sh installs it)")
-def test_readiness_checks_redis_when_configured(server, tmp_path):
-    port = free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+@needs_redis
+def test_readiness_checks_redis_when_configured(server):
+    redis = RedisServer().start()
     try:
-        with gateways(server, 1, REDIS_URL=f"redis://127.0.0.1:{port}/0", READY_PING_TIMEOUT="1") as (url,):
+        with gateways(server, 1, REDIS_URL=redis.url, READY_PING_TIMEOUT="1") as (url,):
             assert wait_until(lambda: ready(url).status_code == 200, 15)
             assert ready(url).json()["redis"]["ok"] is True
-            redis.terminate()
-            redis.wait(timeout=10)
-            assert pid_gone(redis.pid)
+            pid = redis.proc.pid
+            redis.stop()
+            assert pid_gone(pid)
             started = time.monotonic()
             reply = ready(url)
             assert reply.status_code == 503 and reply.json()["redis"]["ok"] is False
             assert reply.json()["redis"]["error"] and reply.json()["supervisor"]["ok"]
             assert time.monotonic() - started < 5
     finally:
-        if redis.poll() is None:
-            redis.kill()
-            redis.wait()
+        redis.cleanup()
 
 
 def test_manage_status_agrees_with_readiness(server, client):

@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from worker.backends import MODEL_TYPES
+from protocol.control import MODEL_TYPES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,12 +15,12 @@ import llguidance
 import llguidance.hf
 import mlx.core as mx
 import numpy as np
+from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
 from protocol.generation import ToolSpec
 from worker.prompt_encoding import RequestRejected
 
-TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"  # mlx-lm's json_tools format
 # One line of JSON with the usual separators: free whitespace lets a small model pad the output forever.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -77,6 +77,7 @@ def tool_call_processor(tokenizer, tools: list[ToolSpec], name: str | None) -> G
         for t in chosen
     ]
     schema = (calls[0] if len(calls) == 1 else {"anyOf": calls}) | {"x-guidance": JSON_STYLE}
-    grammar = f"start: {json.dumps(TOOL_CALL_START + chr(10))} call {json.dumps(chr(10) + TOOL_CALL_END)}\n"
+    start, end = json_tools.tool_call_start + "\n", "\n" + json_tools.tool_call_end  # mlx-lm's json_tools format
+    grammar = f"start: {json.dumps(start)} call {json.dumps(end)}\n"
     grammar += f"call: %json {json.dumps(schema)}\n"
     return _processor(tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar))

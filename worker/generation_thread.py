@@ -16,7 +16,7 @@ import zmq
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
-from worker.backends import load_engine
+from worker.backends import ModelToLoad, load_engine
 from worker.batch_engine import EngineOptions
 from worker.memory import memory_report
 from worker.model_loader import device_name
@@ -29,24 +29,18 @@ class GenerationThread(threading.Thread):
     def __init__(
         self,
         context: zmq.Context,
-        source: str,
-        draft_source: str | None,
-        instance_id: str,
-        context_length: int | None,
+        model: ModelToLoad,
         options: EngineOptions,
+        instance_id: str,
         inbox: queue.Queue,
         drain: threading.Event,
         halt: threading.Event,
-        model_type: str = "llm",
     ):
         super().__init__(name="worker-generation", daemon=True)
         self._ctx = context
-        self._source = source
-        self._draft_source = draft_source
-        self._instance_id = instance_id
-        self._context_length = context_length
+        self._model = model
         self._options = options
-        self._model_type = model_type
+        self._instance_id = instance_id
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
@@ -64,18 +58,16 @@ class GenerationThread(threading.Thread):
 
     def _load(self):
         try:
-            engine, loaded = load_engine(
-                self._model_type, self._source, self._context_length, self._options, self._draft_source
-            )
+            engine, loaded = load_engine(self._model, self._options)
         except Exception as exc:
-            log.error("loading %s failed:\n%s", self._source, traceback.format_exc())
+            log.error("loading %s failed:\n%s", self._model.source, traceback.format_exc())
             self.load_failed = True
             message = f"{type(exc).__name__}: {exc}"
             self._to_supervisor(
                 LoadFailed(instance_id=self._instance_id, code=ErrorCode.MODEL_LOAD_FAILED, message=message)
             )
             return None
-        log.info("loaded %s in %.1fs", self._source, loaded.load_seconds)
+        log.info("loaded %s in %.1fs", self._model.source, loaded.load_seconds)
         self._to_supervisor(
             Ready(
                 instance_id=self._instance_id,

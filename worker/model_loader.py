@@ -52,6 +52,7 @@ def load_model(source: str, context_length: int | None = None, draft_source: str
         load_seconds=time.perf_counter() - started,
         compute=compute,
         draft_model=draft,
+        config=config,
     )
 
 

@@ -19,6 +19,7 @@ import zmq
 
 from protocol import PROTOCOL_VERSION
 from protocol.control import Hello
+from worker.backends import ModelToLoad
 from worker.batch_engine import MB, EngineOptions
 from worker.generation_thread import GenerationThread
 from worker.transport import Transport
@@ -58,18 +59,8 @@ def run(args: argparse.Namespace) -> int:
         prompt_cache_bytes=args.prompt_cache_mb * MB,
         num_draft_tokens=args.num_draft_tokens,
     )
-    generation = GenerationThread(
-        ctx,
-        args.source,
-        args.draft_source,
-        args.instance_id,
-        args.context_length,
-        options,
-        inbox,
-        drain,
-        halt,
-        args.model_type,
-    )
+    model = ModelToLoad(args.source, args.model_type, args.context_length, args.draft_source)
+    generation = GenerationThread(ctx, model, options, args.instance_id, inbox, drain, halt)
     transport.start()
     generation.start()
     log.info("serving %s at %s (pid %d)", args.model_id, args.endpoint, os.getpid())

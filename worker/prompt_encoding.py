@@ -18,11 +18,16 @@ class RequestRejected(ValueError):
         self.code = code
 
 
-def encode_prompt(tokenizer, request: GenerateRequest, context_length: int | None = None) -> list[int]:
-    if not isinstance(request, GenerateRequest):  # an embed or rerank request sent to a text model
+def require_generation(request) -> None:
+    """A generating model refuses an encoder request (embed, rerank) sent to it."""
+    if not isinstance(request, GenerateRequest):
         raise RequestRejected(
             ErrorCode.INVALID_REQUEST, "This model generates text; embeddings and reranking need an embedding model"
         )
+
+
+def encode_prompt(tokenizer, request: GenerateRequest, context_length: int | None = None) -> list[int]:
+    require_generation(request)
     if request.messages and any(m.images for m in request.messages):
         raise RequestRejected(
             ErrorCode.INVALID_REQUEST, "Image inputs are not supported by this model: it is a text-only model"
@@ -103,12 +108,14 @@ def _trim_history(
     return trimmed
 
 
-def max_tokens_for(request: GenerateRequest, prompt_tokens: int, context_length: int) -> int:
+def max_tokens_for(
+    request: GenerateRequest, prompt_tokens: int, context_length: int, counted: str = "in the prompt"
+) -> int:
     """How many tokens the request may generate: what it asked for, refused if that overflows the context."""
     room = context_length - prompt_tokens
     wanted = request.sampling.max_tokens
     if room <= 0 or (wanted is not None and wanted > room):
-        asked = f"{prompt_tokens} in the prompt" + (f" + {wanted} to generate" if wanted else "")
+        asked = f"{prompt_tokens} {counted}" + (f" + {wanted} to generate" if wanted else "")
         raise RequestRejected(
             ErrorCode.CONTEXT_LENGTH_EXCEEDED,
             f"This model's maximum context length is {context_length} tokens; the request needs {asked}.",

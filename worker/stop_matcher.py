@@ -34,13 +34,18 @@ class StopMatcher:
         return "" if self.stopped else self._release(len(self._text))
 
     def _held_back(self) -> int:
-        tail = self._text[self._sent :]
-        for k in range(min(len(tail), max(map(len, self._stops)) - 1), 0, -1):
-            if any(s.startswith(tail[-k:]) for s in self._stops):
-                return k
-        return 0
+        return partial_suffix(self._text[self._sent :], self._stops)
 
     def _release(self, upto: int) -> str:
         upto = max(upto, self._sent)
         out, self._sent = self._text[self._sent : upto], upto
         return out
+
+
+def partial_suffix(text: str, markers: list[str]) -> int:
+    """Length of the longest end of `text` that is a proper prefix of one of `markers`: text to hold back,
+    since what comes next may complete the marker."""
+    for k in range(min(len(text), max(map(len, markers)) - 1), 0, -1):
+        if any(m.startswith(text[-k:]) for m in markers):
+            return k
+    return 0

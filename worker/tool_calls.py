@@ -14,6 +14,7 @@ import uuid
 from mlx_lm.tool_parsers import json_tools
 
 from protocol.generation import ToolCall, ToolSpec
+from worker.stop_matcher import partial_suffix
 
 log = logging.getLogger("worker.tools")
 
@@ -59,7 +60,7 @@ class ToolCallScanner:
             else:
                 start = self._pending.find(self._start)
                 if start < 0:
-                    keep = _partial_suffix(self._pending, self._start)
+                    keep = partial_suffix(self._pending, [self._start])
                     out.append(self._pending[: len(self._pending) - keep])
                     self._pending = self._pending[len(self._pending) - keep :]
                     break
@@ -97,11 +98,3 @@ class ToolCallScanner:
             )
         self.made_calls = self.made_calls or bool(calls)
         return calls
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of `text` that is a proper prefix of `marker`."""
-    for k in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-k:]):
-            return k
-    return 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from mlx_lm.tool_parsers import json_tools
+
 from protocol.generation import ChatMessage, ToolSpec
 from worker.tool_calls import openai_tools
 
@@ -59,7 +61,7 @@ def fallback_messages(messages: list[ChatMessage], tools: list[ToolSpec]) -> lis
             continue
         calls = [json.dumps({"name": c.name, "arguments": _arguments(c.arguments)}) for c in m.tool_calls]
         parts = [m.content] if m.content else []
-        parts += [f"<tool_call>\n{call}\n</tool_call>" for call in calls]
+        parts += [f"{json_tools.tool_call_start}\n{call}\n{json_tools.tool_call_end}" for call in calls]
         out.append({"role": m.role, "content": "\n".join(parts)})
     if tools:
         described = "\n".join(json.dumps(t) for t in openai_tools(tools))

@@ -18,7 +18,7 @@ import mlx.core as mx
 from protocol.errors import ErrorCode
 from protocol.generation import Finished, GenerateRequest, TextChunk, Usage, failure
 from worker.model_loader import LoadedModel, context_length_of, device_name
-from worker.prompt_encoding import RequestRejected
+from worker.prompt_encoding import RequestRejected, max_tokens_for, require_generation
 from worker.sampling import logits_processors_for, sampler_for
 from worker.stop_matcher import StopMatcher
 from worker.waiting import Waiting
@@ -148,10 +148,7 @@ class VisionEngine:
     def _start(self, request: GenerateRequest) -> _Running:
         from mlx_vlm import apply_chat_template, stream_generate
 
-        if not isinstance(request, GenerateRequest):
-            raise RequestRejected(
-                ErrorCode.INVALID_REQUEST, "This model generates text; embeddings and reranking need an embedding model"
-            )
+        require_generation(request)
         if request.messages is None:
             raise RequestRejected(ErrorCode.INVALID_REQUEST, "This vision model takes chat messages, not a raw prompt")
         if request.sampling.logprobs:
@@ -193,16 +190,9 @@ class VisionEngine:
         rid = running.request.request_id
         if running.first_token_at is None and result is not None:
             running.first_token_at = time.perf_counter()
-            running.prompt_tokens = result.prompt_tokens
-            room = self.context_length - result.prompt_tokens
-            if room <= 0 or (running.max_tokens is not None and running.max_tokens > room):
-                asked = f"{result.prompt_tokens} in the prompt (images included)"
-                asked += f" + {running.max_tokens} to generate" if running.max_tokens else ""
-                raise RequestRejected(
-                    ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                    f"This model's maximum context length is {self.context_length} tokens; the request needs {asked}.",
-                )
-            running.max_tokens = running.max_tokens or room
+            running.prompt_tokens = result.prompt_tokens  # images included: known only after the prefill
+            counted = "in the prompt (images included)"
+            running.max_tokens = max_tokens_for(running.request, result.prompt_tokens, self.context_length, counted)
         finish = None
         if result is None:
             finish = "stop"

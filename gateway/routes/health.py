@@ -20,11 +20,11 @@ import asyncio
 import os
 import time
 
-import redis.asyncio as redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.errors import APIError
+from gateway.sessions import SessionStoreUnavailable
 from protocol.ctl import Status
 
 STARTED = time.monotonic()
@@ -71,23 +71,21 @@ async def _supervisor_and_workers(state) -> tuple[dict, dict, dict]:
     return supervisor, workers, failed
 
 
-async def _redis(url: str, timeout: float) -> dict:
+async def _redis(sessions, timeout: float) -> dict:
+    """A PING over the session store's own connection pool (the one requests use)."""
     started = time.perf_counter()
-    client = redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        await asyncio.wait_for(client.ping(), timeout)
+        await asyncio.wait_for(sessions.ping(), timeout)
         return {"ok": True, "response_ms": _ms(started)}
-    except (redis.RedisError, OSError, TimeoutError) as exc:
+    except (SessionStoreUnavailable, TimeoutError) as exc:
         return {"ok": False, "error": str(exc) or type(exc).__name__, "response_ms": _ms(started)}
-    finally:
-        await client.aclose()
 
 
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     checks = [_supervisor_and_workers(state)]
     if state.settings.redis_url:
-        checks.append(_redis(state.settings.redis_url, state.settings.ready_ping_timeout))
+        checks.append(_redis(state.sessions, state.settings.ready_ping_timeout))
     started = time.perf_counter()
     (supervisor, workers, failed), *rest = await asyncio.gather(*checks)
     components = {"supervisor": supervisor, "workers": workers}

@@ -53,7 +53,7 @@ def _tool_use(call: ToolCall) -> dict:
 
 async def messages(request: Request) -> Response:
     req = decode_request(await request.body(), MessagesRequest)
-    gen = to_generate_request(req)
+    gen = to_generate_request(req, request.app.state.settings)
     message = {"id": gen.request_id, "type": "message", "role": "assistant"}
     if req.stream:
 
@@ -70,7 +70,8 @@ async def messages(request: Request) -> Response:
 
 async def count_tokens(request: Request) -> Response:
     req = decode_request(await request.body(), CountTokensRequest)
-    client, stream, first = await start_generation(request, to_generate_request(req), req.model)
+    gen = to_generate_request(req, request.app.state.settings)
+    client, stream, first = await start_generation(request, gen, req.model)
     client.release(stream)
     return JSONResponse({"input_tokens": first.usage.prompt_tokens})
 

@@ -13,6 +13,7 @@ import functools
 import os
 import time
 
+import msgspec
 import psutil
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,7 +22,6 @@ from gateway.errors import APIError
 from protocol.ctl import ListModels
 
 _PROCESS = psutil.Process()
-_WORKER_FIGURES = ("rss", "mlx_active", "mlx_peak", "mlx_cache", "kv_cache", "prompt_cache")
 
 
 @functools.cache
@@ -100,11 +100,7 @@ async def system_stats(request: Request) -> JSONResponse:
             "pid": m.pid,
             "state": m.state,
             "charged_bytes": m.charged_bytes,
-            **(
-                {f"{k}_bytes": getattr(m.worker_memory, f"{k}_bytes") for k in _WORKER_FIGURES}
-                if m.worker_memory
-                else {}
-            ),
+            **(msgspec.structs.asdict(m.worker_memory) if m.worker_memory else {}),  # rss, mlx_*, caches
         }
         for m in reply.models
         if m.pid is not None
@@ -117,10 +113,6 @@ async def system_stats(request: Request) -> JSONResponse:
         "free_bytes": memory.free_bytes,
     }
     return JSONResponse(body)
-
-
-def _worker_figures(report) -> dict:
-    return {} if report is None else {f"{k}_bytes": getattr(report, f"{k}_bytes") for k in _WORKER_FIGURES}
 
 
 def prime() -> None:
