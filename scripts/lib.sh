@@ -14,35 +14,34 @@ ensure_uv() {
   fi
 }
 
-# OpenBLAS makes MLX's Linux CPU build several times faster (worker/cpu_tuning.py picks it up when present).
-# Best effort and idempotent: installed where apt-get runs as root; without it the server still works.
-ensure_openblas() {
-  [ "$(uname -s)" = Linux ] || return 0
-  ldconfig -p 2>/dev/null | grep 'libopenblas\.so\.0' >/dev/null && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing OpenBLAS (libopenblas0-pthread) for faster CPU inference" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1; } ||
-      echo "OpenBLAS not installed: MLX keeps its reference BLAS (slower)" >&2
-  fi
+# Debian packages, best effort and idempotent: installed where apt-get runs as root; `why` says what for,
+# `without` what happens when they cannot be installed.
+apt_install() {
+  local why=$1 without=$2
+  shift 2
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || { echo "$*: not installed ($without)" >&2; return 0; }
+  echo "installing $* $why" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "$@" >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$@" >/dev/null 2>&1; } ||
+    echo "could not install $*: $without" >&2
   return 0
 }
 
-# Debian packages the tests drive (best effort, like OpenBLAS): chromium for the dashboard's browser test,
-# redis-server for the session, rate-limit and readiness tests. Without them those tests are skipped, with the reason.
+# OpenBLAS makes MLX's Linux CPU build several times faster (worker/cpu_tuning.py picks it up when present).
+ensure_openblas() {
+  [ "$(uname -s)" = Linux ] || return 0
+  ldconfig -p 2>/dev/null | grep 'libopenblas\.so\.0' >/dev/null && return 0
+  apt_install "for faster CPU inference" "MLX keeps its reference BLAS (slower)" libopenblas0-pthread
+}
+
+# What the tests drive: chromium for the dashboard's browser test, redis-server for the session, rate-limit
+# and readiness tests. Without them those tests are skipped, with the reason.
 ensure_test_tools() {
   [ "$(uname -s)" = Linux ] || return 0
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${missing[*]} for the tests" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } ||
-      echo "could not install ${missing[*]}: the tests that need them are skipped" >&2
-  fi
-  return 0
+  apt_install "for the tests" "the tests that need them are skipped" "${missing[@]}"
 }
