@@ -17,9 +17,8 @@ from pathlib import Path
 import uvicorn
 
 from gateway.auth import Service, new_key
-from gateway.config import load_gateway_config
+from gateway.config import GatewaySettings, load_gateway_config
 from gateway.logs import configure_logging
-from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
 

@@ -16,9 +16,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.config import GatewaySettings
 from gateway.errors import APIError
 from gateway.images import check_image
-from gateway.settings import GatewaySettings
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
 

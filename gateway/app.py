@@ -20,9 +20,13 @@ from starlette.staticfiles import StaticFiles
 from gateway import metrics
 from gateway.activity import ActivityLog, clear_activity, list_activity
 from gateway.auth import Authenticator, KeyRing, TokenIssuer, is_loopback
-from gateway.config import GatewayConfig, load_gateway_config
+from gateway.config import GatewayConfig, GatewaySettings, load_gateway_config
 from gateway.errors import APIError
-from gateway.middleware import Auth, BodyLimit, JSONCORSMiddleware, RequestContext, TrustedHosts
+from gateway.middleware.auth import Auth
+from gateway.middleware.body_limit import BodyLimit
+from gateway.middleware.cors import JSONCORSMiddleware
+from gateway.middleware.request_context import RequestContext
+from gateway.middleware.trusted_hosts import TrustedHosts
 from gateway.ratelimit import RateLimiter
 from gateway.routes import system
 from gateway.routes.admin import load_model, memory_usage, unload_model
@@ -36,7 +40,6 @@ from gateway.routes.models import list_models
 from gateway.routes.rerank import rerank
 from gateway.routes.sessions import create_session, delete_session, get_session, list_sessions, session_messages
 from gateway.sessions import make_session_store
-from gateway.settings import GatewaySettings
 from gateway.streaming import ClientGone
 from gateway.supervisor_client import SupervisorClient
 from gateway.telemetry import Telemetry

@@ -13,8 +13,8 @@ import io
 
 import httpx
 
+from gateway.config import GatewaySettings
 from gateway.errors import APIError
-from gateway.settings import GatewaySettings
 from protocol import ErrorCode
 
 

@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, each carrying the X-Request-ID of the request it was written for.
 
-What is logged is chosen here and in the access log (gateway/middleware.py): method, path without its query,
+What is logged is chosen here and in the access log (gateway/telemetry.py): method, path without its query,
 status, duration, service name, request id. API keys, tokens and message content are never passed to a logger.
 `LOG_FORMAT=text` gives plain lines for a terminal.
 """

@@ -13,7 +13,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from gateway.settings import GatewaySettings
+from gateway.config import GatewaySettings
 from gateway.supervisor_client import SupervisorClient
 from protocol import DecodeError, ErrorCode, encode
 from protocol.ctl import EnsureLoaded, Located

@@ -92,7 +92,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Claude model names (claude-*-haiku-*, claude-sonnet-4-5, ...) served by local models: tier -> model id or
     # alias. A Claude name whose tier has no entry here, and that no alias matches, is not found.
     claude_tiers: dict[str, str] = {}
-    # Read by the gateway (gateway/config.py), which validates them; the supervisor only lets them through.
+    # Read by the gateway (gateway/config/file.py), which validates them; the supervisor only lets them through.
     services: list[dict] = []
     gateway: dict = {}
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
+from gateway.config import GatewaySettings
 from tests.harness import ROOT, free_port, wait_until
 from tests.test_memory_budget import reset
 

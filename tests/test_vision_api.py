@@ -15,9 +15,9 @@ import openai
 import pytest
 from PIL import Image
 
+from gateway.config import GatewaySettings
 from gateway.errors import APIError
 from gateway.images import image_bytes
-from gateway.settings import GatewaySettings
 from tests.conftest import VLM
 
 IMAGE_TOKENS = 4 + 2  # a 64x48 image resized to 56x56: 4 merged patches, between <|vision_start|> and <|vision_end|>

@@ -1,4 +1,5 @@
-"""Gateway settings, from the environment (12-factor: one gateway image, many deployments)."""
+"""The gateway's settings from the environment (12-factor: one gateway image, many deployments). The config
+file's part is in file.py; both are imported from gateway.config."""
 
 from __future__ import annotations
 
