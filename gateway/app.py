@@ -21,6 +21,8 @@ from gateway import metrics
 from gateway.activity import ActivityLog, clear_activity, list_activity
 from gateway.auth import Authenticator, KeyRing, TokenIssuer, is_loopback
 from gateway.config import GatewayConfig, GatewaySettings, load_gateway_config
+from gateway.core.caller import ClientGone
+from gateway.core.generation import GenerationCore
 from gateway.errors import APIError
 from gateway.middleware.auth import Auth
 from gateway.middleware.body_limit import BodyLimit
@@ -40,7 +42,6 @@ from gateway.routes.models import list_models
 from gateway.routes.rerank import rerank
 from gateway.routes.sessions import create_session, delete_session, get_session, list_sessions, session_messages
 from gateway.sessions import make_session_store
-from gateway.streaming import ClientGone
 from gateway.supervisor_client import SupervisorClient
 from gateway.telemetry import Telemetry
 from gateway.worker_client import WorkerPool
@@ -169,6 +170,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
         app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
         app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
+        # Observers every generation feeds, app-wide (each request adds its own telemetry record: core/http.py).
+        app.state.core = GenerationCore(app.state.workers, settings, observers=[limiter.token_charger])
         app.state.activity = activity
         system.prime()
         log.info(

@@ -228,10 +228,9 @@ def require_admin(request, action: str = "manage models") -> Service:
     return service
 
 
-def route_model(request, model: str | None) -> tuple[str, list[str] | None]:
-    """The model name a request asks for, after the service's default, and the models the service may use
+def route_model(service: Service | None, model: str | None) -> tuple[str, list[str] | None]:
+    """The model name a caller asks for, after its service's default, and the models the service may use
     (resolved and checked by the supervisor, where aliases are resolved)."""
-    service: Service | None = getattr(request.state, "service", None)
     if service is None:
         return model or "", None
     allowed = list(service.allowed_models) if service.allowed_models is not None else None

@@ -9,6 +9,7 @@ outage must not stop requests that need nothing else from Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -21,11 +22,13 @@ from limits.errors import StorageError
 from gateway.auth import Service
 from gateway.errors import APIError
 from protocol import ErrorCode
+from protocol.generation import Finished
 
 log = logging.getLogger("gateway.ratelimit")
 KEY_PREFIX = "mlxs-limits"
 WARN_EVERY = 30.0  # seconds between two warnings that Redis is unreachable
 RETRY_REDIS_AFTER = 5.0  # after a failure, count in memory this long before trying Redis again
+_charging: set[asyncio.Task] = set()  # token charges under way (a task must be referenced until it ends)
 
 
 class _Strategies:
@@ -94,6 +97,21 @@ class RateLimiter:
             if not allowed:
                 raise _limited(service, "requests", stats, headers)
         return headers
+
+    def token_charger(self, caller, model_id: str):
+        """An ObserverFactory for the generation core: a generation's tokens are charged to its caller's service
+        when it finishes (a service without a tokens-per-minute limit is not watched)."""
+        service = caller.service
+        if service is None or not service.tokens_per_minute:
+            return None
+
+        def observe(event) -> None:
+            if isinstance(event, Finished):
+                task = asyncio.get_running_loop().create_task(self.charge_tokens(service, event.usage.total_tokens))
+                _charging.add(task)
+                task.add_done_callback(_charging.discard)
+
+        return observe
 
     async def charge_tokens(self, service: Service | None, tokens: int) -> None:
         """Charge an answer's tokens to its service's tokens-per-minute window (best effort)."""

@@ -1,9 +1,10 @@
 """One ASGI middleware that times every request and hands it to the metrics, the activity log and the access log.
 
-Being a middleware, it covers every route, including ones added later, without edits to them. Handlers that
-generate add what only they know (the model, first-token time, token counts) to the request's RequestRecord,
-found with `record_of(request)`; it is in the request's state, which Starlette shares with inner middleware
-(the auth middleware's `request.state.service` is read from the same place once the answer has been sent).
+Being a middleware, it covers every route, including ones added later, without edits to them. What only a
+generation knows (the model, first-token time, token counts) reaches the request's RequestRecord as an observer
+of the generation core (`RequestRecord.observer`, registered by gateway/core/http.py). The record is found with
+`record_of(request)`: it is in the request's state, which Starlette shares with inner middleware (the auth
+middleware's `request.state.service` is read from the same place once the answer has been sent).
 """
 
 from __future__ import annotations
@@ -40,8 +41,13 @@ class RequestRecord:
     cached_tokens: int = 0
     error: str | None = None  # the error code of a generation that failed (inside a 200 stream too)
 
+    def observer(self, caller, model_id: str):
+        """The generation core's ObserverFactory for this request (gateway/core/http.py registers it)."""
+        self.model = model_id
+        return self.observe_event
+
     def observe_event(self, event) -> None:
-        """Called with each event of the generation this request started (see gateway/generation.py)."""
+        """Called with each event of the generation this request started."""
         now = time.perf_counter()
         if isinstance(event, TextChunk) and self.first_token_at is None:
             self.first_token_at = now

@@ -8,8 +8,9 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.core import http as core
+from gateway.core.http import StreamWire
 from gateway.errors import APIError
-from gateway.generation import generate, stream_generation
 from gateway.images import image_bytes
 from gateway.openai_schema import (
     ChatCompletionRequest,
@@ -22,13 +23,12 @@ from gateway.openai_schema import (
     text_of,
 )
 from gateway.routes.sessions import not_found, store_of, using_store
-from gateway.streaming import sse
+from gateway.sse import sse
 from protocol import ErrorCode
 from protocol.generation import (
     ChatMessage,
     Finished,
     GenerateRequest,
-    GenerationError,
     SamplingParams,
     TokenLogprob,
     ToolCall,
@@ -99,7 +99,6 @@ def to_generate_request(
     req: ChatCompletionRequest,
     images: dict[int, list[bytes]] | None = None,
     history: list[dict] | None = None,
-    trace_id: str | None = None,
 ) -> GenerateRequest:
     """The worker's request: a session's stored `history` (if any) followed by the request's messages."""
     validate(req)
@@ -135,7 +134,6 @@ def to_generate_request(
             logprobs=req.logprobs,
             top_logprobs=req.top_logprobs or 0,
         ),
-        trace_id=trace_id,
         trim_history=history is not None,
     )
 
@@ -178,7 +176,7 @@ async def chat_completions(request: Request) -> Response:
     images = await images_of(req, request.app.state.settings)
     if images and req.session_id is not None:
         raise APIError(ErrorCode.INVALID_REQUEST, "A session stores text only: send images without session_id")
-    gen = to_generate_request(req, images, history, getattr(request.state, "request_id", None))
+    gen = to_generate_request(req, images, history)
     new_messages = [{"role": m.role, "content": m.content} for m in gen.messages[len(history or ()) :]]
 
     async def store_turn(text: str) -> None:
@@ -192,11 +190,11 @@ async def chat_completions(request: Request) -> Response:
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def render(client, stream, first):
-            return _chunks(stream, first, base | {"model": client.model_id}, include_usage, store_turn)
+        def render(generation):
+            return _chunks(_storing(generation, store_turn), base | {"model": generation.model_id}, include_usage)
 
-        return await stream_generation(request, gen, req.model or "", render)
-    done = await generate(request, gen, req.model or "")
+        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
+    done = await core.answer(request, gen, req.model or "")
     await store_turn(done.text)
     message = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
     if done.tool_calls:
@@ -207,12 +205,26 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(body | {"usage": usage(done.end)})
 
 
+OPENAI_WIRE = StreamWire(error=lambda exc: sse(exc.body()))
+
+
 def _tool_call(call: ToolCall, index: int | None = None) -> dict:
     out = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
     return out if index is None else {"index": index} | out
 
 
-async def _chunks(stream, event, base: dict, include_usage: bool, store_turn):
+async def _storing(events, store_turn):
+    """The events, storing the session's turn when the answer is complete (before its end is rendered)."""
+    text = []
+    async for event in events:
+        if isinstance(event, Finished):
+            await store_turn("".join(text))
+        else:
+            text.append(event.text)
+        yield event
+
+
+async def _chunks(events, base: dict, include_usage: bool):
     def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         body = base | {"object": "chat.completion.chunk", "choices": [choice]}
@@ -221,26 +233,16 @@ async def _chunks(stream, event, base: dict, include_usage: bool, store_turn):
         return sse(body)
 
     yield chunk({"role": "assistant", "content": ""})
-    calls, text = 0, []
-    while True:
-        if isinstance(event, GenerationError):
-            yield sse(APIError.from_event(event).body())
-            return
+    calls = 0
+    async for event in events:
         if isinstance(event, Finished):
-            try:
-                await store_turn("".join(text))
-            except APIError as exc:  # the answer was sent, but its turn could not be stored
-                yield sse(exc.body())
-                return
             yield chunk({}, event.finish_reason)
             if include_usage:
                 yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": usage(event)})
             yield b"data: [DONE]\n\n"
             return
-        text.append(event.text)
         if event.text or not event.tool_calls:
             yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
         if event.tool_calls:
             yield chunk({"tool_calls": [_tool_call(c, calls + i) for i, c in enumerate(event.tool_calls)]})
             calls += len(event.tool_calls)
-        event = await stream.next()

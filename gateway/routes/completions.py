@@ -8,13 +8,13 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.core import http as core
 from gateway.errors import APIError
-from gateway.generation import generate, stream_generation
 from gateway.openai_schema import CompletionRequest, decode_request
-from gateway.routes.chat import SYSTEM_FINGERPRINT, usage
-from gateway.streaming import sse
+from gateway.routes.chat import OPENAI_WIRE, SYSTEM_FINGERPRINT, usage
+from gateway.sse import sse
 from protocol import ErrorCode
-from protocol.generation import Finished, GenerateRequest, GenerationError, SamplingParams
+from protocol.generation import Finished, GenerateRequest, SamplingParams
 
 
 def to_generate_request(req: CompletionRequest) -> GenerateRequest:
@@ -48,26 +48,23 @@ async def completions(request: Request) -> Response:
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def render(client, stream, first):
-            return _chunks(stream, first, base | {"model": client.model_id}, echo, include_usage)
+        def render(generation):
+            return _chunks(generation, base | {"model": generation.model_id}, echo, include_usage)
 
-        return await stream_generation(request, gen, req.model or "", render)
-    done = await generate(request, gen, req.model or "")
+        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
+    done = await core.answer(request, gen, req.model or "")
     choice = {"index": 0, "text": echo + done.text, "logprobs": None, "finish_reason": done.end.finish_reason}
     return JSONResponse(base | {"model": done.model_id, "choices": [choice], "usage": usage(done.end)})
 
 
-async def _chunks(stream, event, base: dict, echo: str, include_usage: bool):
+async def _chunks(events, base: dict, echo: str, include_usage: bool):
     def chunk(text: str, finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return sse(base | {"choices": [choice]} | ({"usage": None} if include_usage else {}))
 
     if echo:
         yield chunk(echo)
-    while True:
-        if isinstance(event, GenerationError):
-            yield sse(APIError.from_event(event).body())
-            return
+    async for event in events:
         if isinstance(event, Finished):
             yield chunk("", event.finish_reason)
             if include_usage:
@@ -75,4 +72,3 @@ async def _chunks(stream, event, base: dict, echo: str, include_usage: bool):
             yield b"data: [DONE]\n\n"
             return
         yield chunk(event.text)
-        event = await stream.next()

@@ -9,7 +9,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.encoder_call import call_worker
+from gateway.core import http as core
 from gateway.encoder_schema import EmbeddingRequest
 from gateway.openai_schema import decode_request
 from protocol.embedding import EmbedRequest
@@ -26,7 +26,7 @@ async def embeddings(request: Request) -> JSONResponse:
     req = decode_request(await request.body(), EmbeddingRequest)
     inputs = [req.input] if isinstance(req.input, str) else req.input
     message = EmbedRequest(request_id=f"embd-{uuid.uuid4().hex}", inputs=inputs, dimensions=req.dimensions)
-    model, result = await call_worker(request, message, req.model or request.app.state.settings.embedding_model)
+    model, result = await core.call(request, message, req.model or request.app.state.settings.embedding_model)
     data = [
         {"object": "embedding", "index": i, "embedding": vector}
         for i, vector in enumerate(_encode(result.vectors, result.dimensions, req.encoding_format))

@@ -10,10 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.anthropic_schema import CountTokensRequest, MessagesRequest, to_generate_request
+from gateway.core import http as core
+from gateway.core.http import StreamWire
 from gateway.errors import APIError
-from gateway.generation import generate, start_generation, stream_generation
 from gateway.openai_schema import decode_request
-from protocol.generation import Finished, GenerationError, ToolCall
+from protocol.generation import Finished, ToolCall
 
 # finish_reason -> stop_reason
 _STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -57,11 +58,11 @@ async def messages(request: Request) -> Response:
     message = {"id": gen.request_id, "type": "message", "role": "assistant"}
     if req.stream:
 
-        def render(client, stream, first):
-            return _events(stream, first, message | {"model": client.model_id})
+        def render(generation):
+            return _events(generation, message | {"model": generation.model_id})
 
-        return await stream_generation(request, gen, req.model, render, error_event=_error_event)
-    done = await generate(request, gen, req.model)
+        return await core.stream(request, gen, req.model, render, ANTHROPIC_WIRE)
+    done = await core.answer(request, gen, req.model)
     calls = [_tool_use(c) for c in done.tool_calls]
     content = ([{"type": "text", "text": done.text}] if done.text or not calls else []) + calls
     body = message | {"model": done.model_id, "content": content} | _stop(done.end)
@@ -71,9 +72,9 @@ async def messages(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     req = decode_request(await request.body(), CountTokensRequest)
     gen = to_generate_request(req, request.app.state.settings)
-    client, stream, first = await start_generation(request, gen, req.model)
-    client.release(stream)
-    return JSONResponse({"input_tokens": first.usage.prompt_tokens})
+    generation = await core.start(request, gen, req.model)
+    generation.release()
+    return JSONResponse({"input_tokens": generation.first.usage.prompt_tokens})
 
 
 def _event(kind: str, data: dict) -> bytes:
@@ -84,16 +85,26 @@ def _error_event(exc: APIError) -> bytes:
     return _event("error", {"error": exc.body("/v1/messages")["error"]})
 
 
-async def _events(stream, event, message: dict):
+ANTHROPIC_WIRE = StreamWire(error=_error_event)
+
+
+async def _events(generation, message: dict):
     """message_start, then per content block start / deltas / stop, then message_delta with usage and
     message_stop: the sequence the anthropic SDK assembles into a Message."""
-    counts = event.usage if isinstance(event, Finished) else event
+    first = generation.first
+    counts = first.usage if isinstance(first, Finished) else first
     usage = _usage(counts.prompt_tokens, counts.cached_tokens, 0)
     start = message | {"content": [], "stop_reason": None, "stop_sequence": None}
     yield _event("message_start", {"message": start | {"usage": usage}})
     yield _event("ping", {})
     index, text_open = 0, False
-    while not isinstance(event, Finished | GenerationError):
+    async for event in generation:
+        if isinstance(event, Finished):
+            if text_open:
+                yield _event("content_block_stop", {"index": index})
+            yield _event("message_delta", {"delta": _stop(event), "usage": _final_usage(event)})
+            yield _event("message_stop", {})
+            return
         if event.text:
             if not text_open:
                 yield _event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
@@ -109,11 +120,3 @@ async def _events(stream, event, message: dict):
             yield _event("content_block_delta", {"index": index, "delta": delta})
             yield _event("content_block_stop", {"index": index})
             index += 1
-        event = await stream.next()
-    if isinstance(event, GenerationError):
-        yield _error_event(APIError.from_event(event))
-        return
-    if text_open:
-        yield _event("content_block_stop", {"index": index})
-    yield _event("message_delta", {"delta": _stop(event), "usage": _final_usage(event)})
-    yield _event("message_stop", {})

@@ -14,7 +14,7 @@ OWNER = "mlx-llm-server"
 async def list_models(request: Request) -> JSONResponse:
     """The models the calling service may use."""
     state = request.app.state
-    _, allowed = route_model(request, None)
+    _, allowed = route_model(getattr(request.state, "service", None), None)
     reply = await state.supervisor.call(
         lambda call_id: ListModels(call_id=call_id, allowed=allowed), state.settings.connect_timeout
     )

@@ -12,7 +12,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.encoder_call import call_worker
+from gateway.core import http as core
 from gateway.encoder_schema import DocumentIn, RerankRequest
 from gateway.openai_schema import decode_request
 from protocol.embedding import RerankRequest as RerankMessage
@@ -23,7 +23,7 @@ async def rerank(request: Request) -> JSONResponse:
     documents = [d.text if isinstance(d, DocumentIn) else d for d in req.documents]
     request_id = f"rerank-{uuid.uuid4().hex}"
     message = RerankMessage(request_id=request_id, query=req.query, documents=documents)
-    model, result = await call_worker(request, message, req.model or request.app.state.settings.embedding_model)
+    model, result = await core.call(request, message, req.model or request.app.state.settings.embedding_model)
     order = sorted(range(len(documents)), key=lambda i: result.scores[i], reverse=True)[: req.top_n]
     results = []
     for i in order:
