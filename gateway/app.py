@@ -1,5 +1,6 @@
-"""The Starlette application: routes, middleware, error handlers, and the clients it holds for its lifetime
-(ZeroMQ to the supervisor and workers; the session store and rate limiter, in Redis or in memory)."""
+"""The Starlette application: the API dialects' routes (gateway/dialects/) and the server's own, middleware, error
+handlers, and what it holds for its lifetime: ZeroMQ clients of the supervisor and workers, the generation core
+(gateway/core/) with its app-wide observers, the session store and rate limiter (in Redis or in memory)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import metrics
+from gateway import dialects, metrics
 from gateway.activity import ActivityLog, clear_activity, list_activity
 from gateway.auth import Authenticator, KeyRing, TokenIssuer, is_loopback
 from gateway.config import GatewayConfig, GatewaySettings, load_gateway_config
 from gateway.core.caller import ClientGone
 from gateway.core.generation import GenerationCore
+from gateway.dialects.dialect import BASE_PATHS
 from gateway.errors import APIError
 from gateway.middleware.auth import Auth
 from gateway.middleware.body_limit import BodyLimit
@@ -33,13 +35,8 @@ from gateway.ratelimit import RateLimiter
 from gateway.routes import system
 from gateway.routes.admin import load_model, memory_usage, unload_model
 from gateway.routes.auth import issue_token
-from gateway.routes.chat import chat_completions
-from gateway.routes.completions import completions
-from gateway.routes.embeddings import embeddings
 from gateway.routes.health import health, ready
-from gateway.routes.messages import count_tokens, messages
 from gateway.routes.models import list_models
-from gateway.routes.rerank import rerank
 from gateway.routes.sessions import create_session, delete_session, get_session, list_sessions, session_messages
 from gateway.sessions import make_session_store
 from gateway.supervisor_client import SupervisorClient
@@ -90,22 +87,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return APIError(ErrorCode.INTERNAL, "Internal server error").response(request.url.path)
 
 
-def _routes() -> list[Route]:
-    routes = []
-    for prefix in ("/v1", "/api/v1"):
-        routes += [
-            Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
-            Route(f"{prefix}/completions", completions, methods=["POST"]),
-            Route(f"{prefix}/models", list_models, methods=["GET"]),
-            Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
-            Route(f"{prefix}/rerank", rerank, methods=["POST"]),
-        ]
-    for prefix in ("/v1", "/anthropic/v1"):  # Anthropic's SDK and Claude Code take either base URL
-        routes += [
-            Route(f"{prefix}/messages", messages, methods=["POST"]),
-            Route(f"{prefix}/messages/count_tokens", count_tokens, methods=["POST"]),
-        ]
-    routes += [
+def _routes() -> list[BaseRoute]:
+    """The API dialects' routes (gateway/dialects/), then the server's own."""
+    return [
+        *dialects.routes(),
+        *(Route(f"{base}/models", list_models, methods=["GET"]) for base in BASE_PATHS),
         Route("/api/v1/models/memory/usage", memory_usage, methods=["GET"]),
         Route("/api/v1/models/{model_id:str}/load", load_model, methods=["POST"]),
         Route("/api/v1/models/{model_id:str}/unload", unload_model, methods=["POST"]),
@@ -126,7 +112,6 @@ def _routes() -> list[Route]:
         Route("/", _dashboard, methods=["GET"]),
         Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),
     ]
-    return routes
 
 
 async def _dashboard(request: Request) -> FileResponse:

@@ -1,7 +1,14 @@
-"""Error codes from any process, turned into HTTP errors in the API dialect of the path. Only the gateway does
-this: OpenAI's shape everywhere except the Anthropic Messages paths, which get Anthropic's (see error_body)."""
+"""Error codes from any process, turned into HTTP errors. Only the gateway does this.
+
+An APIError carries its code's HTTP status and OpenAI error type. Its body takes the shape of the API dialect that
+owns the request's path: each dialect registers its shape for its paths (gateway/dialects/__init__.py registers
+every dialect's), and every other path gets OpenAI's, {"error": {"message", "type", "param", "code"}}, the
+server's default. Middleware errors (401, 413, 429, a bad Host) go through the same lookup, `APIError.response(path)`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 
@@ -33,34 +40,8 @@ _STATUS = {
 }
 RETRY_AFTER_SECONDS = 1
 
-# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
-ANTHROPIC_PATHS = ("/v1/messages", "/anthropic/")
-
-
-def is_anthropic_path(path: str) -> bool:
-    """The Anthropic Messages API's paths (/v1/messages, /v1/messages/count_tokens, /anthropic/...)."""
-    return path == "/v1/messages" or path.startswith(("/v1/messages/", "/anthropic/"))
-
-
-def error_body(path: str, status: int, code: str, message: str, type_: str, param: str | None = None) -> dict:
-    """THE choice of error shape, by request path: Anthropic's on the Anthropic Messages paths,
-    {"type": "error", "error": {"type", "message"}}; OpenAI's everywhere else,
-    {"error": {"message", "type", "param", "code"}}."""
-    if is_anthropic_path(path):
-        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+ErrorShape = Callable[["APIError"], dict]  # an error -> the body a dialect answers it with
+_shapes: list[tuple[Callable[[str], bool], ErrorShape]] = []  # (owns a path, its shape), in registration order
 
 
 class APIError(Exception):
@@ -71,6 +52,7 @@ class APIError(Exception):
         param: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        type_: str | None = None,
     ):
         super().__init__(message)
         self.code = code
@@ -79,6 +61,8 @@ class APIError(Exception):
         self.status, self.type = _STATUS.get(code, (500, "server_error"))
         if status is not None:
             self.status = status
+        if type_ is not None:
+            self.type = type_
         self.headers = headers or {}
 
     @classmethod
@@ -87,8 +71,28 @@ class APIError(Exception):
         return cls(event.code, event.message)
 
     def body(self, path: str = "") -> dict:
-        return error_body(path, self.status, self.code, self.message, self.type, self.param)
+        """The body in the shape of the dialect that owns `path` (OpenAI's for any other)."""
+        return shape_for(path)(self)
 
     def response(self, path: str = "") -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else {}
         return JSONResponse(self.body(path), status_code=self.status, headers=headers | self.headers)
+
+
+def openai_error_body(error: APIError) -> dict:
+    """OpenAI's error shape: the OpenAI dialects' and the server's default."""
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+def register_error_shape(owns: Callable[[str], bool], shape: ErrorShape) -> None:
+    """Errors on the paths `owns` accepts take `shape` (the first registration that owns a path wins)."""
+    _shapes.append((owns, shape))
+
+
+def shape_for(path: str) -> ErrorShape:
+    return next((shape for owns, shape in _shapes if owns(path)), openai_error_body)
+
+
+def error_body(path: str, status: int, code: str, message: str, type_: str, param: str | None = None) -> dict:
+    """The body of an error with this status and OpenAI type, in the shape of the dialect that owns `path`."""
+    return shape_for(path)(APIError(code, message, param=param, status=status, type_=type_))

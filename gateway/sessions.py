@@ -20,6 +20,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from gateway.errors import APIError
+from protocol import ErrorCode
+
 MAX_ID_LENGTH = 64
 
 
@@ -48,6 +51,21 @@ class SessionInfo:
             "message_count": self.message_count,
             "metadata": self.metadata,
         }
+
+
+async def using_store(work):
+    """Await a store operation; an unreachable store is a 503 that says so."""
+    try:
+        return await work
+    except SessionStoreUnavailable:
+        raise APIError(
+            ErrorCode.SESSION_STORE_UNAVAILABLE,
+            "The session store (Redis) is unreachable; requests without a session_id still work",
+        ) from None
+
+
+def not_found(session_id: str) -> APIError:
+    return APIError(ErrorCode.SESSION_NOT_FOUND, f"No session '{session_id}'", param="session_id")
 
 
 def new_session_id() -> str:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import is_anthropic_path
+from gateway.dialects.anthropic import is_anthropic_path
 
 EXAMPLES = 1200
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]

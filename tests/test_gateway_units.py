@@ -12,7 +12,8 @@ import pytest
 
 from gateway.auth import LOCAL, Authenticator, KeyRing, TokenIssuer, credential_of, is_loopback
 from gateway.config import GatewayConfig, TransportSettings, load_gateway_config
-from gateway.errors import APIError, error_body, is_anthropic_path
+from gateway.dialects.anthropic import is_anthropic_path
+from gateway.errors import APIError, error_body
 from gateway.sessions import MemorySessionStore, RedisSessionStore
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingParams

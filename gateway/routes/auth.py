@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from gateway.auth import LOCAL
 from gateway.errors import APIError
-from gateway.openai_schema import decode_request
+from gateway.request_body import decode_request
 from protocol import ErrorCode
 
 

@@ -6,8 +6,8 @@ GET    /api/v1/sessions/{id}             one session
 GET    /api/v1/sessions/{id}/messages    its conversation
 DELETE /api/v1/sessions/{id}             delete it
 
-A chat completion with `session_id` continues the conversation (see gateway/routes/chat.py). Another service's
-session answers 404 exactly like one that never existed.
+A chat completion with `session_id` continues the conversation (gateway/dialects/chat/session_turn.py).
+Another service's session answers 404 exactly like one that never existed.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.dialects.chat.schema import ChatMessageIn, ImageURLPart, text_of
 from gateway.errors import APIError
-from gateway.openai_schema import ChatMessageIn, ImageURLPart, decode_request, text_of
-from gateway.sessions import SessionStore, SessionStoreUnavailable
+from gateway.request_body import decode_request
+from gateway.sessions import SessionStore, not_found, using_store
 from protocol import ErrorCode
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -38,21 +39,6 @@ def store_of(request: Request) -> SessionStore:
 
 def service_name(request: Request) -> str:
     return request.state.service.name
-
-
-async def using_store(work):
-    """Await a store operation; an unreachable store is a 503 that says so."""
-    try:
-        return await work
-    except SessionStoreUnavailable:
-        raise APIError(
-            ErrorCode.SESSION_STORE_UNAVAILABLE,
-            "The session store (Redis) is unreachable; requests without a session_id still work",
-        ) from None
-
-
-def not_found(session_id: str) -> APIError:
-    return APIError(ErrorCode.SESSION_NOT_FOUND, f"No session '{session_id}'", param="session_id")
 
 
 async def create_session(request: Request) -> JSONResponse:

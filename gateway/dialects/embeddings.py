@@ -1,18 +1,37 @@
-"""POST /v1/embeddings (also /api/v1/embeddings): OpenAI embeddings from an embedding model's worker."""
+"""OpenAI embeddings, POST /v1/embeddings (also /api/v1/embeddings), from an embedding model's worker: the request
+type (a wrong type or an empty input is a 400 naming the field, before any model is loaded), the EmbedRequest
+it becomes, the answer (float lists or base64) and the routes. Errors are OpenAI's shape. A request that names
+no model goes to the gateway's default embedding model (EMBEDDING_DEFAULT_MODEL).
+"""
 
 from __future__ import annotations
 
 import base64
 import uuid
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.core import http as core
-from gateway.encoder_schema import EmbeddingRequest
-from gateway.openai_schema import decode_request
+from gateway.dialects.dialect import Dialect, post
+from gateway.request_body import decode_request
 from protocol.embedding import EmbedRequest
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
+
+Text = Annotated[str, Meta(min_length=1)]
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    input: Text | Annotated[list[Text], Meta(min_length=1, max_length=MAX_INPUTS)]
+    model: str | None = None  # None: the gateway's default embedding model
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
 
 
 def _encode(vectors: bytes, dimensions: int, encoding_format: str) -> list:
@@ -33,3 +52,9 @@ async def embeddings(request: Request) -> JSONResponse:
     ]
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
     return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+DIALECT = Dialect(
+    name="openai-embeddings",
+    routes=post("/embeddings", embeddings),
+)

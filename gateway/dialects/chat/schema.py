@@ -1,19 +1,13 @@
-"""OpenAI Chat Completions and Completions request types, validated at the edge with msgspec.
-
-Unknown fields are ignored (clients and SDKs send extras); known fields are checked for type and range, and a
-violation is reported with the offending field as the error's `param`.
-"""
+"""OpenAI Chat Completions request types, validated at the edge (gateway/request_body.py decodes them)."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from gateway.errors import APIError
-from protocol import ErrorCode
+from gateway.dialects.openai_common import OpenAIRequest
 
 MAX_TOP_LOGPROBS = 10
 
@@ -87,28 +81,12 @@ class JSONSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema"):
     json_schema: JSONSchemaSpec
 
 
-class StreamOptions(msgspec.Struct, kw_only=True):
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(msgspec.Struct, kw_only=True):
+class ChatCompletionRequest(OpenAIRequest, kw_only=True):
     messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
-    model: str | None = None  # None: the server's default model
-    temperature: Annotated[float, Meta(ge=0, le=2)] = 1.0
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    seed: int | None = None
-    top_k: Annotated[int, Meta(ge=0)] = 0
-    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
-    repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: Annotated[int, Meta(ge=1)] = 1
-    user: str | None = None
     tools: list[ToolIn] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -116,44 +94,6 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     # Beyond OpenAI: continue a stored conversation (POST /api/v1/sessions creates one). Its history goes before
     # `messages`; `messages` and the answer are appended to it.
     session_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
-
-
-class CompletionRequest(msgspec.Struct, kw_only=True):
-    prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
-    model: str | None = None
-    temperature: Annotated[float, Meta(ge=0, le=2)] = 1.0
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
-    max_tokens: Annotated[int, Meta(ge=1)] | None = 16  # OpenAI's default for completions
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    seed: int | None = None
-    top_k: Annotated[int, Meta(ge=0)] = 0
-    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
-    repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: Annotated[int, Meta(ge=1)] = 1
-    echo: bool = False
-    user: str | None = None
-
-
-_AT = re.compile(r" - at `\$\.?(.*)`$")
-_MISSING = re.compile(r"missing required field `(\w+)`")
-
-
-def decode_request(body: bytes, cls: type[msgspec.Struct]):
-    """Bytes -> typed request; malformed JSON and schema violations become 400s naming the field."""
-    try:
-        return msgspec.json.decode(body, type=cls)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        at, missing = _AT.search(text), _MISSING.search(text)
-        param = ".".join(p for p in (at and at.group(1), missing and missing.group(1)) if p) or None
-        message = _AT.sub("", text)
-        raise APIError(
-            ErrorCode.INVALID_REQUEST, f"{message} at '{param}'" if param else message, param=param
-        ) from None
-    except msgspec.DecodeError as exc:
-        raise APIError(ErrorCode.INVALID_REQUEST, f"The request body is not valid JSON: {exc}", param=None) from None
 
 
 def text_of(message: ChatMessageIn) -> str:

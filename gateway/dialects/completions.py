@@ -1,20 +1,41 @@
-"""POST /v1/completions (also /api/v1/completions): OpenAI's legacy Completions, a raw prompt in, text out."""
+"""OpenAI's legacy Completions, POST /v1/completions (also /api/v1/completions): a raw prompt in, text out, streaming
+or not. The request type, its translation to GenerateRequest, its rendering (whole, and `text_completion` SSE
+events) and its routes. Errors are OpenAI's shape (gateway/errors.py's default).
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Annotated
 
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.core import http as core
+from gateway.dialects.dialect import Dialect, post
+from gateway.dialects.openai_common import (
+    DONE,
+    OPENAI_WIRE,
+    SYSTEM_FINGERPRINT,
+    OpenAIRequest,
+    include_usage,
+    sampling,
+    usage,
+)
 from gateway.errors import APIError
-from gateway.openai_schema import CompletionRequest, decode_request
-from gateway.routes.chat import OPENAI_WIRE, SYSTEM_FINGERPRINT, usage
+from gateway.request_body import decode_request
 from gateway.sse import sse
 from protocol import ErrorCode
-from protocol.generation import Finished, GenerateRequest, SamplingParams
+from protocol.generation import Finished, GenerateRequest, TextChunk
+
+
+class CompletionRequest(OpenAIRequest, kw_only=True):
+    prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
+    max_tokens: Annotated[int, Meta(ge=1)] | None = 16  # OpenAI's default for completions
+    echo: bool = False
 
 
 def to_generate_request(req: CompletionRequest) -> GenerateRequest:
@@ -26,16 +47,7 @@ def to_generate_request(req: CompletionRequest) -> GenerateRequest:
     return GenerateRequest(
         request_id=f"cmpl-{uuid.uuid4().hex}",
         prompt=prompt,
-        sampling=SamplingParams(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            max_tokens=req.max_tokens,
-            stop=[req.stop] if isinstance(req.stop, str) else (req.stop or []),
-            seed=req.seed,
-            top_k=req.top_k,
-            min_p=req.min_p,
-            repetition_penalty=req.repetition_penalty,
-        ),
+        sampling=sampling(req, req.max_tokens),
     )
 
 
@@ -46,10 +58,9 @@ async def completions(request: Request) -> Response:
     base = {"id": gen.request_id, "object": "text_completion", "created": int(time.time())}
     base["system_fingerprint"] = SYSTEM_FINGERPRINT
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def render(generation):
-            return _chunks(generation, base | {"model": generation.model_id}, echo, include_usage)
+            return _chunks(generation, base | {"model": generation.model_id}, echo, include_usage(req.stream_options))
 
         return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
     done = await core.answer(request, gen, req.model or "")
@@ -57,7 +68,9 @@ async def completions(request: Request) -> Response:
     return JSONResponse(base | {"model": done.model_id, "choices": [choice], "usage": usage(done.end)})
 
 
-async def _chunks(events, base: dict, echo: str, include_usage: bool):
+async def _chunks(
+    events: AsyncIterable[TextChunk | Finished], base: dict, echo: str, include_usage: bool
+) -> AsyncIterator[bytes]:
     def chunk(text: str, finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return sse(base | {"choices": [choice]} | ({"usage": None} if include_usage else {}))
@@ -69,6 +82,12 @@ async def _chunks(events, base: dict, echo: str, include_usage: bool):
             yield chunk("", event.finish_reason)
             if include_usage:
                 yield sse(base | {"choices": [], "usage": usage(event)})
-            yield b"data: [DONE]\n\n"
+            yield DONE
             return
         yield chunk(event.text)
+
+
+DIALECT = Dialect(
+    name="openai-completions",
+    routes=post("/completions", completions),
+)

@@ -1,4 +1,4 @@
-"""Anthropic Messages request types, validated at the edge, and their translation into a GenerateRequest.
+"""Anthropic Messages -> the worker's GenerateRequest.
 
 System prompt, text, image and tool blocks map onto the chat messages every worker understands: tool_use
 blocks become an assistant's tool calls, tool_result blocks become `tool` messages, base64 image blocks
@@ -11,12 +11,17 @@ import base64
 import binascii
 import json
 import uuid
-from typing import Annotated, Literal
-
-import msgspec
-from msgspec import Meta
 
 from gateway.config import GatewaySettings
+from gateway.dialects.anthropic.schema import (
+    CountTokensRequest,
+    ImageBlock,
+    MessagesRequest,
+    TextBlock,
+    ToolChoiceIn,
+    ToolResultBlock,
+    ToolUseBlock,
+)
 from gateway.errors import APIError
 from gateway.images import check_image
 from protocol import ErrorCode
@@ -24,81 +29,6 @@ from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, To
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's own limit per image
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-
-
-class TextBlock(msgspec.Struct, tag_field="type", tag="text", kw_only=True):
-    text: str
-
-
-class ImageSource(msgspec.Struct, kw_only=True):
-    type: Literal["base64", "url"]
-    media_type: str | None = None
-    data: str | None = None
-    url: str | None = None
-
-
-class ImageBlock(msgspec.Struct, tag_field="type", tag="image", kw_only=True):
-    source: ImageSource
-
-
-class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use", kw_only=True):
-    id: str
-    name: str
-    input: dict
-
-
-class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result", kw_only=True):
-    tool_use_id: str
-    content: str | list[TextBlock | ImageBlock] = ""
-    is_error: bool = False
-
-
-Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock
-
-
-class MessageIn(msgspec.Struct, kw_only=True):
-    role: Literal["user", "assistant"]
-    content: str | list[Block]
-
-
-class ToolDef(msgspec.Struct, kw_only=True):
-    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
-    description: str = ""
-    input_schema: dict
-
-
-class ToolChoiceIn(msgspec.Struct, kw_only=True):
-    type: Literal["auto", "any", "tool", "none"]
-    name: str | None = None
-
-
-class JSONOutputFormat(msgspec.Struct, kw_only=True):
-    type: Literal["json_schema"]
-    schema: dict
-
-
-class OutputConfig(msgspec.Struct, kw_only=True):
-    format: JSONOutputFormat | None = None  # structured output: enforced by constrained decoding
-    effort: str | None = None  # accepted, no effect here
-
-
-class CountTokensRequest(msgspec.Struct, kw_only=True):
-    model: str
-    messages: Annotated[list[MessageIn], Meta(min_length=1)]
-    system: str | list[TextBlock] | None = None
-    tools: list[ToolDef] | None = None
-    tool_choice: ToolChoiceIn | None = None
-
-
-class MessagesRequest(CountTokensRequest, kw_only=True):
-    max_tokens: Annotated[int, Meta(ge=1)]
-    stop_sequences: list[str] | None = None
-    temperature: Annotated[float, Meta(ge=0, le=1)] = 1.0
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Meta(ge=0)] = 0
-    stream: bool = False
-    metadata: dict | None = None
-    output_config: OutputConfig | None = None
 
 
 def _invalid(message: str, param: str) -> APIError:

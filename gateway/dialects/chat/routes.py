@@ -1,0 +1,41 @@
+"""POST /v1/chat/completions (also /api/v1/chat/completions): the chat dialect's handler and routes."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.core import http as core
+from gateway.dialects.chat.render import chunks, completion
+from gateway.dialects.chat.schema import ChatCompletionRequest
+from gateway.dialects.chat.session_turn import SessionTurn
+from gateway.dialects.chat.translate import images_of, validate
+from gateway.dialects.dialect import Dialect, post
+from gateway.dialects.openai_common import OPENAI_WIRE, SYSTEM_FINGERPRINT, include_usage
+from gateway.request_body import decode_request
+
+
+async def chat_completions(request: Request) -> Response:
+    req = decode_request(await request.body(), ChatCompletionRequest)
+    validate(req)  # before reading a session: a bad request is a 400 whatever the store's state
+    turn = await SessionTurn.begin(request, req)
+    gen = turn.translate(req, await images_of(req, request.app.state.settings))
+    base = {"id": gen.request_id, "created": int(time.time()), "system_fingerprint": SYSTEM_FINGERPRINT}
+    if req.stream:
+
+        def render(generation):
+            body = base | {"model": generation.model_id}
+            return chunks(turn.around(generation), body, include_usage(req.stream_options))
+
+        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
+    answer = await core.answer(request, gen, req.model or "")
+    await turn.complete(answer.text)
+    return JSONResponse(completion(answer, base, req.logprobs))
+
+
+DIALECT = Dialect(
+    name="openai-chat",
+    routes=post("/chat/completions", chat_completions),
+)
