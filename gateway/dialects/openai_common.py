@@ -1,5 +1,6 @@
-"""What the OpenAI dialects share (chat completions, completions, and the Responses API next): the usage dict,
-stream options, the fingerprint, stop sequences, and how a stream ends or fails on OpenAI's wire."""
+"""What the OpenAI dialects share (chat completions, completions, and the Responses API next): the common request
+fields and their sampling parameters, the usage dict, the fingerprint, and how a stream ends or fails on OpenAI's
+wire. Not a dialect itself: it declares no routes."""
 
 from __future__ import annotations
 
