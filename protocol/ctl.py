@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import msgspec
 
 from protocol.codec import Message, decoder
-from protocol.control import MemoryReport
+from protocol.control import MemoryReport, ModelType
+from protocol.errors import ErrorCode
+
+
+class ModelState(StrEnum):
+    """Where a model is in its lifecycle on a host (supervisor/model_slot.py holds the allowed transitions)."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
 
 
 class EnsureLoaded(Message, tag="ensure_loaded"):
@@ -75,9 +88,9 @@ class Pinned(Message, tag="pinned"):
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     aliases: list[str]
-    type: str
+    type: ModelType
     source: str
-    state: str  # stopped | starting | ready | stopping | failed
+    state: ModelState
     context_length: int
     memory_estimate_bytes: int
     memory_bytes: int = 0  # resident, as last reported by the worker
@@ -130,7 +143,7 @@ class StatusReport(Message, tag="status_report"):
 
 class CallFailed(Message, tag="call_failed"):
     call_id: str
-    code: str  # an ErrorCode value
+    code: ErrorCode
     message: str
     retryable: bool = False
 

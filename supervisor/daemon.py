@@ -189,14 +189,10 @@ class Supervisor:
         worker = self.fleet.by_instance.get(hello.instance_id)
         if hello.protocol_version != PROTOCOL_VERSION:
             text = f"worker speaks protocol version {hello.protocol_version}, this supervisor speaks {PROTOCOL_VERSION}"
-            await self._workers.send_multipart(
-                [
-                    identity,
-                    encode(Refused(instance_id=hello.instance_id, code=ErrorCode.PROTOCOL_MISMATCH, message=text)),
-                ]
-            )
+            why = dict(instance_id=hello.instance_id, code=ErrorCode.PROTOCOL_MISMATCH, message=text)
+            await self._workers.send_multipart([identity, encode(Refused(**why))])
             if worker is not None:
-                worker.on_load_failed(LoadFailed(instance_id=hello.instance_id, code="protocol_mismatch", message=text))
+                worker.on_load_failed(LoadFailed(**why))
             return
         if worker is None:
             log.warning("hello from unknown worker %s (pid %d) ignored", hello.instance_id, hello.pid)

@@ -14,23 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from enum import StrEnum
 
+from protocol.control import ModelType
 from protocol.ctl import ModelInfo
+from protocol.ctl import ModelState as State
 from supervisor.config import ModelSpec
 from supervisor.worker_process import WorkerProcess
 
 # A model handed to a gateway is busy until a pong received this much later says nothing is in flight:
 # the request it was handed out for may still be on its way to the worker.
 LEASE_SECONDS = 1.0
-
-
-class State(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    FAILED = "failed"
 
 
 class ModelSlot:
@@ -96,9 +89,9 @@ class ModelSlot:
         return ModelInfo(
             id=self.spec.id,
             aliases=list(self.spec.aliases),
-            type=self.spec.type,
+            type=ModelType(self.spec.type),
             source=self.spec.source,
-            state=self.state.value,
+            state=self.state,
             context_length=(worker and worker.context_length) or self.spec.context_length or 0,
             memory_estimate_bytes=self.estimate,
             memory_bytes=memory,

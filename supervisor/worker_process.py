@@ -11,13 +11,14 @@ import sys
 import time
 import uuid
 
+from protocol import ErrorCode
 from protocol.control import LoadFailed, MemoryReport, Ready
 
 log = logging.getLogger("supervisor.worker")
 
 
 class WorkerStartError(RuntimeError):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
 
@@ -87,7 +88,7 @@ class WorkerProcess:
         if not self.ready.done():
             code = self.proc.returncode
             self.ready.set_exception(
-                WorkerStartError("model_load_failed", f"worker exited during start-up ({describe_exit(code)})")
+                WorkerStartError(ErrorCode.MODEL_LOAD_FAILED, f"worker exited during start-up ({describe_exit(code)})")
             )
 
     @property

@@ -8,6 +8,7 @@ import pytest
 
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams, TextChunk
 from tests.conftest import MODEL
+from worker.backends import Engine
 from worker.batch_engine import BatchEngine, EngineOptions
 from worker.model_loader import load_model
 
@@ -25,7 +26,9 @@ def loaded(model_store):
 
 @pytest.fixture
 def engine(loaded):
-    return BatchEngine(loaded, EngineOptions(decode_concurrency=8, prefill_step_size=128))
+    engine = BatchEngine(loaded, EngineOptions(decode_concurrency=8, prefill_step_size=128))
+    assert isinstance(engine, Engine)
+    return engine
 
 
 def run(engine, *requests):

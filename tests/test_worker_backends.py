@@ -14,7 +14,7 @@ from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankSc
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams, TextChunk
 from tests.conftest import EMBEDDER, VLM
 from tests.test_vision_api import png
-from worker.backends import ModelToLoad, load_engine
+from worker.backends import Engine, ModelToLoad, load_engine
 from worker.batch_engine import EngineOptions
 
 
@@ -57,7 +57,7 @@ def cross_encoder_dir(tmp_path_factory, model_store):
 
 def test_a_cross_encoder_scores_each_pair_with_its_head(cross_encoder_dir):
     engine, loaded = load_engine(ModelToLoad(str(cross_encoder_dir), "embedding"), EngineOptions())
-    assert engine.cross_encoder
+    assert engine.cross_encoder and isinstance(engine, Engine)
     documents = ["cats purr", "stocks fell", "it may rain"]
     (result,) = run(engine, RerankRequest(request_id="r", query="which pets purr?", documents=documents))
     assert isinstance(result, RerankScores) and result.method == "cross-encoder"
@@ -90,6 +90,7 @@ def test_matryoshka_dimensions_cut_and_renormalise(tmp_path, model_store):
 @pytest.fixture(scope="module")
 def vision(model_store):
     engine, _ = load_engine(ModelToLoad(str(model_store / VLM), "vlm", 256), EngineOptions())
+    assert isinstance(engine, Engine)
     return engine
 
 

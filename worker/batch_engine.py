@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
-from protocol.generation import Finished, GenerateRequest, Usage, failure
+from protocol.generation import Finished, FinishReason, GenerateRequest, Usage, failure
 from worker.constrained import json_schema_processor, tool_call_processor
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
@@ -158,7 +158,7 @@ class BatchEngine:
                 emit(
                     Finished(
                         request_id=request.request_id,
-                        finish_reason="stop",
+                        finish_reason=FinishReason.STOP,
                         usage=Usage(prompt_tokens=len(prompt), completion_tokens=0),
                     )
                 )
