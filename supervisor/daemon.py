@@ -36,6 +36,7 @@ from protocol.ctl import (
     Unloaded,
     call_decoder,
 )
+from protocol.launch import ctl_endpoint, workers_endpoint
 from supervisor.config import Config
 from supervisor.fleet import Fleet, FleetError
 from supervisor.orphans import WorkerRegistry
@@ -44,17 +45,11 @@ from supervisor.worker_process import WorkerProcess
 log = logging.getLogger("supervisor")
 
 
-def endpoints(run_dir: Path) -> tuple[str, str]:
-    """(ctl endpoint, workers endpoint) for a run directory; SUPERVISOR_ENDPOINT overrides the first."""
-    ctl = os.environ.get("SUPERVISOR_ENDPOINT") or f"ipc://{run_dir}/supervisor.sock"
-    return ctl, f"ipc://{run_dir}/supervisor-workers.sock"
-
-
 class Supervisor:
     def __init__(self, config: Config, run_dir: Path):
         self.config = config
         self.run_dir = run_dir
-        self.ctl_endpoint, self.workers_endpoint = endpoints(run_dir)
+        self.ctl_endpoint, self.workers_endpoint = ctl_endpoint(run_dir), workers_endpoint(run_dir)
         self.registry = WorkerRegistry(run_dir)
         self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry)
         self.fleet.pinger = self._ping

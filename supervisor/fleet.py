@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from protocol import ErrorCode
-from protocol.control import Pong
+from protocol.control import ModelType, Pong
 from protocol.ctl import BudgetInfo
+from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
 from supervisor.config import GB, Config
 from supervisor.memory_budget import estimate_bytes, plan_room
 from supervisor.model_slot import ModelSlot, State
@@ -160,19 +161,7 @@ class Fleet:
         worker = None
         try:
             victims = await self._make_room(slot)
-            worker = await WorkerProcess.spawn(
-                slot.spec.id,
-                slot.source,
-                self.run_dir,
-                self.workers_endpoint,
-                slot.spec.context_length,
-                self.settings.shutdown_grace_seconds,
-                [
-                    f"--model-type={slot.spec.type}",
-                    *slot.spec.engine.worker_args(),
-                    *(["--draft-source", slot.draft_source] if slot.draft_source else []),
-                ],
-            )
+            worker = await WorkerProcess.spawn(self._launch(slot))
             self.registry.add(worker.pid)
             slot.worker = worker
             self.by_instance[worker.instance_id] = worker
@@ -201,6 +190,21 @@ class Fleet:
             slot.room_granted = False
             slot.transition = None
             self._notify()
+
+    def _launch(self, slot: ModelSlot) -> WorkerLaunch:
+        return WorkerLaunch(
+            model_id=slot.spec.id,
+            instance_id=new_instance_id(),
+            source=slot.source,
+            model_type=ModelType(slot.spec.type),
+            context_length=slot.spec.context_length,
+            draft_source=slot.draft_source,
+            engine=slot.spec.engine,
+            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id),
+            supervisor_endpoint=self.workers_endpoint,
+            shutdown_grace=self.settings.shutdown_grace_seconds,
+            exit_with_stdin=True,
+        )
 
     async def _make_room(self, slot: ModelSlot) -> list[str]:
         """Grant `slot` its estimate, evicting idle models if needed (and waiting for them to exit), or waiting

@@ -34,7 +34,7 @@ def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None
         return int(spec.memory_gb * GB)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
-    total = RUNTIME_BYTES + (spec.engine.prompt_cache_mb * 2**20 if spec.type == "llm" else 0)
+    total = RUNTIME_BYTES + (spec.engine.prompt_cache_bytes if spec.type == "llm" else 0)
     for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
         if path.is_dir():
             total += sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from protocol.control import MODEL_TYPES
 from protocol.errors import ErrorCode
-
-if TYPE_CHECKING:  # importing mlx must wait until worker/__main__.py has chosen the BLAS library
-    from worker.batch_engine import EngineOptions
+from protocol.launch import EngineSettings
 
 # Where an engine sends its events (TextChunk, Finished, GenerationError, Embeddings, RerankScores): the
 # generation thread's socket, or a list in tests.
@@ -56,7 +54,7 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class ModelToLoad:
-    """What the worker's flags say to load."""
+    """What a worker loads: the part of its WorkerLaunch (protocol/launch.py) the backends need."""
 
     source: str  # a directory, or a hub repo id
     model_type: str = "llm"
@@ -64,7 +62,7 @@ class ModelToLoad:
     draft_source: str | None = None  # a draft model for speculative decoding (llm only)
 
 
-def load_engine(model: ModelToLoad, options: EngineOptions) -> tuple[Engine, object]:
+def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, object]:
     """(engine, loaded model) for `model`, by its type."""
     if model.draft_source and model.model_type != "llm":
         raise ValueError(f"a draft model is for speculative decoding of llm models, not {model.model_type}")

@@ -16,8 +16,8 @@ import zmq
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
+from protocol.launch import EngineSettings
 from worker.backends import Engine, ModelToLoad, load_engine
-from worker.batch_engine import EngineOptions
 from worker.memory import memory_report
 from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
@@ -30,7 +30,7 @@ class GenerationThread(threading.Thread):
         self,
         context: zmq.Context,
         model: ModelToLoad,
-        options: EngineOptions,
+        options: EngineSettings,
         instance_id: str,
         inbox: queue.Queue,
         drain: threading.Event,
