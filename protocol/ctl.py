@@ -113,6 +113,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     evictions: int = 0
     crashes: int = 0
     crashed: bool = False  # its worker crashed and the model has not been loaded (or unloaded) since
+    transitions: dict[str, int] = {}  # lifecycle transitions since the supervisor started, e.g. "ready->stopping"
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -137,7 +137,7 @@ class Supervisor:
                 return Pinned(call_id=call.call_id, model_id=slot.spec.id, pinned=slot.pinned)
             case ListModels():
                 models = [s.info() for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
-                return ModelList(call_id=call.call_id, models=models, memory=fleet.memory())
+                return ModelList(call_id=call.call_id, models=models, memory=fleet.budget.report())
             case Status():
                 slots = list(fleet.slots.values())
                 pings = await asyncio.gather(*(fleet.ping(s, call.ping_timeout) for s in slots))
@@ -150,9 +150,9 @@ class Supervisor:
                     pid=os.getpid(),
                     protocol_version=PROTOCOL_VERSION,
                     uptime_seconds=time.monotonic() - self.started,
-                    memory_budget_bytes=fleet.budget_bytes,
+                    memory_budget_bytes=fleet.budget.total,
                     models=models,
-                    memory=fleet.memory(),
+                    memory=fleet.budget.report(),
                 )
         raise FleetError(ErrorCode.INVALID_REQUEST, f"unsupported call {type(call).__name__}")
 
