@@ -149,8 +149,12 @@ class CallFailed(Message, tag="call_failed"):
     retryable: bool = False
 
 
+# Every call a supervisor answers (supervisor/ctl/ holds a handler for each).
+CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status)
+
+
 def call_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(EnsureLoaded, Load, Unload, Pin, ListModels, Status)
+    return decoder(*CALLS)
 
 
 def reply_decoder() -> msgspec.msgpack.Decoder:

@@ -21,23 +21,10 @@ import zmq.asyncio
 
 from protocol import PROTOCOL_VERSION, DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, LoadFailed, Ping, Pong, Ready, Refused, Welcome, from_worker_decoder
-from protocol.ctl import (
-    CallFailed,
-    EnsureLoaded,
-    ListModels,
-    Load,
-    Located,
-    ModelList,
-    Pin,
-    Pinned,
-    Status,
-    StatusReport,
-    Unload,
-    Unloaded,
-    call_decoder,
-)
+from protocol.ctl import CallFailed, call_decoder
 from protocol.launch import ctl_endpoint, workers_endpoint
 from supervisor.config import Config
+from supervisor.ctl import HANDLERS
 from supervisor.fleet import Fleet, FleetError
 from supervisor.orphans import WorkerRegistry
 from supervisor.worker_process import WorkerProcess
@@ -110,51 +97,15 @@ class Supervisor:
             self._spawn(self._answer(identity, call))  # a long load must not hold up other calls
 
     async def _answer(self, identity: bytes, call) -> None:
+        """Run the call's handler (supervisor/ctl/<command>.py) and send its reply, or the failure as data."""
         try:
-            reply = await self._dispatch(call)
+            reply = await HANDLERS[type(call)](self, call)
         except FleetError as exc:
             reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc), retryable=exc.retryable)
         except Exception as exc:
             log.exception("ctl call %r failed", call)
             reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=str(exc))
         await self._ctl.send_multipart([identity, encode(reply)])
-
-    async def _dispatch(self, call):
-        fleet = self.fleet
-        match call:
-            case EnsureLoaded():
-                located = await fleet.ensure_loaded(
-                    call.model, stale_instance=call.stale_instance, allowed=call.allowed
-                )
-                return _located(call, *located)
-            case Load():
-                return _located(call, *await fleet.ensure_loaded(call.model, retry_failed=True))
-            case Unload():
-                pid = await fleet.unload(call.model)
-                return Unloaded(call_id=call.call_id, model_id=fleet.slot(call.model).spec.id, pid=pid)
-            case Pin():
-                slot = fleet.pin(call.model, call.pinned)
-                return Pinned(call_id=call.call_id, model_id=slot.spec.id, pinned=slot.pinned)
-            case ListModels():
-                models = [s.info() for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
-                return ModelList(call_id=call.call_id, models=models, memory=fleet.budget.report())
-            case Status():
-                slots = list(fleet.slots.values())
-                pings = await asyncio.gather(*(fleet.ping(s, call.ping_timeout) for s in slots))
-                models = [
-                    s.info(alive=alive if s.worker else None, ping_ms=ms)
-                    for s, (alive, ms) in zip(slots, pings, strict=True)
-                ]
-                return StatusReport(
-                    call_id=call.call_id,
-                    pid=os.getpid(),
-                    protocol_version=PROTOCOL_VERSION,
-                    uptime_seconds=time.monotonic() - self.started,
-                    memory_budget_bytes=fleet.budget.total,
-                    models=models,
-                    memory=fleet.budget.report(),
-                )
-        raise FleetError(ErrorCode.INVALID_REQUEST, f"unsupported call {type(call).__name__}")
 
     # -- workers ----------------------------------------------------------------------------------------
 
@@ -217,16 +168,6 @@ class Supervisor:
                 await self.fleet.housekeeping()
             except Exception:
                 log.exception("housekeeping failed")
-
-
-def _located(call, worker: WorkerProcess, evicted: list[str]) -> Located:
-    return Located(
-        call_id=call.call_id,
-        model_id=worker.model_id,
-        endpoint=worker.endpoint,
-        instance_id=worker.instance_id,
-        evicted=evicted,
-    )
 
 
 def hold_pidfile(run_dir: Path) -> int:
