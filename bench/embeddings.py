@@ -49,14 +49,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from protocol.embedding import EmbedRequest
+    from protocol.launch import EngineSettings
     from worker.backends import ModelToLoad, load_engine
-    from worker.batch_engine import EngineOptions
 
     store = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     server = None
     try:
         import_model(f"bundled:{MODEL}", MODEL, store)
-        engine, _ = load_engine(ModelToLoad(str(store / MODEL), "embedding"), EngineOptions())
+        engine, _ = load_engine(ModelToLoad(str(store / MODEL), "embedding"), EngineSettings())
         config = write_config(store / "models.yaml", store, [{"id": MODEL, "source": MODEL, "type": "embedding"}])
         server = Server(config).start()
         http = httpx.Client(base_url=f"{server.url}/v1", timeout=300)

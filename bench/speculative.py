@@ -30,8 +30,9 @@ from worker.cpu_tuning import preload_blas
 BLAS = preload_blas()
 
 from protocol.generation import ChatMessage, Finished, GenerateRequest, SamplingParams, TextChunk  # noqa: E402
+from protocol.launch import EngineSettings  # noqa: E402
 from supervisor.model_import import import_model  # noqa: E402
-from worker.batch_engine import BatchEngine, EngineOptions  # noqa: E402
+from worker.batch_engine import BatchEngine  # noqa: E402
 from worker.model_loader import load_model  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
@@ -86,9 +87,9 @@ def main() -> None:
     rows = {"plain (baseline)": BatchEngine(loaded)}
     for k in (2, 4):
         self_draft = dataclasses.replace(loaded, draft_model=loaded.model)
-        rows[f"draft = itself, k={k}"] = BatchEngine(self_draft, EngineOptions(num_draft_tokens=k))
+        rows[f"draft = itself, k={k}"] = BatchEngine(self_draft, EngineSettings(num_draft_tokens=k))
     cut = dataclasses.replace(loaded, draft_model=early_exit(loaded.model, args.draft_layers))
-    rows[f"draft = first {args.draft_layers} layers, k=2"] = BatchEngine(cut, EngineOptions(num_draft_tokens=2))
+    rows[f"draft = first {args.draft_layers} layers, k=2"] = BatchEngine(cut, EngineSettings(num_draft_tokens=2))
 
     results: dict[str, list[dict]] = {name: [] for name in rows}
     one_stream(rows["plain (baseline)"], 8)  # warm-up

@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocol.generation import ChatMessage, Finished, GenerateRequest, SamplingParams
+from protocol.launch import EngineSettings
 from supervisor.model_import import import_model
-from worker.batch_engine import BatchEngine, EngineOptions
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 
 MODEL = "smollm2-135m-instruct"
@@ -73,7 +74,7 @@ def main() -> None:
     try:
         import_model(f"bundled:{MODEL}", MODEL, store)
         # No prompt cache: each round pays the same prefill on both sides.
-        engine = BatchEngine(load_model(str(store / MODEL)), EngineOptions(prompt_cache_bytes=0))
+        engine = BatchEngine(load_model(str(store / MODEL)), EngineSettings(prompt_cache_mb=0))
         batch(engine, 1, 4, SCHEMA)  # warm-up: compiles, and builds llguidance's tokenizer once
         free, constrained = [], []
         for _ in range(args.rounds):

@@ -7,13 +7,23 @@ Stopping a worker is a signal to its process group, not a message: it must work 
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import msgspec
 
 from protocol.codec import Message, decoder
+from protocol.errors import ErrorCode
 
-# A model's type picks the backend its worker runs (the supervisor passes it as --model-type): mlx-lm, mlx-vlm,
-# or mlx-embeddings (embeddings and reranking).
-MODEL_TYPES = ("llm", "vlm", "embedding")
+
+class ModelType(StrEnum):
+    """A model's type picks the backend its worker runs."""
+
+    LLM = "llm"  # mlx-lm
+    VLM = "vlm"  # mlx-vlm: images in chat
+    EMBEDDING = "embedding"  # mlx-embeddings: embeddings and reranking
+
+
+MODEL_TYPES = tuple(ModelType)
 
 
 class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,7 +56,7 @@ class Welcome(Message, tag="welcome"):
 
 class Refused(Message, tag="refused"):
     instance_id: str
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -62,7 +72,7 @@ class Ready(Message, tag="ready"):
 
 class LoadFailed(Message, tag="load_failed"):
     instance_id: str
-    code: str
+    code: ErrorCode
     message: str
 
 

@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import msgspec
 
 from protocol.codec import Message, decoder
-from protocol.control import MemoryReport
+from protocol.control import MemoryReport, ModelType
+from protocol.errors import ErrorCode
+
+
+class ModelState(StrEnum):
+    """Where a model is in its lifecycle on a host (supervisor/model_slot.py holds the allowed transitions)."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
 
 
 class EnsureLoaded(Message, tag="ensure_loaded"):
@@ -75,9 +88,9 @@ class Pinned(Message, tag="pinned"):
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     aliases: list[str]
-    type: str
+    type: ModelType
     source: str
-    state: str  # stopped | starting | ready | stopping | failed
+    state: ModelState
     context_length: int
     memory_estimate_bytes: int
     memory_bytes: int = 0  # resident, as last reported by the worker
@@ -100,6 +113,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     evictions: int = 0
     crashes: int = 0
     crashed: bool = False  # its worker crashed and the model has not been loaded (or unloaded) since
+    transitions: dict[str, int] = {}  # lifecycle transitions since the supervisor started, e.g. "ready->stopping"
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,13 +144,17 @@ class StatusReport(Message, tag="status_report"):
 
 class CallFailed(Message, tag="call_failed"):
     call_id: str
-    code: str  # an ErrorCode value
+    code: ErrorCode
     message: str
     retryable: bool = False
 
 
+# Every call a supervisor answers (supervisor/ctl/ holds a handler for each).
+CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status)
+
+
 def call_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(EnsureLoaded, Load, Unload, Pin, ListModels, Status)
+    return decoder(*CALLS)
 
 
 def reply_decoder() -> msgspec.msgpack.Decoder:

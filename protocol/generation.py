@@ -6,11 +6,29 @@ worker -> gateway: TextChunk*, then exactly one of Finished or GenerationError (
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import msgspec
 
 from protocol.codec import Message, decoder
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
-from protocol.errors import RETRYABLE
+from protocol.errors import RETRYABLE, ErrorCode
+
+
+class Role(StrEnum):
+    """Who wrote a chat message. A StrEnum encodes as its value: the wire carries the same strings as before."""
+
+    SYSTEM = "system"
+    DEVELOPER = "developer"  # OpenAI's newer name for system; the worker treats it as one
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # an end-of-sequence token or a stop sequence
+    LENGTH = "length"  # max_tokens, or the end of the context
+    TOOL_CALLS = "tool_calls"  # the output ended after calling tools
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,7 +38,7 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
-    role: str  # system, user, assistant or tool
+    role: Role
     content: str = ""
     tool_calls: list[ToolCall] = []  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool message: the call it answers
@@ -110,7 +128,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
 class Finished(Message, tag="finished"):
     request_id: str
-    finish_reason: str  # "stop" (EOS or a stop sequence), "length", or "tool_calls" (ended after calling tools)
+    finish_reason: FinishReason
     usage: Usage
     stop_sequence: str | None = None  # the stop sequence that ended the output, if one did
     prompt_tps: float = 0.0
@@ -120,12 +138,12 @@ class Finished(Message, tag="finished"):
 
 class GenerationError(Message, tag="error"):
     request_id: str
-    code: str  # an ErrorCode value
+    code: ErrorCode
     message: str
     retryable: bool = False
 
 
-def failure(request_id: str, code: str, message: str) -> GenerationError:
+def failure(request_id: str, code: ErrorCode, message: str) -> GenerationError:
     """A request's error event; whether a client may retry follows from the code."""
     return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE)
 

@@ -8,17 +8,18 @@ import os
 import sys
 from pathlib import Path
 
+from protocol.launch import DEFAULT_RUN_DIR, LOG_LEVEL_ENV, RUN_DIR_ENV, ctl_endpoint
 from supervisor.ctl import COMMANDS
 from supervisor.ctl_client import CtlClient, CtlError, SupervisorUnreachable
-from supervisor.daemon import endpoints
 
 DEFAULT_CONFIG = os.environ.get("MLX_SERVER_CONFIG", "configs/models.yaml")
-DEFAULT_RUN_DIR = os.environ.get("MLX_SERVER_RUN_DIR", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supervisor", description="MLX LLM Server supervisor")
-    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="sockets and pid file ($MLX_SERVER_RUN_DIR)")
+    parser.add_argument(
+        "--run-dir", default=os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR), help=f"sockets and pid file (${RUN_DIR_ENV})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the supervisor daemon")
     run.add_argument("--config", default=DEFAULT_CONFIG, help="models config ($MLX_SERVER_CONFIG)")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from supervisor.daemon import run
 
         logging.basicConfig(
-            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+            level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(),
             format="%(asctime)s supervisor %(levelname)s %(message)s",
         )
         try:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run(config, run_dir)
         return 0
-    client = CtlClient(endpoints(run_dir)[0])
+    client = CtlClient(ctl_endpoint(run_dir))
     try:
         return COMMANDS[args.ctl_command].run(client, args, sys.stdout)
     except CtlError as exc:

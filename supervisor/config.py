@@ -14,32 +14,9 @@ import msgspec
 import yaml
 
 from protocol.control import MODEL_TYPES
+from protocol.launch import EngineSettings
 
 GB = 1024**3
-
-
-class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How the model's worker batches (see worker/batch_engine.py); passed to it as flags."""
-
-    decode_concurrency: int = 16
-    prefill_concurrency: int = 4
-    prefill_step_size: int = 512
-    prompt_cache_mb: int = 512
-    num_draft_tokens: int = 3  # with a draft model: tokens proposed per verification round
-
-    def __post_init__(self) -> None:
-        if self.num_draft_tokens < 1:
-            raise ValueError("num_draft_tokens must be at least 1")
-
-    def worker_args(self) -> list[str]:
-        names = (
-            "decode_concurrency",
-            "prefill_concurrency",
-            "prefill_step_size",
-            "prompt_cache_mb",
-            "num_draft_tokens",
-        )
-        return [f"--{name.replace('_', '-')}={getattr(self, name)}" for name in names]
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -59,7 +36,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # Speculative decoding for single streams: a configured model's id or alias, or a source like `source`.
     # It must share the model's tokenizer; it is loaded into the same worker and counts in its memory.
     draft_model: str | None = None
-    engine: EngineSettings = EngineSettings()
+    engine: EngineSettings = EngineSettings()  # handed to the worker as it is, in its WorkerLaunch
 
     def __post_init__(self) -> None:
         if self.type not in MODEL_TYPES:

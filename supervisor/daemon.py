@@ -21,22 +21,10 @@ import zmq.asyncio
 
 from protocol import PROTOCOL_VERSION, DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, LoadFailed, Ping, Pong, Ready, Refused, Welcome, from_worker_decoder
-from protocol.ctl import (
-    CallFailed,
-    EnsureLoaded,
-    ListModels,
-    Load,
-    Located,
-    ModelList,
-    Pin,
-    Pinned,
-    Status,
-    StatusReport,
-    Unload,
-    Unloaded,
-    call_decoder,
-)
+from protocol.ctl import CallFailed, call_decoder
+from protocol.launch import ctl_endpoint, workers_endpoint
 from supervisor.config import Config
+from supervisor.ctl import HANDLERS
 from supervisor.fleet import Fleet, FleetError
 from supervisor.orphans import WorkerRegistry
 from supervisor.worker_process import WorkerProcess
@@ -44,17 +32,11 @@ from supervisor.worker_process import WorkerProcess
 log = logging.getLogger("supervisor")
 
 
-def endpoints(run_dir: Path) -> tuple[str, str]:
-    """(ctl endpoint, workers endpoint) for a run directory; SUPERVISOR_ENDPOINT overrides the first."""
-    ctl = os.environ.get("SUPERVISOR_ENDPOINT") or f"ipc://{run_dir}/supervisor.sock"
-    return ctl, f"ipc://{run_dir}/supervisor-workers.sock"
-
-
 class Supervisor:
     def __init__(self, config: Config, run_dir: Path):
         self.config = config
         self.run_dir = run_dir
-        self.ctl_endpoint, self.workers_endpoint = endpoints(run_dir)
+        self.ctl_endpoint, self.workers_endpoint = ctl_endpoint(run_dir), workers_endpoint(run_dir)
         self.registry = WorkerRegistry(run_dir)
         self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry)
         self.fleet.pinger = self._ping
@@ -115,51 +97,15 @@ class Supervisor:
             self._spawn(self._answer(identity, call))  # a long load must not hold up other calls
 
     async def _answer(self, identity: bytes, call) -> None:
+        """Run the call's handler (supervisor/ctl/<command>.py) and send its reply, or the failure as data."""
         try:
-            reply = await self._dispatch(call)
+            reply = await HANDLERS[type(call)](self, call)
         except FleetError as exc:
             reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc), retryable=exc.retryable)
         except Exception as exc:
             log.exception("ctl call %r failed", call)
             reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=str(exc))
         await self._ctl.send_multipart([identity, encode(reply)])
-
-    async def _dispatch(self, call):
-        fleet = self.fleet
-        match call:
-            case EnsureLoaded():
-                located = await fleet.ensure_loaded(
-                    call.model, stale_instance=call.stale_instance, allowed=call.allowed
-                )
-                return _located(call, *located)
-            case Load():
-                return _located(call, *await fleet.ensure_loaded(call.model, retry_failed=True))
-            case Unload():
-                pid = await fleet.unload(call.model)
-                return Unloaded(call_id=call.call_id, model_id=fleet.slot(call.model).spec.id, pid=pid)
-            case Pin():
-                slot = fleet.pin(call.model, call.pinned)
-                return Pinned(call_id=call.call_id, model_id=slot.spec.id, pinned=slot.pinned)
-            case ListModels():
-                models = [s.info() for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
-                return ModelList(call_id=call.call_id, models=models, memory=fleet.memory())
-            case Status():
-                slots = list(fleet.slots.values())
-                pings = await asyncio.gather(*(fleet.ping(s, call.ping_timeout) for s in slots))
-                models = [
-                    s.info(alive=alive if s.worker else None, ping_ms=ms)
-                    for s, (alive, ms) in zip(slots, pings, strict=True)
-                ]
-                return StatusReport(
-                    call_id=call.call_id,
-                    pid=os.getpid(),
-                    protocol_version=PROTOCOL_VERSION,
-                    uptime_seconds=time.monotonic() - self.started,
-                    memory_budget_bytes=fleet.budget_bytes,
-                    models=models,
-                    memory=fleet.memory(),
-                )
-        raise FleetError(ErrorCode.INVALID_REQUEST, f"unsupported call {type(call).__name__}")
 
     # -- workers ----------------------------------------------------------------------------------------
 
@@ -189,14 +135,10 @@ class Supervisor:
         worker = self.fleet.by_instance.get(hello.instance_id)
         if hello.protocol_version != PROTOCOL_VERSION:
             text = f"worker speaks protocol version {hello.protocol_version}, this supervisor speaks {PROTOCOL_VERSION}"
-            await self._workers.send_multipart(
-                [
-                    identity,
-                    encode(Refused(instance_id=hello.instance_id, code=ErrorCode.PROTOCOL_MISMATCH, message=text)),
-                ]
-            )
+            why = dict(instance_id=hello.instance_id, code=ErrorCode.PROTOCOL_MISMATCH, message=text)
+            await self._workers.send_multipart([identity, encode(Refused(**why))])
             if worker is not None:
-                worker.on_load_failed(LoadFailed(instance_id=hello.instance_id, code="protocol_mismatch", message=text))
+                worker.on_load_failed(LoadFailed(**why))
             return
         if worker is None:
             log.warning("hello from unknown worker %s (pid %d) ignored", hello.instance_id, hello.pid)
@@ -226,16 +168,6 @@ class Supervisor:
                 await self.fleet.housekeeping()
             except Exception:
                 log.exception("housekeeping failed")
-
-
-def _located(call, worker: WorkerProcess, evicted: list[str]) -> Located:
-    return Located(
-        call_id=call.call_id,
-        model_id=worker.model_id,
-        endpoint=worker.endpoint,
-        instance_id=worker.instance_id,
-        evicted=evicted,
-    )
 
 
 def hold_pidfile(run_dir: Path) -> int:

@@ -2,6 +2,8 @@
 
 `ensure_loaded` decides internally whether to start a worker, wait for a load in progress, wait for a stop to
 finish and then start, or wait for memory held by busy models; callers never read a state and act on it.
+The fleet moves slots through their state machine (model_slot.TRANSITIONS, by `ModelSlot.move` only), asks the
+MemoryBudget for room and carries out its plans: it spawns, evicts and stops; the budget only decides.
 Everything here runs on one asyncio loop, so a check and the action that follows it cannot be interleaved with
 another caller's unless an `await` stands between them.
 """
@@ -15,11 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 from protocol import ErrorCode
-from protocol.control import Pong
-from protocol.ctl import BudgetInfo
+from protocol.control import ModelType, Pong
+from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
 from supervisor.config import GB, Config
-from supervisor.memory_budget import estimate_bytes, plan_room
-from supervisor.model_slot import ModelSlot, State
+from supervisor.memory_budget import MemoryBudget
+from supervisor.model_slot import IllegalTransition, ModelSlot, State
 from supervisor.orphans import WorkerRegistry
 from supervisor.worker_process import WorkerProcess, WorkerStartError, describe_exit
 
@@ -47,13 +49,12 @@ class Fleet:
         self.run_dir = run_dir
         self.workers_endpoint = workers_endpoint
         self.registry = registry
-        self.budget_bytes = int(self.settings.memory_budget_gb * GB)
-        self.slots = {
-            spec.id: ModelSlot(spec, config.source_of(spec), config.draft_source_of(spec))
-            for spec in self.settings.models
-        }
-        for slot in self.slots.values():
-            slot.estimate = estimate_bytes(slot.spec, slot.source, slot.draft_source)
+        self.budget = MemoryBudget(int(self.settings.memory_budget_gb * GB))
+        self.slots: dict[str, ModelSlot] = {}
+        for spec in self.settings.models:
+            slot = ModelSlot(spec, config.source_of(spec), self.budget.open(spec.id), config.draft_source_of(spec))
+            self.budget.estimate(slot.charge, spec, slot.source, slot.draft_source)
+            self.slots[spec.id] = slot
         self.by_instance: dict[str, WorkerProcess] = {}
         self.pinger: Pinger | None = None
         self.waiting = 0  # callers of ensure_loaded waiting for a load
@@ -126,14 +127,14 @@ class Fleet:
         self.waiting += 1
         try:
             return await asyncio.shield(slot.transition)
-        except FleetError:
+        except (FleetError, IllegalTransition):  # the latter a bug: the call fails rather than retry forever
             raise
         except Exception:
             return None
         finally:
             self.waiting -= 1
 
-    async def unload(self, name: str) -> int | None:
+    async def unload(self, name: str, reason: str = "unloading on request") -> int | None:
         slot = self.slot(name)
         slot.crashed = False  # the operator wants it down: no longer a crash waiting for a reload
         while True:
@@ -143,7 +144,7 @@ class Fleet:
             if slot.state is not State.READY:
                 return None
             pid = slot.worker.pid
-            self._begin_stop(slot)
+            self._begin_stop(slot, reason)
             await _quietly(slot.transition)
             return pid
 
@@ -155,65 +156,70 @@ class Fleet:
     # -- transitions -------------------------------------------------------------------------------------
 
     async def _start(self, slot: ModelSlot) -> list[str]:
-        slot.state, slot.last_error, slot.room_granted = State.STARTING, None, False
-        slot.estimate = estimate_bytes(slot.spec, slot.source, slot.draft_source)
         worker = None
         try:
+            again = "" if slot.state is State.STOPPED else " again, as an operator asked"
+            slot.move(State.STARTING, f"loading{again}")
+            slot.last_error = None
+            self.budget.estimate(slot.charge, slot.spec, slot.source, slot.draft_source)
             victims = await self._make_room(slot)
-            worker = await WorkerProcess.spawn(
-                slot.spec.id,
-                slot.source,
-                self.run_dir,
-                self.workers_endpoint,
-                slot.spec.context_length,
-                self.settings.shutdown_grace_seconds,
-                [
-                    f"--model-type={slot.spec.type}",
-                    *slot.spec.engine.worker_args(),
-                    *(["--draft-source", slot.draft_source] if slot.draft_source else []),
-                ],
-            )
+            worker = await WorkerProcess.spawn(self._launch(slot))
             self.registry.add(worker.pid)
             slot.worker = worker
+            self.budget.attach(slot.charge, worker)
             self.by_instance[worker.instance_id] = worker
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.load_timeout_seconds)
-            slot.state, slot.last_used = State.READY, time.monotonic()
-            slot.loads, slot.crashed = slot.loads + 1, False
-            log.info(
-                "%s ready in %.1fs on %s, %s (pid %d)",
-                slot.spec.id, ready.load_seconds, ready.device, ready.compute, worker.pid,
-            )  # fmt: skip
+            slot.last_used, slot.crashed = time.monotonic(), False
+            where = f"{ready.device}, {ready.compute} (pid {worker.pid})"
+            slot.move(State.READY, f"ready in {ready.load_seconds:.1f}s on {where}")
             return victims
         except FleetError as exc:
-            log.warning("%s not started: %s", slot.spec.id, exc)
-            slot.state, slot.last_error = State.STOPPED, str(exc)
+            slot.last_error = str(exc)
+            slot.move(State.STOPPED, f"not started: {exc}", logging.WARNING)
             raise
         except (WorkerStartError, TimeoutError, OSError) as exc:
             message = str(exc) or f"no Ready within {self.settings.load_timeout_seconds:.0f}s"
-            log.error("%s failed to start: %s", slot.spec.id, message)
             if worker is not None:
                 worker.kill()
                 await worker.exited
-            slot.state, slot.last_error, slot.worker = State.FAILED, message, None
+            slot.last_error, slot.worker = message, None
+            slot.move(State.FAILED, f"failed to start: {message}", logging.ERROR)
             raise
         finally:
-            slot.room_granted = False
+            if slot.state is not State.READY:
+                self.budget.release(slot.charge)
             slot.transition = None
             self._notify()
 
+    def _launch(self, slot: ModelSlot) -> WorkerLaunch:
+        return WorkerLaunch(
+            model_id=slot.spec.id,
+            instance_id=new_instance_id(),
+            source=slot.source,
+            model_type=ModelType(slot.spec.type),
+            context_length=slot.spec.context_length,
+            draft_source=slot.draft_source,
+            engine=slot.spec.engine,
+            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id),
+            supervisor_endpoint=self.workers_endpoint,
+            shutdown_grace=self.settings.shutdown_grace_seconds,
+            exit_with_stdin=True,
+        )
+
     async def _make_room(self, slot: ModelSlot) -> list[str]:
-        """Grant `slot` its estimate, evicting idle models if needed (and waiting for them to exit), or waiting
-        while busy models hold the memory; returns the ids of the evicted models."""
-        need, budget = slot.estimate, self.budget_bytes
-        if need > budget:
+        """Have `slot` granted its estimate, evicting the idle models the budget's plan names (and waiting for them
+        to exit), or waiting while busy models hold the memory; returns the ids of the evicted models."""
+        budget = self.budget
+        if budget.exceeds(slot.charge):
             raise FleetError(
                 ErrorCode.INSUFFICIENT_MEMORY,
-                f"{slot.spec.id} needs {need / GB:.2f} GB, more than the whole memory budget ({budget / GB:.2f} GB)",
+                f"{slot.spec.id} needs {slot.charge.estimate / GB:.2f} GB, more than the whole memory budget "
+                f"({budget.total / GB:.2f} GB)",
             )
         deadline = time.monotonic() + self.settings.max_wait_seconds
         others = [s for s in self.slots.values() if s is not slot]
-        while (victims := plan_room(need, budget, others)) is None:
+        while (victims := budget.plan(slot.charge, others)) is None:
             if self.closing:
                 raise FleetError(ErrorCode.SHUTTING_DOWN, "the supervisor is shutting down", retryable=True)
             if time.monotonic() >= deadline:
@@ -223,12 +229,11 @@ class Fleet:
                 await asyncio.wait_for(changed.wait(), ROOM_POLL_SECONDS)
             await self._refresh(s for s in others if s.state is State.READY and not s.idle)
         # Decided: from here to the first await nothing else runs, so the victims and the grant are one step.
-        slot.room_granted = True
+        budget.grant(slot.charge)
         for victim in victims:
-            log.info("evicting %s (idle %.0fs) to make room for %s", victim.spec.id,
-                     time.monotonic() - victim.last_used, slot.spec.id)  # fmt: skip
             victim.evictions += 1
-            self._begin_stop(victim)
+            idle = time.monotonic() - victim.last_used
+            self._begin_stop(victim, f"evicted to make room for {slot.spec.id} (idle {idle:.0f}s)")
         await asyncio.gather(*(_quietly(v.transition) for v in victims if v.transition is not None))
         return [v.spec.id for v in victims]
 
@@ -238,45 +243,43 @@ class Fleet:
                 return "pinned" if s.pinned else f"{s.worker.in_flight} in flight"
             return s.state.value
 
-        holders = ", ".join(f"{s.spec.id} ({s.charge / GB:.2f} GB, {why(s)})" for s in others if s.charge)
+        holders = ", ".join(f"{s.spec.id} ({s.charge.bytes / GB:.2f} GB, {why(s)})" for s in others if s.charge.bytes)
         return (
-            f"no memory for {slot.spec.id} ({slot.estimate / GB:.2f} GB) after {self.settings.max_wait_seconds:.0f}s: "
-            f"the {self.budget_bytes / GB:.2f} GB budget is held by models that are busy or pinned: {holders}"
+            f"no memory for {slot.spec.id} ({slot.charge.estimate / GB:.2f} GB) after "
+            f"{self.settings.max_wait_seconds:.0f}s: the {self.budget.total / GB:.2f} GB budget is held by models "
+            f"that are busy or pinned: {holders}"
         )
 
-    def _begin_stop(self, slot: ModelSlot) -> None:
-        slot.state = State.STOPPING  # at once, so no one hands this worker out meanwhile
+    def _begin_stop(self, slot: ModelSlot, reason: str) -> None:
+        slot.move(State.STOPPING, reason)  # at once, so no one hands this worker out meanwhile
         slot.transition = asyncio.ensure_future(self._stop(slot))
 
     async def _stop(self, slot: ModelSlot) -> None:
         worker = slot.worker
         try:
-            code = await worker.stop(self.settings.shutdown_grace_seconds)
-            log.info("%s stopped (pid %d, %s)", slot.spec.id, worker.pid, describe_exit(code))
+            await worker.stop(self.settings.shutdown_grace_seconds)
         finally:
             self._forget(worker)
-            slot.state, slot.worker, slot.transition = State.STOPPED, None, None
+            slot.worker, slot.transition = None, None
+            self.budget.release(slot.charge)
+            slot.move(State.STOPPED, f"stopped (pid {worker.pid}, {describe_exit(worker.proc.returncode)})")
             self._notify()
 
     def _on_exit(self, slot: ModelSlot, worker: WorkerProcess) -> None:
         worker.on_exit()
         self.registry.remove(worker.pid)
+        self._forget(worker)
         if slot.worker is not worker or slot.state is not State.READY:
-            return
+            return  # an exit the start or the stop in progress expected and handles
         # A crash: the gateway fails the requests in flight when its connection drops; the next request for
         # this model starts a new worker, unless it keeps crashing.
-        now = time.monotonic()
-        crashes = slot.record_crash(now, self.settings.crash_window_seconds)
-        slot.crash_count, slot.crashed = slot.crash_count + 1, True
+        crashes = slot.record_crash(time.monotonic(), self.settings.crash_window_seconds)
+        slot.crashed, slot.worker = True, None
         slot.last_error = f"worker pid {worker.pid} crashed ({describe_exit(worker.proc.returncode)})"
-        if crashes > self.settings.crash_limit:
+        if failed := crashes > self.settings.crash_limit:
             slot.last_error += f"; {crashes} crashes within {self.settings.crash_window_seconds:.0f}s"
-            slot.state = State.FAILED
-        else:
-            slot.state = State.STOPPED
-        log.error("%s: %s", slot.spec.id, slot.last_error)
-        slot.worker = None
-        self._forget(worker)
+        self.budget.release(slot.charge)
+        slot.move(State.FAILED if failed else State.STOPPED, slot.last_error, logging.ERROR)
         self._notify()
 
     def _forget(self, worker: WorkerProcess) -> None:
@@ -326,13 +329,7 @@ class Fleet:
                           now - worker.pong_at)  # fmt: skip
                 worker.kill()  # its exit is handled as a crash
             elif slot.idle_expired(now, self.settings.idle_ttl_seconds):
-                log.info("%s idle for %.0fs: unloading", slot.spec.id, now - slot.last_used)
-                self._begin_stop(slot)
-
-    def memory(self) -> BudgetInfo:
-        reserved = sum(s.charge for s in self.slots.values() if s.state is State.STARTING and s.worker is None)
-        used = sum(s.charge for s in self.slots.values()) - reserved
-        return BudgetInfo(budget_bytes=self.budget_bytes, used_bytes=used, reserved_bytes=reserved)
+                self._begin_stop(slot, f"idle for {now - slot.last_used:.0f}s: unloading")
 
     async def auto_load(self) -> None:
         specs = [s for s in self.settings.models if s.auto_load or s.pinned]
@@ -340,7 +337,8 @@ class Fleet:
 
     async def stop_all(self) -> None:
         self.closing = True
-        await asyncio.gather(*(_quietly(self.unload(model_id)) for model_id in self.slots))
+        stopping = "unloading: the supervisor stops"
+        await asyncio.gather(*(_quietly(self.unload(model_id, stopping)) for model_id in self.slots))
 
 
 async def _quietly(awaitable) -> None:

@@ -1,11 +1,16 @@
-"""The memory budget: what a model will hold before it loads, and which idle models make room for it.
+"""The memory budget of this host, and its one owner: `MemoryBudget` estimates what a model will hold, keeps
+every charge, grants room, releases it, plans which idle models to evict, and reports. It decides; the fleet
+acts on its decisions (spawns, evicts, waits). It never starts or stops a process.
 
-A model is charged (see ModelSlot.charge) its estimate from the moment room is granted for it, so two loads
-decided one after the other cannot both count on the same free memory; once loaded, the larger of its estimate
-and what its worker last reported, so the KV allowance promised at load time stays its own and growth past the
+A model is charged its estimate from the moment room is granted for it, so two loads decided one after the
+other cannot both count on the same free memory; once its process exists, the larger of its estimate and what
+the process last reported, so the KV allowance promised at load time stays its own and growth past the
 estimate is seen as it happens; while stopping, until its process is gone. A model is spawned only once the
 models evicted for it have exited, so the processes that exist never hold more than the budget by a decision
 of the supervisor.
+
+A charge belongs to one process: each configured model's slot owns one today; one rank of a model sharded over
+several hosts will own one on each host it runs on.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from protocol.control import MemoryReport
+from protocol.ctl import BudgetInfo
 from supervisor.config import GB, ModelSpec
 
 if TYPE_CHECKING:
@@ -34,7 +41,7 @@ def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None
         return int(spec.memory_gb * GB)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
-    total = RUNTIME_BYTES + (spec.engine.prompt_cache_mb * 2**20 if spec.type == "llm" else 0)
+    total = RUNTIME_BYTES + (spec.engine.prompt_cache_bytes if spec.type == "llm" else 0)
     for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
         if path.is_dir():
             total += sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
@@ -58,24 +65,91 @@ def kv_cache_bytes(config_path: Path, context_length: int | None) -> int:
     return 2 * layers * kv_heads * head_dim * context * KV_BYTES_PER_VALUE
 
 
-def committed_bytes(slots: Iterable[ModelSlot]) -> int:
-    return sum(slot.charge for slot in slots)
+class Reporting(Protocol):
+    """A process that reports its memory (a WorkerProcess): its latest report, None before the first."""
+
+    memory: MemoryReport | None
 
 
-def plan_room(need: int, budget: int, slots: list[ModelSlot]) -> list[ModelSlot] | None:
-    """The models to evict so that `need` more bytes fit: [] if they fit already, None if no eviction can do it.
+class Charge:
+    """What one process counts against the budget. Its owner holds it; only the MemoryBudget changes it."""
 
-    Only idle, unpinned, loaded models are candidates, lowest priority first, then least recently used; a model
-    with requests in flight is never chosen (the caller waits instead).
-    """
-    free = budget - committed_bytes(slots)
-    if need <= free:
-        return []
-    victims = []
-    candidates = sorted((s for s in slots if s.evictable), key=lambda s: (s.priority, s.last_used))
-    for slot in candidates:
-        victims.append(slot)
-        free += slot.charge
-        if need <= free:
-            return victims
-    return None
+    def __init__(self, key: str):
+        self.key = key  # unique in its budget: a model id (later, a model id and a rank)
+        self.estimate = 0  # bytes, set by MemoryBudget.estimate before each load (the files may change)
+        self.granted = False  # room was made for it: it counts from now until it is released
+        self.process: Reporting | None = None  # once spawned: what it reports counts when larger
+
+    @property
+    def bytes(self) -> int:
+        """What it counts against the budget now."""
+        if not self.granted:
+            return 0
+        reported = self.process.memory.resident_bytes if self.process and self.process.memory else 0
+        return max(self.estimate, reported)
+
+    @property
+    def reserved(self) -> bool:
+        """Granted to a load whose process is not started yet."""
+        return self.granted and self.process is None
+
+
+class MemoryBudget:
+    """The budget and every charge against it. One per host (supervisor)."""
+
+    def __init__(self, budget_bytes: int):
+        self.total = budget_bytes
+        self._charges: dict[str, Charge] = {}
+
+    def open(self, key: str) -> Charge:
+        """A new charge (of nothing yet) for the owner that `key` names."""
+        if key in self._charges:
+            raise ValueError(f"a charge for {key!r} already exists")
+        self._charges[key] = charge = Charge(key)
+        return charge
+
+    def estimate(self, charge: Charge, spec: ModelSpec, source: str, draft_source: str | None = None) -> int:
+        """Set and return what `charge` will be granted at its next load (see estimate_bytes)."""
+        charge.estimate = estimate_bytes(spec, source, draft_source)
+        return charge.estimate
+
+    def exceeds(self, charge: Charge) -> bool:
+        """Larger than the whole budget: no eviction can make room for it."""
+        return charge.estimate > self.total
+
+    def plan(self, charge: Charge, slots: Iterable[ModelSlot]) -> list[ModelSlot] | None:
+        """The models to evict so that `charge`'s estimate fits: [] if it fits already, None if no eviction of
+        these `slots` can do it (the caller waits while busy models hold the memory).
+
+        Only idle, unpinned, loaded models are candidates, lowest priority first, then least recently used; a model
+        with requests in flight is never chosen.
+        """
+        free = self.total - self.committed()
+        if charge.estimate <= free:
+            return []
+        victims = []
+        for slot in sorted((s for s in slots if s.evictable), key=lambda s: (s.priority, s.last_used)):
+            victims.append(slot)
+            free += slot.charge.bytes
+            if charge.estimate <= free:
+                return victims
+        return None
+
+    def grant(self, charge: Charge) -> None:
+        """Room is made (by the plan the caller has just carried out): the estimate counts from now."""
+        charge.granted = True
+
+    def attach(self, charge: Charge, process: Reporting) -> None:
+        """Its process is spawned: from now on its reports count when they exceed the estimate."""
+        charge.process = process
+
+    def release(self, charge: Charge) -> None:
+        """Its process is gone, or was never started: it counts nothing any more."""
+        charge.granted, charge.process = False, None
+
+    def committed(self) -> int:
+        return sum(c.bytes for c in self._charges.values())
+
+    def report(self) -> BudgetInfo:
+        reserved = sum(c.bytes for c in self._charges.values() if c.reserved)
+        return BudgetInfo(budget_bytes=self.total, used_bytes=self.committed() - reserved, reserved_bytes=reserved)

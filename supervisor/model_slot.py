@@ -1,68 +1,98 @@
-"""Per-model lifecycle state (after llama-swap's process state machine).
+"""One configured model on this host: its lifecycle state machine (after llama-swap's process state machine),
+its worker, its charge against the memory budget, and what it has been through.
 
-    stopped --start--> starting --Ready--> ready --unload/evict/idle--> stopping --> stopped
-                          |                  |
-                          +--fails--> failed +--crash--> stopped (the next request starts it again)
-                                             +--too many crashes--> failed (until an operator loads it)
+    stopped --load--> starting --Ready--> ready --unload, eviction, idle TTL--> stopping --exited--> stopped
+    starting --refused for memory--> stopped      ready --crash--> stopped (the next request starts it again)
+    starting --load fails--> failed               ready --too many crashes--> failed
+    failed --operator load (`ctl load`)--> starting
 
-Only the fleet changes a slot, and only inside one asyncio task at a time per transition: `transition` is the
-load or stop in progress, which every caller that arrives meanwhile awaits instead of starting its own.
+TRANSITIONS is that diagram as data; `ModelSlot.move` is the only code that changes a slot's state: it refuses
+any other transition, logs each with its reason and counts it. Only the fleet moves a slot, and a load or stop
+runs as one asyncio task (`transition`) that every caller arriving meanwhile awaits instead of starting its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import deque
-from enum import StrEnum
+from collections import Counter, deque
 
+from protocol.control import ModelType
 from protocol.ctl import ModelInfo
+from protocol.ctl import ModelState as State
 from supervisor.config import ModelSpec
+from supervisor.memory_budget import Charge
 from supervisor.worker_process import WorkerProcess
+
+log = logging.getLogger("supervisor.fleet")
+
+# (from, to) -> when it happens. Nothing else is allowed.
+TRANSITIONS: dict[tuple[State, State], str] = {
+    (State.STOPPED, State.STARTING): "a request or an operator asks for the model",
+    (State.FAILED, State.STARTING): "an operator loads it again (`ctl load`)",
+    (State.STARTING, State.READY): "its worker reported Ready",
+    (State.STARTING, State.STOPPED): "refused before a worker was spawned: no memory, or the supervisor is stopping",
+    (State.STARTING, State.FAILED): "its worker failed to load, exited or sent no Ready in time",
+    (State.READY, State.STOPPING): "unloaded, evicted for another model, or idle past its TTL",
+    (State.READY, State.STOPPED): "its worker crashed; the next request starts it again",
+    (State.READY, State.FAILED): "its worker crashed more than crash_limit times within crash_window_seconds",
+    (State.STOPPING, State.STOPPED): "its worker exited",
+}
 
 # A model handed to a gateway is busy until a pong received this much later says nothing is in flight:
 # the request it was handed out for may still be on its way to the worker.
 LEASE_SECONDS = 1.0
 
 
-class State(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    FAILED = "failed"
+class IllegalTransition(RuntimeError):
+    """A move the table does not allow: a bug in the fleet, never a user's doing."""
+
+    def __init__(self, model_id: str, current: State, to: State):
+        super().__init__(f"{model_id}: no transition from {current} to {to}")
+        self.model_id, self.current, self.to = model_id, current, to
 
 
 class ModelSlot:
-    def __init__(self, spec: ModelSpec, source: str, draft_source: str | None = None):
+    state: State = State.STOPPED  # changed by `move` only
+
+    def __init__(self, spec: ModelSpec, source: str, charge: Charge, draft_source: str | None = None):
         self.spec = spec
         self.source = source
         self.draft_source = draft_source  # loaded into the same worker, for speculative decoding
-        self.state = State.STOPPED
+        self.charge = charge  # what it counts against the memory budget (changed by the budget only)
         self.worker: WorkerProcess | None = None
         self.transition: asyncio.Future | None = None
         self.last_error: str | None = None
         self.pinned = spec.pinned
-        self.estimate = 0  # bytes; the fleet sets it, and again before each load (the files may change)
-        self.room_granted = False  # a starting model holds its estimate once the budget has made room for it
         self.last_used = time.monotonic()  # last handed to a gateway, or last seen with requests in flight
         self.crashes: deque[float] = deque()
-        self.loads = self.evictions = self.crash_count = 0  # since the supervisor started
+        self.transitions: Counter[tuple[State, State]] = Counter()  # since the supervisor started
+        self.evictions = 0  # of the ready -> stopping transitions, those that made room for another model
         self.crashed = False  # its worker crashed; cleared by the next load or an unload
+
+    def move(self, to: State, reason: str, level: int = logging.INFO) -> None:
+        """Change state: checked against TRANSITIONS (IllegalTransition otherwise), logged with `reason`
+        as "<model> <reason> (<from> -> <to>)", and counted."""
+        edge = (self.state, to)
+        if edge not in TRANSITIONS:
+            raise IllegalTransition(self.spec.id, *edge)
+        log.log(level, "%s %s (%s -> %s)", self.spec.id, reason, *edge)
+        self.transitions[edge] += 1
+        self.state = to
+
+    @property
+    def loads(self) -> int:
+        """Workers that became ready since the supervisor started."""
+        return self.transitions[State.STARTING, State.READY]
+
+    @property
+    def crash_count(self) -> int:
+        return self.transitions[State.READY, State.STOPPED] + self.transitions[State.READY, State.FAILED]
 
     @property
     def priority(self) -> int:
         return self.spec.priority
-
-    @property
-    def charge(self) -> int:
-        """Bytes this model counts against the budget now (see memory_budget)."""
-        if self.state is State.STARTING:
-            return self.estimate if self.room_granted else 0
-        if self.state in (State.READY, State.STOPPING) and self.worker is not None:
-            reported = self.worker.memory.resident_bytes if self.worker.memory else 0
-            return max(self.estimate, reported)
-        return 0
 
     @property
     def idle(self) -> bool:
@@ -96,13 +126,13 @@ class ModelSlot:
         return ModelInfo(
             id=self.spec.id,
             aliases=list(self.spec.aliases),
-            type=self.spec.type,
+            type=ModelType(self.spec.type),
             source=self.spec.source,
-            state=self.state.value,
+            state=self.state,
             context_length=(worker and worker.context_length) or self.spec.context_length or 0,
-            memory_estimate_bytes=self.estimate,
+            memory_estimate_bytes=self.charge.estimate,
             memory_bytes=memory,
-            charged_bytes=self.charge,
+            charged_bytes=self.charge.bytes,
             pinned=self.pinned,
             priority=self.priority,
             pid=worker.pid if worker else None,
@@ -119,4 +149,5 @@ class ModelSlot:
             evictions=self.evictions,
             crashes=self.crash_count,
             crashed=self.crashed,
+            transitions={f"{a}->{b}": n for (a, b), n in self.transitions.items()},
         )

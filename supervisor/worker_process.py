@@ -7,26 +7,27 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
-import uuid
 
+from protocol import ErrorCode
 from protocol.control import LoadFailed, MemoryReport, Ready
+from protocol.launch import WorkerLaunch, worker_argv
 
 log = logging.getLogger("supervisor.worker")
 
 
 class WorkerStartError(RuntimeError):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
 
 
 class WorkerProcess:
-    def __init__(self, model_id: str, endpoint: str, proc: asyncio.subprocess.Process, instance_id: str):
-        self.model_id = model_id
-        self.endpoint = endpoint
-        self.instance_id = instance_id
+    def __init__(self, launch: WorkerLaunch, proc: asyncio.subprocess.Process):
+        self.launch = launch
+        self.model_id = launch.model_id
+        self.endpoint = launch.data_endpoint
+        self.instance_id = launch.instance_id
         self.proc = proc
         self.pid = proc.pid
         self.started_at = time.monotonic()
@@ -41,35 +42,13 @@ class WorkerProcess:
         self.exited = asyncio.ensure_future(proc.wait())
 
     @classmethod
-    async def spawn(
-        cls,
-        model_id: str,
-        source: str,
-        run_dir: str,
-        supervisor_endpoint: str,
-        context_length: int | None,
-        shutdown_grace: float,
-        engine_args: tuple[str, ...] | list[str] = (),
-    ) -> WorkerProcess:
-        instance_id = uuid.uuid4().hex[:12]
-        endpoint = f"ipc://{run_dir}/worker-{model_id}.sock"
-        argv = [
-            sys.executable, "-m", "worker",
-            "--model-id", model_id,
-            "--source", source,
-            "--endpoint", endpoint,
-            "--supervisor", supervisor_endpoint,
-            "--instance-id", instance_id,
-            "--exit-with-stdin",
-            "--shutdown-grace", str(shutdown_grace),
-        ]  # fmt: skip
-        if context_length:
-            argv += ["--context-length", str(context_length)]
-        argv += engine_args
+    async def spawn(cls, launch: WorkerLaunch) -> WorkerProcess:
         # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, start_new_session=True)
-        log.info("spawned worker for %s: pid %d", model_id, proc.pid)
-        return cls(model_id, endpoint, proc, instance_id)
+        proc = await asyncio.create_subprocess_exec(
+            *worker_argv(launch), stdin=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        log.info("spawned worker for %s: pid %d", launch.model_id, proc.pid)
+        return cls(launch, proc)
 
     def on_ready(self, message: Ready) -> None:
         self.memory = message.memory
@@ -87,7 +66,7 @@ class WorkerProcess:
         if not self.ready.done():
             code = self.proc.returncode
             self.ready.set_exception(
-                WorkerStartError("model_load_failed", f"worker exited during start-up ({describe_exit(code)})")
+                WorkerStartError(ErrorCode.MODEL_LOAD_FAILED, f"worker exited during start-up ({describe_exit(code)})")
             )
 
     @property

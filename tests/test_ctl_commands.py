@@ -1,13 +1,38 @@
-"""Each ctl command against a fake supervisor client: what an operator reads."""
+"""Each ctl command at both ends: against a fake supervisor client, what an operator reads; against a fleet
+without workers (or a fake one), what the supervisor answers."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
+import os
+import time
 
-from protocol.ctl import BudgetInfo, Located, ModelInfo, ModelList, Pinned, StatusReport, Unloaded
+import pytest
+
+from protocol import ErrorCode
+from protocol.ctl import (
+    CALLS,
+    BudgetInfo,
+    EnsureLoaded,
+    ListModels,
+    Load,
+    Located,
+    ModelInfo,
+    ModelList,
+    Pin,
+    Pinned,
+    Status,
+    StatusReport,
+    Unload,
+    Unloaded,
+)
 from supervisor.cli import build_parser
-from supervisor.ctl import COMMANDS
+from supervisor.config import load_config
+from supervisor.ctl import COMMANDS, HANDLERS
+from supervisor.fleet import Fleet, FleetError
+from supervisor.orphans import WorkerRegistry
 
 GB = 1024**3
 
@@ -117,3 +142,71 @@ def test_every_command_has_help_from_its_docstring():
         assert module.__doc__ and module.__doc__.strip(), name
     parser = build_parser()
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+# -- the supervisor's side: each call's handler, against a fleet with no workers --------------------------
+
+
+class FakeSupervisor:
+    def __init__(self, fleet):
+        self.fleet, self.started = fleet, time.monotonic()
+
+
+class Spawned:
+    """What a handler reads of a worker the fleet handed out."""
+
+    model_id, endpoint, instance_id = "a", "ipc://w", "i1"
+
+
+class LoadingFleet:
+    """Records how a handler asked for a model to be served."""
+
+    def __init__(self):
+        self.asked = []
+
+    async def ensure_loaded(self, name, **how):
+        self.asked.append((name, how))
+        return Spawned(), ["b"]
+
+
+@pytest.fixture
+def idle(tmp_path):
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "memory_budget_gb: 8\nmodels:\n  - {id: a, aliases: [first], source: x}\n  - {id: b, source: y}\n"
+    )
+    fleet = Fleet(load_config(config), str(tmp_path), "ipc://unused", WorkerRegistry(tmp_path))
+    return FakeSupervisor(fleet)
+
+
+def answer(supervisor, call):
+    return asyncio.run(HANDLERS[type(call)](supervisor, call))
+
+
+def test_every_call_the_supervisor_decodes_has_a_handler():
+    assert set(HANDLERS) == set(CALLS)
+
+
+def test_handlers_answer_from_the_fleet(idle):
+    assert answer(idle, Pin(call_id="c", model="first")) == Pinned(call_id="c", model_id="a", pinned=True)
+    assert idle.fleet.slots["a"].pinned
+    listed = answer(idle, ListModels(call_id="c", allowed=["b"]))
+    assert [m.id for m in listed.models] == ["b"] and listed.memory.budget_bytes == 8 * GB
+    assert answer(idle, Unload(call_id="c", model="first")) == Unloaded(call_id="c", model_id="a", pid=None)
+    report = answer(idle, Status(call_id="c"))
+    assert report.pid == os.getpid() and report.memory_budget_bytes == 8 * GB
+    assert [(m.id, m.state, m.alive) for m in report.models] == [("a", "stopped", None), ("b", "stopped", None)]
+    with pytest.raises(FleetError) as refused:
+        answer(idle, Pin(call_id="c", model="nope"))
+    assert refused.value.code == ErrorCode.MODEL_NOT_FOUND
+
+
+def test_load_and_ensure_loaded_say_where_the_model_is():
+    supervisor = FakeSupervisor(LoadingFleet())
+    located = answer(supervisor, Load(call_id="c", model="first"))
+    assert located == Located(call_id="c", model_id="a", endpoint="ipc://w", instance_id="i1", evicted=["b"])
+    answer(supervisor, EnsureLoaded(call_id="d", model="first", stale_instance="i0", allowed=["a"]))
+    assert supervisor.fleet.asked == [
+        ("first", {"retry_failed": True}),
+        ("first", {"stale_instance": "i0", "allowed": ["a"]}),
+    ]

@@ -7,8 +7,10 @@ import math
 import pytest
 
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams, TextChunk
+from protocol.launch import EngineSettings
 from tests.conftest import MODEL
-from worker.batch_engine import BatchEngine, EngineOptions
+from worker.backends import Engine
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 
 PARIS = "What is the capital of France?"
@@ -25,7 +27,9 @@ def loaded(model_store):
 
 @pytest.fixture
 def engine(loaded):
-    return BatchEngine(loaded, EngineOptions(decode_concurrency=8, prefill_step_size=128))
+    engine = BatchEngine(loaded, EngineSettings(decode_concurrency=8, prefill_step_size=128))
+    assert isinstance(engine, Engine)
+    return engine
 
 
 def run(engine, *requests):
@@ -78,7 +82,7 @@ def test_requests_in_one_batch_each_get_their_own_answer(engine):
 
 
 def test_abort_frees_the_slot_for_the_next_request_at_once(loaded):
-    engine = BatchEngine(loaded, EngineOptions(decode_concurrency=1))
+    engine = BatchEngine(loaded, EngineSettings(decode_concurrency=1))
     events = []
     engine.submit(chat("long", "Tell me a story.", temperature=0, max_tokens=500))
     engine.submit(GenerateRequest(request_id="next", prompt="1, 2, 3,", sampling=SamplingParams(max_tokens=2)))

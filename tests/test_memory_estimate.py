@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.config import GB, EngineSettings, ModelSpec
+from protocol.launch import EngineSettings
+from supervisor.config import GB, ModelSpec
 from supervisor.memory_budget import RUNTIME_BYTES, estimate_bytes
 from tests.conftest import EMBEDDER, MODEL, VLM
 

@@ -9,9 +9,10 @@ import json
 import pytest
 
 from protocol.generation import ChatMessage, GenerateRequest, GenerationError, SamplingParams
+from protocol.launch import EngineSettings
 from tests.conftest import MODEL
 from tests.test_engine import PARIS, SYSTEM, chat, finished, run, text_of
-from worker.batch_engine import BatchEngine, EngineOptions
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 
 
@@ -23,7 +24,7 @@ def loaded(model_store):
 def engines(loaded, **options):
     """(plain, speculative) engines over the same weights; the draft is the model itself, so under greedy
     decoding it should almost always be right: what differs is only how many tokens one pass yields."""
-    options = EngineOptions(decode_concurrency=8, prefill_step_size=128, **options)
+    options = EngineSettings(decode_concurrency=8, prefill_step_size=128, **options)
     return BatchEngine(loaded, options), BatchEngine(dataclasses.replace(loaded, draft_model=loaded.model), options)
 
 

@@ -18,9 +18,10 @@ from protocol.generation import (
     ToolChoice,
     ToolSpec,
 )
+from protocol.launch import EngineSettings
 from tests.conftest import MODEL
 from tests.test_engine import run
-from worker.batch_engine import BatchEngine, EngineOptions
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 from worker.tool_calls import ToolCallScanner
 
@@ -49,7 +50,7 @@ TIME = ToolSpec(
 
 @pytest.fixture(scope="module")
 def engine(model_store):
-    return BatchEngine(load_model(str(model_store / MODEL), context_length=2048), EngineOptions(decode_concurrency=4))
+    return BatchEngine(load_model(str(model_store / MODEL), context_length=2048), EngineSettings(decode_concurrency=4))
 
 
 def ask(request_id, content, max_tokens=48, **fields):

@@ -12,10 +12,10 @@ import pytest
 
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import ChatMessage, Finished, GenerateRequest, GenerationError, SamplingParams, TextChunk
+from protocol.launch import EngineSettings
 from tests.conftest import EMBEDDER, VLM
 from tests.test_vision_api import png
-from worker.backends import ModelToLoad, load_engine
-from worker.batch_engine import EngineOptions
+from worker.backends import Engine, ModelToLoad, load_engine
 
 
 def run(engine, request) -> list:
@@ -56,8 +56,8 @@ def cross_encoder_dir(tmp_path_factory, model_store):
 
 
 def test_a_cross_encoder_scores_each_pair_with_its_head(cross_encoder_dir):
-    engine, loaded = load_engine(ModelToLoad(str(cross_encoder_dir), "embedding"), EngineOptions())
-    assert engine.cross_encoder
+    engine, loaded = load_engine(ModelToLoad(str(cross_encoder_dir), "embedding"), EngineSettings())
+    assert engine.cross_encoder and isinstance(engine, Engine)
     documents = ["cats purr", "stocks fell", "it may rain"]
     (result,) = run(engine, RerankRequest(request_id="r", query="which pets purr?", documents=documents))
     assert isinstance(result, RerankScores) and result.method == "cross-encoder"
@@ -75,7 +75,7 @@ def test_matryoshka_dimensions_cut_and_renormalise(tmp_path, model_store):
     shutil.copytree(model_store / EMBEDDER, model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(config | {"matryoshka_dimensions": [128, 256]}))
-    engine, _ = load_engine(ModelToLoad(str(model_dir), "embedding"), EngineOptions())
+    engine, _ = load_engine(ModelToLoad(str(model_dir), "embedding"), EngineSettings())
     (full,) = run(engine, EmbedRequest(request_id="a", inputs=["a cat"]))
     (cut,) = run(engine, EmbedRequest(request_id="b", inputs=["a cat"], dimensions=128))
     assert isinstance(cut, Embeddings) and cut.dimensions == 128
@@ -89,7 +89,8 @@ def test_matryoshka_dimensions_cut_and_renormalise(tmp_path, model_store):
 
 @pytest.fixture(scope="module")
 def vision(model_store):
-    engine, _ = load_engine(ModelToLoad(str(model_store / VLM), "vlm", 256), EngineOptions())
+    engine, _ = load_engine(ModelToLoad(str(model_store / VLM), "vlm", 256), EngineSettings())
+    assert isinstance(engine, Engine)
     return engine
 
 

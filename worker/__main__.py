@@ -1,4 +1,8 @@
-"""`python -m worker`: serve one model over ZeroMQ until told to stop or orphaned."""
+"""`python -m worker`: serve one model over ZeroMQ until told to stop or orphaned.
+
+The supervisor starts it with `--launch '<json>'` (protocol/launch.py); standalone, the flags below build the
+same WorkerLaunch, and a flag left out keeps the struct's default.
+"""
 
 from __future__ import annotations
 
@@ -6,58 +10,96 @@ import argparse
 import logging
 import os
 import sys
-import uuid
+import typing
 from pathlib import Path
 
+import msgspec
+
 from protocol.control import MODEL_TYPES
+from protocol.launch import (
+    DEFAULT_RUN_DIR,
+    LAUNCH_FLAG,
+    LOG_LEVEL_ENV,
+    RUN_DIR_ENV,
+    EngineSettings,
+    WorkerLaunch,
+    decode_launch,
+    new_instance_id,
+    run_dir_from_env,
+    worker_endpoint,
+)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    parser.add_argument("--model-id", required=True, help="the id clients use for this model")
-    parser.add_argument("--source", required=True, help="model directory or Hugging Face repo id")
-    parser.add_argument("--model-type", default="llm", choices=MODEL_TYPES, help="which backend serves it")
-    parser.add_argument("--endpoint", help="data-plane address to bind (default: ipc under --run-dir)")
-    parser.add_argument("--run-dir", default=os.environ.get("MLX_SERVER_RUN_DIR", "run"))
-    parser.add_argument("--supervisor", help="the supervisor's worker socket; omit to run standalone")
-    parser.add_argument("--context-length", type=int, help="override the model's declared context")
-    parser.add_argument("--instance-id", default=None, help="set by the supervisor for each spawn")
-    parser.add_argument(
+def build_parser() -> argparse.ArgumentParser:
+    # A flag left out is absent from the namespace, so the struct's default applies (and shows in the help).
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__, argument_default=argparse.SUPPRESS)
+    defaults = {f.name: f.default for f in msgspec.structs.fields(WorkerLaunch)}
+
+    def flag(group, name: str, help: str, dest: str | None = None, **kwargs) -> None:
+        default = defaults.get(dest or name.removeprefix("--").replace("-", "_"), msgspec.NODEFAULT)
+        shown = "" if default in (msgspec.NODEFAULT, None, False) else f" (default: {default})"
+        if kwargs.get("action") != "store_true" and "choices" not in kwargs:
+            kwargs.setdefault("metavar", name.removeprefix("--").replace("-", "_").upper())
+        group.add_argument(name, dest=dest, help=help + shown, **kwargs)
+
+    parser.add_argument(LAUNCH_FLAG, help="the whole WorkerLaunch as JSON (how the supervisor starts a worker)")
+    flag(parser, "--model-id", "the id clients use for this model")
+    flag(parser, "--source", "model directory or Hugging Face repo id")
+    flag(parser, "--model-type", "which backend serves it", choices=MODEL_TYPES)
+    flag(parser, "--endpoint", "data-plane address to bind (default: ipc under --run-dir)", dest="data_endpoint")
+    parser.add_argument("--run-dir", help=f"where the default endpoint goes (${RUN_DIR_ENV} or ./{DEFAULT_RUN_DIR})")
+    flag(parser, "--supervisor", "the supervisor's worker socket; omit to run standalone", dest="supervisor_endpoint")
+    flag(parser, "--context-length", "override the model's declared context", type=int)
+    flag(parser, "--instance-id", "set by the supervisor for each spawn")
+    flag(
+        parser,
         "--exit-with-stdin",
-        action="store_true",
-        help="exit when stdin reaches EOF: the supervisor holds the other end of that pipe, "
+        "exit when stdin reaches EOF: the supervisor holds the other end of that pipe, "
         "so the worker goes when its supervisor goes, however it died",
+        action="store_true",
     )
-    parser.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    flag(parser, "--shutdown-grace", "seconds to drain on SIGTERM", type=float)
     engine = parser.add_argument_group("engine")
-    engine.add_argument("--decode-concurrency", type=int, default=16, help="sequences decoding in one batch")
-    engine.add_argument("--prefill-concurrency", type=int, default=4, help="prompts processed together")
-    engine.add_argument("--prefill-step-size", type=int, default=512, help="prompt tokens per step (chunked prefill)")
-    engine.add_argument(
-        "--prompt-cache-mb", type=int, default=512, help="prompt prefix cache + live KV caches; 0 turns it off"
-    )
-    engine.add_argument("--draft-source", help="draft model (directory or repo id) for speculative decoding")
-    engine.add_argument("--num-draft-tokens", type=int, default=3, help="tokens the draft proposes per round")
-    return parser.parse_args(argv)
+    flag(engine, "--draft-source", "draft model (directory or repo id) for speculative decoding")
+    for field in msgspec.structs.fields(EngineSettings):
+        kind, meta = typing.get_args(field.type)
+        name = f"--{field.name.replace('_', '-')}"
+        engine.add_argument(name, type=kind, help=f"{meta.description} (default: {field.default})")
+    return parser
+
+
+def parse_launch(argv: list[str] | None = None) -> WorkerLaunch:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        if "launch" in args:
+            return decode_launch(args["launch"])
+        if "model_id" not in args or "source" not in args:
+            parser.error(f"--model-id and --source are required (or {LAUNCH_FLAG})")
+        fields = {name: value for name, value in args.items() if name in WorkerLaunch.__struct_fields__}
+        engine = {name: value for name, value in args.items() if name in EngineSettings.__struct_fields__}
+        fields.setdefault("instance_id", new_instance_id())
+        if "data_endpoint" not in fields:
+            run_dir = Path(args["run_dir"]).resolve() if "run_dir" in args else run_dir_from_env()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fields["data_endpoint"] = worker_endpoint(run_dir, fields["model_id"])
+        return msgspec.convert(fields | {"engine": engine}, WorkerLaunch)
+    except ValueError as exc:  # msgspec's errors name the field
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    launch = parse_launch(argv)
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s worker[{args.model_id}] %(levelname)s %(message)s",
+        level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(),
+        format=f"%(asctime)s worker[{launch.model_id}] %(levelname)s %(message)s",
     )
-    if args.endpoint is None:
-        run_dir = Path(args.run_dir).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        args.endpoint = f"ipc://{run_dir}/worker-{args.model_id}.sock"
-    args.instance_id = args.instance_id or uuid.uuid4().hex[:12]
     from worker.cpu_tuning import preload_blas
 
     preload_blas()  # before anything imports mlx.core: MLX binds its BLAS symbols when it loads
     from worker.process import run
 
-    code = run(args)
+    code = run(launch)
     logging.shutdown()
     # The lifeline thread is blocked reading stdin and cannot be interrupted; a normal interpreter
     # shutdown would abort on its buffer lock. Everything worth flushing has been flushed above.

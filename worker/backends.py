@@ -1,20 +1,60 @@
-"""The backend a worker runs, chosen by the model's type in the config: each loads its model and gives an engine
-with one interface (submit, step, abort, abort_all, busy, in_flight, queued, cache_bytes)."""
+"""The backend a worker runs, chosen by the model's type in the config: each loads its model and gives an
+`Engine` (batch_engine.BatchEngine for llm, vision_engine.VisionEngine for vlm, embedding_engine.EmbeddingEngine
+for embedding)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 from protocol.control import MODEL_TYPES
+from protocol.errors import ErrorCode
+from protocol.launch import EngineSettings
 
-if TYPE_CHECKING:  # importing mlx must wait until worker/__main__.py has chosen the BLAS library
-    from worker.batch_engine import EngineOptions
+# Where an engine sends its events (TextChunk, Finished, GenerationError, Embeddings, RerankScores): the
+# generation thread's socket, or a list in tests.
+Emit = Callable[[object], None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the generation thread drives, whatever the model. Every method runs on the one thread that owns MLX.
+
+    A request's failure is an error event it emits for that request, never an exception out of `step`.
+    """
+
+    def submit(self, request) -> None:
+        """Accept a request (GenerateRequest, EmbedRequest, RerankRequest); it starts at a later `step`."""
+
+    def step(self, emit: Emit) -> None:
+        """Advance the work in hand by one step (a token for every running sequence, or one encoder batch)."""
+
+    def abort(self, request_id: str, emit: Emit, code: ErrorCode = ..., reason: str = ...) -> bool:
+        """Drop a request wherever it is, emitting its error event; False if it is not known (already done)."""
+
+    def abort_all(self, emit: Emit, code: ErrorCode, reason: str) -> None:
+        """Drop every request, each with an error event (the worker is shutting down)."""
+
+    @property
+    def busy(self) -> bool:
+        """Anything accepted and not finished: the generation loop keeps stepping while it is."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests producing output now (a Pong's in_flight)."""
+
+    @property
+    def queued(self) -> int:
+        """Requests accepted but not yet producing (a Pong's queued)."""
+
+    def cache_bytes(self) -> tuple[int, int]:
+        """(KV caches of the live requests, prompt cache) in bytes, for the worker's memory report."""
 
 
 @dataclass(frozen=True)
 class ModelToLoad:
-    """What the worker's flags say to load."""
+    """What a worker loads: the part of its WorkerLaunch (protocol/launch.py) the backends need."""
 
     source: str  # a directory, or a hub repo id
     model_type: str = "llm"
@@ -22,7 +62,7 @@ class ModelToLoad:
     draft_source: str | None = None  # a draft model for speculative decoding (llm only)
 
 
-def load_engine(model: ModelToLoad, options: EngineOptions):
+def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, object]:
     """(engine, loaded model) for `model`, by its type."""
     if model.draft_source and model.model_type != "llm":
         raise ValueError(f"a draft model is for speculative decoding of llm models, not {model.model_type}")

@@ -10,13 +10,13 @@ pings: an aborted sequence leaves the batch, and its KV cache is freed, before t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
-from protocol.generation import Finished, GenerateRequest, Usage, failure
+from protocol.generation import Finished, FinishReason, GenerateRequest, Usage, failure
+from protocol.launch import EngineSettings
 from worker.constrained import json_schema_processor, tool_call_processor
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
@@ -28,21 +28,11 @@ from worker.tool_calls import ToolCallScanner, parser_for
 from worker.waiting import Waiting
 
 log = logging.getLogger("worker.engine")
-MB = 1024**2
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    decode_concurrency: int = 16  # sequences decoding together; more wait their turn
-    prefill_concurrency: int = 4  # prompts processed together
-    prefill_step_size: int = 512  # prompt tokens per step: a long prompt is processed in chunks
-    prompt_cache_bytes: int = 512 * MB  # prompt cache + live KV caches; 0 turns the prompt cache off
-    num_draft_tokens: int = 3  # tokens the draft model proposes per round (with a draft model)
 
 
 class BatchEngine:
-    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None):
-        self.options = options or EngineOptions()
+    def __init__(self, loaded: LoadedModel, options: EngineSettings | None = None):
+        self.options = options or EngineSettings()
         self._model = loaded.model
         self._draft_model = loaded.draft_model
         self._tokenizer = loaded.tokenizer
@@ -158,7 +148,7 @@ class BatchEngine:
                 emit(
                     Finished(
                         request_id=request.request_id,
-                        finish_reason="stop",
+                        finish_reason=FinishReason.STOP,
                         usage=Usage(prompt_tokens=len(prompt), completion_tokens=0),
                     )
                 )

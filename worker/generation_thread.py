@@ -16,8 +16,8 @@ import zmq
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
-from worker.backends import ModelToLoad, load_engine
-from worker.batch_engine import EngineOptions
+from protocol.launch import EngineSettings
+from worker.backends import Engine, ModelToLoad, load_engine
 from worker.memory import memory_report
 from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
@@ -30,7 +30,7 @@ class GenerationThread(threading.Thread):
         self,
         context: zmq.Context,
         model: ModelToLoad,
-        options: EngineOptions,
+        options: EngineSettings,
         instance_id: str,
         inbox: queue.Queue,
         drain: threading.Event,
@@ -56,7 +56,7 @@ class GenerationThread(threading.Thread):
         finally:
             self._out.close(linger=1000)
 
-    def _load(self):
+    def _load(self) -> Engine | None:
         try:
             engine, loaded = load_engine(self._model, self._options)
         except Exception as exc:
@@ -82,7 +82,7 @@ class GenerationThread(threading.Thread):
         log.info("computing with %s", loaded.compute)
         return engine
 
-    def _serve(self, engine) -> None:
+    def _serve(self, engine: Engine) -> None:
         while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
             try:
                 # Idle: block briefly for work. Busy: take what has arrived, then produce the next token.
@@ -101,7 +101,7 @@ class GenerationThread(threading.Thread):
             except queue.Empty:
                 break
 
-    def _handle(self, message, engine) -> None:
+    def _handle(self, message, engine: Engine) -> None:
         if isinstance(message, Abort):
             engine.abort(message.request_id, self._emit)
         elif isinstance(message, Ping):

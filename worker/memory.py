@@ -6,12 +6,13 @@ import mlx.core as mx
 import psutil
 
 from protocol.control import MemoryReport
+from worker.backends import Engine
 
 _process = psutil.Process()
 
 
-def memory_report(engine=None) -> MemoryReport:
-    """`engine` (a BatchEngine) adds what its KV caches and prompt cache hold; MLX's figures include them."""
+def memory_report(engine: Engine | None = None) -> MemoryReport:
+    """`engine` adds what its KV caches and prompt cache hold; MLX's figures include them."""
     kv_cache, prompt_cache = engine.cache_bytes() if engine is not None else (0, 0)
     return MemoryReport(
         mlx_active_bytes=mx.get_active_memory(),

@@ -6,7 +6,6 @@ set flags; a drain that outlives its grace period becomes a halt (abort everythi
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue
@@ -19,8 +18,8 @@ import zmq
 
 from protocol import PROTOCOL_VERSION
 from protocol.control import Hello
+from protocol.launch import WorkerLaunch
 from worker.backends import ModelToLoad
-from worker.batch_engine import MB, EngineOptions
 from worker.generation_thread import GenerationThread
 from worker.transport import Transport
 
@@ -35,42 +34,35 @@ def _watch_lifeline(halt: threading.Event) -> None:
     halt.set()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(launch: WorkerLaunch) -> int:
     drain, halt = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: drain.set())
     signal.signal(signal.SIGINT, lambda *_: drain.set())
-    if args.exit_with_stdin:
+    if launch.exit_with_stdin:
         threading.Thread(target=_watch_lifeline, args=(halt,), name="lifeline", daemon=True).start()
 
     ctx = zmq.Context()
     inbox: queue.Queue = queue.Queue()
     hello = Hello(
         protocol_version=PROTOCOL_VERSION,
-        model_id=args.model_id,
-        instance_id=args.instance_id,
+        model_id=launch.model_id,
+        instance_id=launch.instance_id,
         pid=os.getpid(),
-        endpoint=args.endpoint,
+        endpoint=launch.data_endpoint,
     )
-    transport = Transport(ctx, args.endpoint, args.supervisor, inbox, hello, halt)
-    options = EngineOptions(
-        decode_concurrency=args.decode_concurrency,
-        prefill_concurrency=args.prefill_concurrency,
-        prefill_step_size=args.prefill_step_size,
-        prompt_cache_bytes=args.prompt_cache_mb * MB,
-        num_draft_tokens=args.num_draft_tokens,
-    )
-    model = ModelToLoad(args.source, args.model_type, args.context_length, args.draft_source)
-    generation = GenerationThread(ctx, model, options, args.instance_id, inbox, drain, halt)
+    transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt)
+    model = ModelToLoad(launch.source, launch.model_type, launch.context_length, launch.draft_source)
+    generation = GenerationThread(ctx, model, launch.engine, launch.instance_id, inbox, drain, halt)
     transport.start()
     generation.start()
-    log.info("serving %s at %s (pid %d)", args.model_id, args.endpoint, os.getpid())
+    log.info("serving %s at %s (pid %d)", launch.model_id, launch.data_endpoint, os.getpid())
 
     deadline = None
     while generation.is_alive():
         generation.join(0.1)
         if drain.is_set() and deadline is None:
-            deadline = time.monotonic() + args.shutdown_grace
-            log.info("draining (grace %.1fs)", args.shutdown_grace)
+            deadline = time.monotonic() + launch.shutdown_grace
+            log.info("draining (grace %.1fs)", launch.shutdown_grace)
         if (deadline is not None and time.monotonic() > deadline) or not transport.is_alive():
             halt.set()
     transport.closing.set()

@@ -8,7 +8,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from protocol.generation import Finished, TextChunk, TokenLogprob, TopLogprob, Usage
+from protocol.generation import Finished, FinishReason, TextChunk, TokenLogprob, TopLogprob, Usage
 from worker.stop_matcher import StopMatcher
 from worker.tool_calls import ToolCallScanner
 
@@ -99,9 +99,9 @@ class Sequence:
                 )
             )
         if done:
-            reason = "stop" if self._stops.stopped else finish_reason
-            if reason == "stop" and self._tool_calls is not None and self._tool_calls.made_calls:
-                reason = "tool_calls"
+            reason = FinishReason.STOP if self._stops.stopped else FinishReason(finish_reason)
+            if reason is FinishReason.STOP and self._tool_calls is not None and self._tool_calls.made_calls:
+                reason = FinishReason.TOOL_CALLS
             emit(self._finished(reason))
         return done
 
@@ -111,7 +111,7 @@ class Sequence:
         pending, self._pending = self._pending, []
         return pending
 
-    def _finished(self, finish_reason: str) -> Finished:
+    def _finished(self, finish_reason: FinishReason) -> Finished:
         now = time.perf_counter()
         first = self._first_token_at or now
         log.info(

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from protocol.errors import ErrorCode
-from protocol.generation import Finished, GenerateRequest, TextChunk, Usage, failure
+from protocol.generation import Finished, FinishReason, GenerateRequest, TextChunk, Usage, failure
 from worker.model_loader import LoadedModel, context_length_of, device_name
 from worker.prompt_encoding import RequestRejected, max_tokens_for, require_generation
 from worker.sampling import logits_processors_for, sampler_for
@@ -209,9 +209,9 @@ class VisionEngine:
             emit(TextChunk(request_id=rid, text=text, completion_tokens=running.completion_tokens))
         if done:
             self._end(running)
-            emit(self._finished(running, "stop" if running.stops.stopped else finish))
+            emit(self._finished(running, FinishReason.STOP if running.stops.stopped else FinishReason(finish)))
 
-    def _finished(self, running: _Running, finish_reason: str) -> Finished:
+    def _finished(self, running: _Running, finish_reason: FinishReason) -> Finished:
         now = time.perf_counter()
         first = running.first_token_at or now
         return Finished(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from protocol.launch import ctl_endpoint, run_dir_from_env
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,11 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
-        run_dir = Path(os.environ.get("MLX_SERVER_RUN_DIR", "run")).resolve()
+        run_dir = run_dir_from_env()
         return cls(
             host=os.environ.get("HOST", cls.host),
             port=int(os.environ.get("PORT", cls.port)),
-            supervisor_endpoint=os.environ.get("SUPERVISOR_ENDPOINT") or f"ipc://{run_dir}/supervisor.sock",
+            supervisor_endpoint=ctl_endpoint(run_dir),
             load_timeout=float(os.environ.get("GATEWAY_LOAD_TIMEOUT", cls.load_timeout)),
             silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),

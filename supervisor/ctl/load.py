@@ -1,7 +1,17 @@
 """Load a model (by id or alias) and wait until it serves; prints the idle models evicted to make room.
 Retries a model marked failed."""
 
-from protocol.ctl import Load
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from protocol.ctl import Load, Located
+from supervisor.ctl.ensure_loaded import located
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Supervisor
+
+REQUEST = Load
 
 
 def add_arguments(parser) -> None:
@@ -15,3 +25,7 @@ def run(client, args, out) -> int:
         print(f"evicted {evicted} to make room", file=out)
     print(f"{located.model_id} ready at {located.endpoint}", file=out)
     return 0
+
+
+async def execute(supervisor: Supervisor, call: Load) -> Located:
+    return located(call, *await supervisor.fleet.ensure_loaded(call.model, retry_failed=True))

@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
 
 
 def run(client, args, out) -> int:
-    reply = client.call(lambda call_id: ListModels(call_id=call_id))
+    reply = client.call(lambda call_id: ListModels(call_id=call_id))  # answered by list_models.py
     print(budget_line(reply.memory), file=out)
     rows = [
         [

@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
 
 
 def run(client, args, out) -> int:
-    report = client.call(lambda call_id: Status(call_id=call_id))
+    report = client.call(lambda call_id: Status(call_id=call_id))  # answered by status.py
     if report.memory is not None:
         print(budget_line(report.memory), file=out)
     rows = [

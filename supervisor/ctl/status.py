@@ -1,7 +1,20 @@
 """Is the supervisor up, and does every loaded worker answer a ping through its generation loop?"""
 
-from protocol.ctl import Status
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING
+
+from protocol import PROTOCOL_VERSION
+from protocol.ctl import Status, StatusReport
 from supervisor.ctl.format import budget_line, duration
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Supervisor
+
+REQUEST = Status  # `ps` sends it too
 
 
 def add_arguments(parser) -> None:
@@ -26,3 +39,22 @@ def run(client, args, out) -> int:
         if m.state == "failed":
             print(f"  {m.id}: failed: {m.last_error}", file=out)
     return 1 if unhealthy else 0
+
+
+async def execute(supervisor: Supervisor, call: Status) -> StatusReport:
+    """Pings every live worker (through its generation loop) before answering."""
+    fleet = supervisor.fleet
+    slots = list(fleet.slots.values())
+    pings = await asyncio.gather(*(fleet.ping(s, call.ping_timeout) for s in slots))
+    models = [
+        s.info(alive=alive if s.worker else None, ping_ms=ms) for s, (alive, ms) in zip(slots, pings, strict=True)
+    ]
+    return StatusReport(
+        call_id=call.call_id,
+        pid=os.getpid(),
+        protocol_version=PROTOCOL_VERSION,
+        uptime_seconds=time.monotonic() - supervisor.started,
+        memory_budget_bytes=fleet.budget.total,
+        models=models,
+        memory=fleet.budget.report(),
+    )

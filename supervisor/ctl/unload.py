@@ -1,6 +1,15 @@
 """Unload a model: drain its in-flight requests, stop its worker, give its memory back."""
 
-from protocol.ctl import Unload
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from protocol.ctl import Unload, Unloaded
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Supervisor
+
+REQUEST = Unload
 
 
 def add_arguments(parser) -> None:
@@ -15,3 +24,9 @@ def run(client, args, out) -> int:
     else:
         print(f"{reply.model_id} unloaded (worker pid {reply.pid} stopped)", file=out)
     return 0
+
+
+async def execute(supervisor: Supervisor, call: Unload) -> Unloaded:
+    fleet = supervisor.fleet
+    pid = await fleet.unload(call.model)
+    return Unloaded(call_id=call.call_id, model_id=fleet.slot(call.model).spec.id, pid=pid)

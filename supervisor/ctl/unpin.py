@@ -8,6 +8,6 @@ def add_arguments(parser) -> None:
 
 
 def run(client, args, out) -> int:
-    reply = client.call(lambda call_id: Pin(call_id=call_id, model=args.model, pinned=False))
+    reply = client.call(lambda call_id: Pin(call_id=call_id, model=args.model, pinned=False))  # answered by pin.py
     print(f"{reply.model_id} unpinned", file=out)
     return 0

@@ -1,0 +1,126 @@
+"""The launch contract: everything a worker is started with, as one typed value, and where its sockets are.
+
+The supervisor builds a `WorkerLaunch` and starts the worker with `worker_argv(launch)`: `python -m worker
+--launch '<json>'`. One JSON argument rather than an environment variable or the stdin pipe: it shows in `ps`
+(an operator sees what a worker was started with, and the orphan sweep recognises a worker of its run
+directory by it), its children do not inherit it, and stdin stays the lifeline. argv is readable by every
+user of the host, so a launch never carries a secret: name a 0600 file holding it instead (a CURVE key, say).
+The worker decodes it with the typed decoder, so a launch with a wrong field stops it at once with the
+field's path. `python -m worker --model-id X --source Y` (standalone) builds the same struct from flags whose
+defaults are the struct's.
+
+New fields get defaults, as on the wire. Endpoints are `ipc://` paths in the run directory, computed here
+only; a field holding a `tcp://` address works the same once something computes one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from protocol.codec import PROTOCOL_VERSION
+from protocol.control import ModelType
+
+MB = 1024**2
+
+# Environment variables read by more than one kind of process.
+RUN_DIR_ENV = "MLX_SERVER_RUN_DIR"  # sockets, pid files and the worker registry; default ./run
+SUPERVISOR_ENDPOINT_ENV = "SUPERVISOR_ENDPOINT"  # the supervisor's ctl endpoint, instead of the run directory's
+LOG_LEVEL_ENV = "LOG_LEVEL"
+DEFAULT_RUN_DIR = "run"
+
+CTL_SOCKET = "supervisor.sock"  # gateways and `supervisor ctl` call the supervisor here
+WORKERS_SOCKET = "supervisor-workers.sock"  # workers say Hello, Ready and Pong here
+
+
+def run_dir_from_env() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR)).resolve()
+
+
+def ctl_endpoint(run_dir: Path | str) -> str:
+    """The supervisor's ctl endpoint: SUPERVISOR_ENDPOINT if set, else its socket in the run directory."""
+    return os.environ.get(SUPERVISOR_ENDPOINT_ENV) or f"ipc://{run_dir}/{CTL_SOCKET}"
+
+
+def workers_endpoint(run_dir: Path | str) -> str:
+    return f"ipc://{run_dir}/{WORKERS_SOCKET}"
+
+
+def worker_endpoint(run_dir: Path | str, model_id: str) -> str:
+    """Where the worker serving `model_id` binds its data plane (gateways connect to it)."""
+    return f"ipc://{run_dir}/worker-{model_id}.sock"
+
+
+def new_instance_id() -> str:
+    """Unique per spawned process, so messages from an earlier instance of the same model are told apart."""
+    return uuid.uuid4().hex[:12]
+
+
+def _about(text: str):
+    return msgspec.Meta(description=text)
+
+
+class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a model's worker batches (worker/batch_engine.py): a model's `engine:` in the config, the worker's
+    engine flags, and what the engine runs with. The descriptions are the worker's flag help."""
+
+    decode_concurrency: Annotated[int, _about("sequences decoding together; more wait their turn")] = 16
+    prefill_concurrency: Annotated[int, _about("prompts processed together")] = 4
+    prefill_step_size: Annotated[int, _about("prompt tokens per step: a long prompt is processed in chunks")] = 512
+    prompt_cache_mb: Annotated[int, _about("prompt prefix cache + live KV caches; 0 turns it off")] = 512
+    num_draft_tokens: Annotated[int, _about("with a draft model: tokens proposed per verification round")] = 3
+
+    def __post_init__(self) -> None:
+        if self.num_draft_tokens < 1:
+            raise ValueError("num_draft_tokens must be at least 1")
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return self.prompt_cache_mb * MB
+
+
+class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
+    """What one worker process serves, where, and how it ends. Built by the supervisor for each spawn."""
+
+    protocol_version: int = PROTOCOL_VERSION  # of the supervisor that built it; the worker refuses another
+    model_id: str  # the id clients use for this model
+    instance_id: str  # see new_instance_id
+    source: str  # a model directory, or a hub repo id
+    model_type: ModelType = ModelType.LLM  # picks the backend
+    context_length: int | None = None  # None: what the model declares
+    draft_source: str | None = None  # a draft model for speculative decoding (llm only), loaded alongside
+    engine: EngineSettings = EngineSettings()
+    data_endpoint: str  # bound by the worker: requests from gateways
+    supervisor_endpoint: str | None = None  # the supervisor's workers socket; None: standalone, no supervisor
+    shutdown_grace: float = 10.0  # seconds to drain in-flight requests after SIGTERM
+    # Exit when stdin reaches EOF: the supervisor holds the other end of that pipe, so the worker goes when its
+    # supervisor goes, however it died.
+    exit_with_stdin: bool = False
+
+
+_launch_decoder = msgspec.json.Decoder(WorkerLaunch)
+LAUNCH_FLAG = "--launch"
+
+
+def encode_launch(launch: WorkerLaunch) -> str:
+    return msgspec.json.encode(launch).decode()
+
+
+def decode_launch(text: str) -> WorkerLaunch:
+    """The launch a worker was given; ValueError (a msgspec error, or a version mismatch) if it cannot be used."""
+    launch = _launch_decoder.decode(text)
+    if launch.protocol_version != PROTOCOL_VERSION:
+        raise ValueError(
+            f"the launch speaks protocol version {launch.protocol_version}, this worker speaks {PROTOCOL_VERSION}"
+        )
+    return launch
+
+
+def worker_argv(launch: WorkerLaunch, python: str = sys.executable) -> list[str]:
+    """The command line that starts a worker for `launch`."""
+    return [python, "-m", "worker", LAUNCH_FLAG, encode_launch(launch)]

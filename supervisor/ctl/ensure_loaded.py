@@ -1,0 +1,30 @@
+"""EnsureLoaded, sent by gateways: where does a model live? Loads it first if it must (one load serves every
+caller waiting for it). No CLI part: `ctl load` is the operator's way."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from protocol.ctl import EnsureLoaded, Located
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Supervisor
+    from supervisor.worker_process import WorkerProcess
+
+REQUEST = EnsureLoaded
+
+
+async def execute(supervisor: Supervisor, call: EnsureLoaded) -> Located:
+    found = await supervisor.fleet.ensure_loaded(call.model, stale_instance=call.stale_instance, allowed=call.allowed)
+    return located(call, *found)
+
+
+def located(call, worker: WorkerProcess, evicted: list[str]) -> Located:
+    """The reply to a call that got a model served: where its worker is, and what was evicted to load it."""
+    return Located(
+        call_id=call.call_id,
+        model_id=worker.model_id,
+        endpoint=worker.endpoint,
+        instance_id=worker.instance_id,
+        evicted=evicted,
+    )

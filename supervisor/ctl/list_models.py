@@ -1,0 +1,19 @@
+"""ListModels, sent by gateways (/v1/models, memory usage, metrics) and by `ctl memory`: every configured model
+the caller may use, and the memory budget. No CLI part of its own: `ctl memory` renders it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from protocol.ctl import ListModels, ModelList
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Supervisor
+
+REQUEST = ListModels
+
+
+async def execute(supervisor: Supervisor, call: ListModels) -> ModelList:
+    fleet = supervisor.fleet
+    models = [s.info() for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
+    return ModelList(call_id=call.call_id, models=models, memory=fleet.budget.report())
