@@ -94,6 +94,9 @@ class ActivityLog:
                 "prompt_tokens": record.prompt_tokens,
                 "completion_tokens": record.completion_tokens,
                 "tokens_per_second": None if record.decode_tps is None else round(record.decode_tps, 1),
+                # Speech requests: seconds of audio in (transcribed) or out (spoken), in place of tokens.
+                "audio_seconds": round(record.audio_seconds, 2) if record.audio_seconds else None,
+                "real_time_factor": None if record.real_time_factor is None else round(record.real_time_factor, 3),
                 "error": record.error,
                 "preview": preview(payload),
             }

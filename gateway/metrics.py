@@ -65,6 +65,16 @@ TOKENS_PER_SECOND = Histogram(
     namespace=NS,
     buckets=TPS_BUCKETS,
 )
+AUDIO_SECONDS = Counter(
+    "audio_seconds", "Seconds of audio transcribed or spoken", ["service", "model", "direction"], namespace=NS
+)
+REAL_TIME_FACTOR = Histogram(
+    "audio_real_time_factor",
+    "Per speech request: the model's processing time per second of audio (below 1 is faster than real time)",
+    ["model", "direction"],
+    namespace=NS,
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10),
+)
 GENERATION_ERRORS = Counter(
     "generation_errors", "Generations that ended with an error event or status", ["model", "code"], namespace=NS
 )
@@ -83,6 +93,9 @@ def observe(record) -> None:
         CACHED_TOKENS.labels(model).inc(record.cached_tokens)
     if record.decode_tps is not None:
         TOKENS_PER_SECOND.labels(model).observe(record.decode_tps)
+    if record.audio_seconds:
+        AUDIO_SECONDS.labels(service, model, record.audio_direction).inc(record.audio_seconds)
+        REAL_TIME_FACTOR.labels(model, record.audio_direction).observe(record.real_time_factor)
     if record.error:
         GENERATION_ERRORS.labels(model, record.error).inc()
 

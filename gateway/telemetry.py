@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from gateway import metrics
 from gateway.activity import ActivityLog
+from protocol.audio import AudioChunk, SpeechDone, Transcript, TranscriptPart
 from protocol.generation import Finished, GenerationError, TextChunk
 
 access_log = logging.getLogger("gateway.access")
@@ -40,6 +41,10 @@ class RequestRecord:
     completion_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None  # the error code of a generation that failed (inside a 200 stream too)
+    # Speech: seconds of audio transcribed or spoken, and the model's own time on them.
+    audio_seconds: float = 0.0
+    audio_direction: str = ""  # "transcribed" or "spoken"
+    audio_processing_seconds: float = 0.0
 
     def observer(self, caller, model_id: str):
         """The generation core's ObserverFactory for this request (gateway/core/http.py registers it)."""
@@ -49,8 +54,16 @@ class RequestRecord:
     def observe_event(self, event) -> None:
         """Called with each event of the generation this request started."""
         now = time.perf_counter()
-        if isinstance(event, TextChunk) and self.first_token_at is None:
+        if isinstance(event, TextChunk | TranscriptPart | AudioChunk) and self.first_token_at is None:
             self.first_token_at = now
+        elif isinstance(event, Transcript):
+            self.finished_at, self.error = now, None
+            self.audio_seconds, self.audio_direction = event.duration, "transcribed"
+            self.audio_processing_seconds = event.processing_seconds
+        elif isinstance(event, SpeechDone):
+            self.finished_at, self.error = now, None
+            self.audio_seconds, self.audio_direction = event.samples / max(event.sample_rate, 1), "spoken"
+            self.audio_processing_seconds = event.processing_seconds
         elif isinstance(event, Finished):
             self.finished_at, u = now, event.usage
             self.prompt_tokens, self.completion_tokens, self.cached_tokens = (
@@ -65,6 +78,11 @@ class RequestRecord:
     @property
     def ttft(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def real_time_factor(self) -> float | None:
+        """The model's time per second of audio (below 1: faster than real time)."""
+        return self.audio_processing_seconds / self.audio_seconds if self.audio_seconds > 0 else None
 
     @property
     def decode_tps(self) -> float | None:

@@ -21,6 +21,8 @@ class ModelType(StrEnum):
     LLM = "llm"  # mlx-lm
     VLM = "vlm"  # mlx-vlm: images in chat
     EMBEDDING = "embedding"  # mlx-embeddings: embeddings and reranking
+    STT = "stt"  # mlx-audio: Whisper transcription
+    TTS = "tts"  # mlx-audio: text to speech
 
 
 MODEL_TYPES = tuple(ModelType)

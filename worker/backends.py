@@ -71,6 +71,16 @@ def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, ob
 
         loaded = load_encoder(model.source, model.context_length)
         return EmbeddingEngine(loaded), loaded
+    if model.model_type == "stt":
+        from worker.stt_engine import SpeechToTextEngine, load_whisper
+
+        loaded = load_whisper(model.source, model.context_length)
+        return SpeechToTextEngine(loaded), loaded
+    if model.model_type == "tts":
+        from worker.tts_engine import TextToSpeechEngine, load_tts
+
+        loaded = load_tts(model.source)
+        return TextToSpeechEngine(loaded), loaded
     if model.model_type == "vlm":
         from worker.vision_engine import VisionEngine, load_vlm
 

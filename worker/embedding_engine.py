@@ -105,7 +105,7 @@ class EmbeddingEngine:
             else:
                 raise RequestRejected(
                     ErrorCode.INVALID_REQUEST,
-                    "This model computes embeddings; it does not generate text (its type is embedding)",
+                    "This model computes embeddings; it does not generate text or audio (its type is embedding)",
                 )
         except RequestRejected as exc:
             emit(failure(request.request_id, exc.code, str(exc)))

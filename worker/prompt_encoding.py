@@ -19,10 +19,11 @@ class RequestRejected(ValueError):
 
 
 def require_generation(request) -> None:
-    """A generating model refuses an encoder request (embed, rerank) sent to it."""
+    """A generating model refuses an encoder or speech request (embed, rerank, transcribe, speech) sent to it."""
     if not isinstance(request, GenerateRequest):
         raise RequestRejected(
-            ErrorCode.INVALID_REQUEST, "This model generates text; embeddings and reranking need an embedding model"
+            ErrorCode.INVALID_REQUEST,
+            "This model generates text; embeddings and reranking need an embedding model, audio an stt or tts model",
         )
 
 

@@ -24,6 +24,12 @@ class GatewaySettings:
     run_dir: str = "run"  # /system/stats reports the disk that holds it
     # Embeddings and rerank requests that name no model go to this one (the bundled all-MiniLM-L6-v2).
     embedding_model: str = "all-minilm-l6-v2"
+    # Audio requests that name no model (and whose service has no default model) go to these.
+    transcription_model: str = "whisper-tiny.en"
+    speech_model: str = ""
+    # Uploads to /v1/audio/transcriptions and /translations: larger files are 413, longer audio 400.
+    max_audio_bytes: int = 25 * 2**20  # OpenAI's limit
+    max_audio_seconds: float = 3 * 3600.0
     # Image inputs: size and pixel limits; http(s) image URLs are fetched only when enabled, within a time limit.
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 50_000_000
@@ -52,6 +58,10 @@ class GatewaySettings:
             activity_log_size=int(os.environ.get("ACTIVITY_LOG_SIZE", cls.activity_log_size)),
             run_dir=str(run_dir),
             embedding_model=os.environ.get("EMBEDDING_DEFAULT_MODEL", cls.embedding_model),
+            transcription_model=os.environ.get("TRANSCRIPTION_DEFAULT_MODEL", cls.transcription_model),
+            speech_model=os.environ.get("SPEECH_DEFAULT_MODEL", cls.speech_model),
+            max_audio_bytes=int(os.environ.get("GATEWAY_MAX_AUDIO_BYTES", cls.max_audio_bytes)),
+            max_audio_seconds=float(os.environ.get("GATEWAY_MAX_AUDIO_SECONDS", cls.max_audio_seconds)),
             max_image_bytes=int(os.environ.get("GATEWAY_MAX_IMAGE_BYTES", cls.max_image_bytes)),
             max_image_pixels=int(os.environ.get("GATEWAY_MAX_IMAGE_PIXELS", cls.max_image_pixels)),
             image_urls=os.environ.get("GATEWAY_IMAGE_URLS", "0").lower() in ("1", "true", "yes"),
