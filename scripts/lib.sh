@@ -35,6 +35,17 @@ ensure_openblas() {
   apt_install "for faster CPU inference" "MLX keeps its reference BLAS (slower)" libopenblas0-pthread
 }
 
+# Audio: ffmpeg decodes uploads and encodes speech in the gateway; espeak-ng is the phonemizer of TTS models
+# that use one (Kitten TTS, Kokoro outside English) and speaks the transcription tests' sentences.
+ensure_audio_tools() {
+  [ "$(uname -s)" = Linux ] || return 0
+  local missing=()
+  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+  command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  apt_install "for audio" "speech requests fail and their tests are skipped" "${missing[@]}"
+}
+
 # What the tests drive: chromium for the dashboard's browser test, redis-server for the session, rate-limit
 # and readiness tests. Without them those tests are skipped, with the reason.
 ensure_test_tools() {

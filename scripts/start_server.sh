@@ -13,13 +13,14 @@ source "$(dirname "$0")/lib.sh"
 mode=${1:-dev}
 ensure_uv
 ensure_openblas
+ensure_audio_tools
 "${UV[@]}" sync --frozen --quiet
 
 export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}
 export MLX_GATEWAY_PORT=${PORT:-9123}
 mkdir -p "$MLX_SERVER_RUN_DIR"
 
-for bundled in smollm2-135m-instruct all-minilm-l6-v2; do
+for bundled in smollm2-135m-instruct all-minilm-l6-v2 whisper-tiny.en; do
   if [ ! -f "models/$bundled/config.json" ] && [ -z "${MLX_MODEL_STORE:-}" ]; then
     echo "importing the bundled model $bundled into ./models" >&2
     "${UV[@]}" run --no-sync supervisor ctl import "bundled:$bundled" --store models

@@ -45,7 +45,7 @@ def load_tts(source: str) -> LoadedModel:
 
 def to_pcm16(audio) -> bytes:
     """Samples in [-1, 1] (an mx or numpy array of any float dtype) as mono s16le bytes."""
-    samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+    samples = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1))
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 

@@ -96,6 +96,15 @@ function renderModels(memory) {
     el("option", { value: m.id, textContent: `${m.id} (${m.state})` })));
   if (chosen && models.some((m) => m.id === chosen)) select.value = chosen;
   updateImageInput();
+  fillModels($("stt-model"), "stt");
+  fillModels($("tts-model"), "tts");
+}
+
+function fillModels(select, type) {
+  const chosen = select.value;
+  select.replaceChildren(...models.filter((m) => m.type === type && m.state !== "failed").map((m) =>
+    el("option", { value: m.id, textContent: `${m.id} (${m.state})` })));
+  if (chosen && models.some((m) => m.id === chosen)) select.value = chosen;
 }
 
 async function modelAction(id, action, button) {
@@ -210,12 +219,17 @@ async function refreshActivity() {
       el("td", { textContent: e.model || "–" }),
       el("td", { textContent: e.error ? `${e.status} ${e.error}` : e.status }),
       el("td", { textContent: `${e.latency_ms.toFixed(0)} ms` }),
-      el("td", { textContent: e.completion_tokens ? `${e.prompt_tokens} → ${e.completion_tokens}` : "–" }),
+      el("td", { textContent: tokensOrAudio(e) }),
       el("td", { className: "preview", textContent: e.preview, title: e.preview }))));
     $("activity-error").textContent = "";
   } catch (error) {
     $("activity-error").textContent = `activity: ${error.message}`;
   }
+}
+
+function tokensOrAudio(e) {
+  if (e.audio_seconds) return `${e.audio_seconds.toFixed(1)} s audio` + (e.real_time_factor ? ` (RTF ${e.real_time_factor})` : "");
+  return e.completion_tokens ? `${e.prompt_tokens} → ${e.completion_tokens}` : "–";
 }
 
 $("activity-clear").addEventListener("click", async () => {
@@ -337,6 +351,68 @@ $("chat-clear").addEventListener("click", () => {
   $("chat-output").textContent = "";
 });
 
+// -- audio: upload a file, see the text; type text, hear it ----------------------------------------------
+
+async function transcribe() {
+  const file = $("stt-file").files[0];
+  const model = $("stt-model").value;
+  if (!file || !model) { $("audio-error").textContent = "choose a transcription model and an audio file"; return; }
+  const form = new FormData();
+  form.append("file", file);
+  form.append("model", model);
+  form.append("response_format", "verbose_json");
+  $("stt-send").disabled = true;
+  $("stt-output").textContent = "transcribing…";
+  $("audio-error").textContent = "";
+  const started = performance.now();
+  try {
+    const body = await api("/v1/audio/transcriptions", { method: "POST", body: form });
+    $("stt-output").textContent = body.text;
+    const seconds = (performance.now() - started) / 1000;
+    $("stt-stats").textContent = `${body.duration.toFixed(1)} s of audio in ${seconds.toFixed(1)} s`;
+  } catch (error) {
+    $("stt-output").textContent = "";
+    $("audio-error").textContent = `transcription: ${error.message}`;
+  } finally {
+    $("stt-send").disabled = false;
+  }
+}
+
+async function speak() {
+  const input = $("tts-input").value.trim();
+  const model = $("tts-model").value;
+  if (!input || !model) { $("audio-error").textContent = "choose a speech model and type some text"; return; }
+  const body = { model, input, response_format: $("tts-format").value };
+  if ($("tts-voice").value.trim()) body.voice = $("tts-voice").value.trim();
+  $("tts-send").disabled = true;
+  $("audio-error").textContent = "";
+  const started = performance.now();
+  try {
+    const response = await fetch("/v1/audio/speech", {
+      method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }),
+    });
+    if (!response.ok) {
+      const text = await response.text();
+      let message = text;
+      try { message = JSON.parse(text).error.message; } catch { /* not JSON: keep the text */ }
+      throw new Error(`${response.status}: ${message}`);
+    }
+    const audio = $("tts-audio");
+    if (audio.src) URL.revokeObjectURL(audio.src);
+    audio.src = URL.createObjectURL(await response.blob());
+    audio.hidden = false;
+    audio.play().catch(() => {});  // autoplay may be refused: the controls are there
+    $("tts-stats").textContent = `${((performance.now() - started) / 1000).toFixed(1)} s`;
+  } catch (error) {
+    $("audio-error").textContent = `speech: ${error.message}`;
+  } finally {
+    $("tts-send").disabled = false;
+  }
+}
+
+$("stt-send").addEventListener("click", transcribe);
+$("tts-send").addEventListener("click", speak);
+
 // -- API reference ---------------------------------------------------------------------------------------
 
 let examplesFor = null;
@@ -358,6 +434,9 @@ client = OpenAI(base_url="${base}/v1", api_key="YOUR_KEY")
 reply = client.chat.completions.create(
     model="${model}", messages=[{"role": "user", "content": "Hello"}], max_tokens=64)
 print(reply.choices[0].message.content)`],
+    ["Transcribe / speak", `curl ${base}/v1/audio/transcriptions ${auth} -F file=@speech.mp3 -F model=whisper -F response_format=srt
+curl ${base}/v1/audio/speech ${auth} -H 'Content-Type: application/json' \\
+  -d '{"model": "kokoro", "input": "Hello there.", "response_format": "mp3"}' -o hello.mp3`],
     ["Models and memory", `curl ${base}/v1/models ${auth}\ncurl ${base}/api/v1/models/memory/usage ${auth}`],
     ["Load / unload a model", `curl -X POST ${base}/api/v1/models/${model}/load ${auth}\ncurl -X POST ${base}/api/v1/models/${model}/unload ${auth}`],
     ["Health", `curl ${base}/api/v1/health          # liveness\ncurl ${base}/api/v1/health/ready    # readiness: supervisor, worker pings, Redis`],
