@@ -35,24 +35,27 @@ ensure_openblas() {
   apt_install "for faster CPU inference" "MLX keeps its reference BLAS (slower)" libopenblas0-pthread
 }
 
+# Each command missing from PATH gets the Debian package of the same name (best effort, as apt_install).
+ensure_commands() {
+  local why=$1 without=$2
+  shift 2
+  [ "$(uname -s)" = Linux ] || return 0
+  local missing=() command
+  for command in "$@"; do
+    command -v "$command" >/dev/null 2>&1 || missing+=("$command")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  apt_install "$why" "$without" "${missing[@]}"
+}
+
 # Audio: ffmpeg decodes uploads and encodes speech in the gateway; espeak-ng is the phonemizer of TTS models
 # that use one (Kitten TTS, Kokoro outside English) and speaks the transcription tests' sentences.
 ensure_audio_tools() {
-  [ "$(uname -s)" = Linux ] || return 0
-  local missing=()
-  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
-  command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  apt_install "for audio" "speech requests fail and their tests are skipped" "${missing[@]}"
+  ensure_commands "for audio" "speech requests fail and their tests are skipped" ffmpeg espeak-ng
 }
 
 # What the tests drive: chromium for the dashboard's browser test, redis-server for the session, rate-limit
 # and readiness tests. Without them those tests are skipped, with the reason.
 ensure_test_tools() {
-  [ "$(uname -s)" = Linux ] || return 0
-  local missing=()
-  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  apt_install "for the tests" "the tests that need them are skipped" "${missing[@]}"
+  ensure_commands "for the tests" "the tests that need them are skipped" chromium redis-server
 }

@@ -37,7 +37,7 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
     [
         ("models:\n  - {id: a, source: x, memroy_gb: 3}\n", "memroy_gb"),
         ("models:\n  - {id: a, source: x}\n  - {id: b, source: y, aliases: [a]}\n", "used twice"),
-        ("models:\n  - {id: a, source: x, type: tts}\n", "not supported"),
+        ("models:\n  - {id: a, source: x, type: music}\n", "not supported"),
         ("models:\n  - {id: a, source: org/repo}\n", "set memory_gb"),
         ("memory_budget_gb: 0\nmodels:\n  - {id: a, source: x}\n", "memory_budget_gb"),
         ("models: []\n", "no models"),

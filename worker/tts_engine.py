@@ -19,7 +19,7 @@ from protocol.errors import ErrorCode
 from protocol.generation import failure
 from worker.model_loader import LoadedModel, device_name
 from worker.prompt_encoding import RequestRejected
-from worker.waiting import Waiting
+from worker.waiting import OneAtATime, Waiting
 
 log = logging.getLogger("worker.tts")
 MAX_WAITING = 64
@@ -59,7 +59,7 @@ class _Running:
         self.computing = 0.0
 
 
-class TextToSpeechEngine:
+class TextToSpeechEngine(OneAtATime):
     def __init__(self, loaded: LoadedModel):
         self._model = loaded.model
         self.context_length = 0
@@ -84,26 +84,14 @@ class TextToSpeechEngine:
     def submit(self, request) -> None:
         self._waiting.append(request)
 
-    def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
-        if self._running is not None and self._running.request.request_id == request_id:
-            self._end()
-        elif not self._waiting.drop(request_id):
-            return False
-        emit(failure(request_id, code, reason))
-        return True
-
-    def abort_all(self, emit, code: ErrorCode, reason: str) -> None:
-        ids = [r.request_id for r in self._waiting]
-        if self._running is not None:
-            ids.append(self._running.request.request_id)
-        for request_id in ids:
-            self.abort(request_id, emit, code=code, reason=reason)
+    def _stop_running(self) -> None:
+        close = getattr(self._running.chunks, "close", None)  # a generator: closing it frees what it holds
+        if close is not None:
+            close()
 
     def _end(self) -> None:
         if self._running is not None:
-            close = getattr(self._running.chunks, "close", None)
-            if close is not None:
-                close()
+            self._stop_running()
         self._running = None
 
     def step(self, emit) -> None:

@@ -21,7 +21,7 @@ from worker.model_loader import LoadedModel, context_length_of, device_name
 from worker.prompt_encoding import RequestRejected, max_tokens_for, require_generation
 from worker.sampling import logits_processors_for, sampler_for
 from worker.stop_matcher import StopMatcher
-from worker.waiting import Waiting
+from worker.waiting import OneAtATime, Waiting
 
 log = logging.getLogger("worker.vision")
 
@@ -77,7 +77,7 @@ class _Running:
         self.first_token_at: float | None = None
 
 
-class VisionEngine:
+class VisionEngine(OneAtATime):
     def __init__(self, loaded: LoadedModel):
         self._model = loaded.model
         self._processor = loaded.tokenizer
@@ -103,21 +103,8 @@ class VisionEngine:
     def submit(self, request) -> None:
         self._waiting.append(request)
 
-    def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
-        if self._running is not None and self._running.request.request_id == request_id:
-            self._running.tokens.close()  # ends mlx-vlm's generator: its KV cache is freed
-            self._running = None
-        elif not self._waiting.drop(request_id):
-            return False
-        emit(failure(request_id, code, reason))
-        return True
-
-    def abort_all(self, emit, code: ErrorCode, reason: str) -> None:
-        ids = [r.request_id for r in self._waiting]
-        if self._running is not None:
-            ids.append(self._running.request.request_id)
-        for request_id in ids:
-            self.abort(request_id, emit, code=code, reason=reason)
+    def _stop_running(self) -> None:
+        self._running.tokens.close()  # ends mlx-vlm's generator: its KV cache is freed
 
     def step(self, emit) -> None:
         if self._running is None:

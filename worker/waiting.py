@@ -1,8 +1,12 @@
-"""The requests an engine has accepted but not started, in arrival order."""
+"""The requests an engine has accepted but not started, in arrival order; and aborts for an engine that runs one
+request at a time."""
 
 from __future__ import annotations
 
 from collections import deque
+
+from protocol.errors import ErrorCode
+from protocol.generation import failure
 
 
 class Waiting(deque):
@@ -13,3 +17,30 @@ class Waiting(deque):
                 self.remove(request)
                 return True
         return False
+
+
+class OneAtATime:
+    """abort / abort_all for an engine with one running request (`_running`, holding `.request`, or None) and the
+    rest in `_waiting`; `_stop_running()` releases what the running one holds."""
+
+    _running = None
+    _waiting: Waiting
+
+    def _stop_running(self) -> None:
+        raise NotImplementedError
+
+    def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
+        if self._running is not None and self._running.request.request_id == request_id:
+            self._stop_running()
+            self._running = None
+        elif not self._waiting.drop(request_id):
+            return False
+        emit(failure(request_id, code, reason))
+        return True
+
+    def abort_all(self, emit, code: ErrorCode, reason: str) -> None:
+        ids = [r.request_id for r in self._waiting]
+        if self._running is not None:
+            ids.append(self._running.request.request_id)
+        for request_id in ids:
+            self.abort(request_id, emit, code=code, reason=reason)
