@@ -1,6 +1,7 @@
 """Speech to text on mlx-audio's Whisper: uploads (already decoded to 16 kHz PCM by the gateway) in, transcripts out.
 
-Each `step()` decodes one 30-second window of one transcription, taking the running transcriptions in turn, so
+Each `step()` decodes one 30-second window of one transcription (once: a window whose text looks degenerate is
+decoded again at a higher temperature in a later step), taking the running transcriptions in turn, so
 several requests share the worker fairly (a long file does not hold a short one back for its whole length),
 pings and aborts are served between windows, and a stream gets each window's segments as soon as they exist.
 At most MAX_RUNNING transcriptions advance together (each holds its samples and its decoder state); the rest wait

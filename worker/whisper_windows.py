@@ -50,6 +50,8 @@ class Transcription:
         self.segments: list[Segment] = []
         self._tokens: list[int] = []  # the text so far, which the next window is conditioned on
         self._prompt_reset = 0
+        self._window: tuple[mx.array, int] | None = None  # the current window's spectrogram and frames
+        self._attempt = 0  # decodings of the current window so far that looked degenerate
         self.processing_seconds = 0.0
 
     @property
@@ -72,35 +74,41 @@ class Transcription:
         if self.request.prompt:
             self._tokens = self._tokenizer.encode(" " + self.request.prompt.strip())
 
-    def _decode(self, mel: mx.array) -> DecodingResult:
-        """Greedy (or the request's temperature) first; hotter while the output looks degenerate."""
-        first = self.request.temperature
-        temperatures = [first, *np.arange(first + TEMPERATURE_STEP, 1.0 + 1e-6, TEMPERATURE_STEP)]
-        result = None
-        for t in temperatures:
-            options = DecodingOptions(
-                task=self.request.task,
-                language=self.language,
-                temperature=float(t),
-                prompt=self._tokens[self._prompt_reset :],
-                fp16=self._fp16,
-                best_of=5 if t > 0 else None,
-            )
-            result = self._model.decode(mel, options)
-            too_repetitive = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-            too_unlikely = result.avg_logprob < LOGPROB_THRESHOLD
-            silent = result.no_speech_prob > NO_SPEECH_THRESHOLD
-            if silent or not (too_repetitive or too_unlikely):
-                break
+    def _decode(self, mel: mx.array) -> DecodingResult | None:
+        """One attempt at the window: greedy (or the request's temperature) first, then hotter while the output looks
+        degenerate. None: try again at the next temperature (another step, so pings and other requests get in)."""
+        t = self.request.temperature + self._attempt * TEMPERATURE_STEP
+        options = DecodingOptions(
+            task=self.request.task,
+            language=self.language,
+            temperature=float(t),
+            prompt=self._tokens[self._prompt_reset :],
+            fp16=self._fp16,
+            best_of=5 if t > 0 else None,
+        )
+        result = self._model.decode(mel, options)
+        degenerate = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD or result.avg_logprob < LOGPROB_THRESHOLD
+        silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD
+        if degenerate and not silent and t + TEMPERATURE_STEP <= 1.0 + 1e-6:
+            self._attempt += 1
+            return None
+        self._attempt = 0
         return result
 
     def advance(self) -> list[Segment]:
-        """Decode the next window; its new segments (none for silence)."""
+        """One decoding attempt at the current window; the window's new segments once it is done (none for
+        silence, or while it is being decoded again at a higher temperature)."""
         started = time.perf_counter()
-        mel, size = self._window_mel()
+        if self._window is None:
+            self._window = self._window_mel()
+        mel, size = self._window
         if self._tokenizer is None:
             self._start(mel)
         result = self._decode(mel)
+        if result is None:
+            self.processing_seconds += time.perf_counter() - started
+            return []
+        self._window = None
         offset = self.seek / FRAMES_PER_SECOND
         tokens = np.array(result.tokens)
         if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD:
