@@ -72,6 +72,7 @@ class SpeechRequest(Message, tag="speech"):
     text: str
     voice: str | None = None  # None: the model's default voice
     speed: float = 1.0
+    seed: int | None = None  # the same text, voice and seed give the same audio (models sample noise)
     trace_id: str | None = None
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 
 from protocol.audio import AudioChunk, SpeechDone, SpeechRequest
@@ -151,4 +152,6 @@ class TextToSpeechEngine(OneAtATime):
                 "This model speaks text (its type is tts); it does not generate text, embeddings or transcripts",
             )
         options = {"voice": request.voice} if request.voice else {}
+        if request.seed is not None:  # one request runs at a time: nothing else draws from MLX's generator meanwhile
+            mx.random.seed(request.seed)
         return _Running(request, iter(self._model.generate(text=request.text, speed=request.speed, **options)))

@@ -151,6 +151,7 @@ class SpeechBody(msgspec.Struct, kw_only=True):
     voice: str | None = None
     response_format: Literal["mp3", "wav", "opus", "flac", "aac", "pcm"] = "mp3"
     speed: Annotated[float, Meta(ge=0.25, le=4.0)] = 1.0
+    seed: int | None = None  # beyond OpenAI: repeatable audio (the vocoders sample noise)
     stream: bool = False  # send the audio as it is produced (chunked), instead of whole with its length
     stream_format: Literal["audio", "sse"] | None = None  # OpenAI's; "audio" streams like stream=true
     instructions: str | None = None  # OpenAI's; the models served here take no instructions
@@ -169,7 +170,9 @@ async def speech(request: Request) -> Response:
     body = decode_request(await request.body(), SpeechBody)
     if body.stream_format == "sse":
         raise _invalid("stream_format 'sse' is not served; use 'audio' (or stream: true)", "stream_format")
-    message = SpeechRequest(request_id=f"spch-{uuid.uuid4().hex}", text=body.input, voice=body.voice, speed=body.speed)
+    message = SpeechRequest(
+        request_id=f"spch-{uuid.uuid4().hex}", text=body.input, voice=body.voice, speed=body.speed, seed=body.seed
+    )
     model = model_for(request, body.model, request.app.state.settings.speech_model)
     client, events, first = await start_generation(request, message, model)
     rate = first.sample_rate if isinstance(first, AudioChunk | SpeechDone) else 0
