@@ -254,6 +254,7 @@ def states(server) -> dict[str, str]:
 
 
 def test_whisper_is_evicted_for_the_llm_and_reloaded_on_the_next_transcription(speech_client, speech_server, audio):
+    httpx.post(f"{speech_server.url}/api/v1/models/{WHISPER}/load", timeout=300).raise_for_status()
     speech_client.audio.speech.create(model="tiny-tts", voice=VOICES[0], input="Hi.")  # whisper is now the LRU
     assert states(speech_server)[WHISPER] == "ready"
     chat = speech_client.chat.completions.create(
