@@ -52,8 +52,9 @@ async def decode_upload(upload, max_seconds: float) -> bytes:
         )  # fmt: skip
         pcm, errors = await proc.communicate()
     if proc.returncode != 0 or not pcm:
-        reason = errors.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
-        raise APIError(ErrorCode.INVALID_REQUEST, f"The file could not be decoded as audio: {reason[0]}", param="file")
+        lines = errors.decode(errors="replace").replace(spool.name, "file").strip().splitlines()  # no server paths
+        reason = lines[-1] if lines else "it holds no audio stream"
+        raise APIError(ErrorCode.INVALID_REQUEST, f"The file could not be decoded as audio: {reason}", param="file")
     seconds = len(pcm) / BYTES_PER_SAMPLE / WHISPER_SAMPLE_RATE
     if seconds > max_seconds:
         raise APIError(
