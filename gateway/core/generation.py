@@ -24,11 +24,12 @@ from gateway.core.caller import Caller, Event, Observer, ObserverFactory
 from gateway.errors import APIError
 from gateway.worker_client import RequestStream, WorkerClient, WorkerPool
 from protocol import ErrorCode
+from protocol.audio import SpeechRequest, TranscribeRequest
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import TERMINAL, Finished, GenerateRequest, GenerationError, TextChunk, TokenLogprob, ToolCall
 
 _REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
-WorkerRequest = GenerateRequest | EmbedRequest | RerankRequest
+WorkerRequest = GenerateRequest | EmbedRequest | RerankRequest | TranscribeRequest | SpeechRequest
 
 
 class Generation:

@@ -27,11 +27,18 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from gateway.dialects import anthropic, chat, completions, embeddings, rerank
+from gateway.dialects import anthropic, audio, chat, completions, embeddings, rerank
 from gateway.dialects.dialect import Dialect
 from gateway.errors import register_error_shape
 
-DIALECTS: list[Dialect] = [chat.DIALECT, completions.DIALECT, anthropic.DIALECT, embeddings.DIALECT, rerank.DIALECT]
+DIALECTS: list[Dialect] = [
+    chat.DIALECT,
+    completions.DIALECT,
+    anthropic.DIALECT,
+    embeddings.DIALECT,
+    rerank.DIALECT,
+    audio.DIALECT,
+]
 
 for _dialect in DIALECTS:
     register_error_shape(_dialect.owns, _dialect.error_shape)

@@ -1,8 +1,9 @@
-"""OpenAI's audio API: POST /v1/audio/transcriptions and /v1/audio/translations (multipart uploads to an stt model),
-POST /v1/audio/speech (text to a tts model). Also under /api/v1.
+"""OpenAI's audio API as a dialect: POST /v1/audio/transcriptions and /v1/audio/translations (multipart uploads to
+an stt model), POST /v1/audio/speech (text to a tts model). Also under /api/v1. Errors are OpenAI's shape.
 
 Uploads are decoded here (gateway/audio_codec.py) before any model is involved, so a file that is not audio, too
-large or too long is refused at once; answers are encoded here too, streamed as the worker produces them.
+large or too long is refused at once; answers are encoded here too, streamed as the worker produces them. The
+transcript formats (json, text, srt, vtt, verbose_json) are in gateway/transcript_formats.py.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.audio_codec import MEDIA_TYPES, decode_upload, encode_stream, encode_whole
+from gateway.core import http as core
+from gateway.core.generation import Generation
+from gateway.dialects.dialect import Dialect, post
+from gateway.dialects.openai_common import OPENAI_WIRE
 from gateway.errors import APIError
-from gateway.generation import start_generation, stream_generation
-from gateway.openai_schema import decode_request
-from gateway.streaming import sse, unless_disconnected
+from gateway.request_body import decode_request
+from gateway.sse import sse
 from gateway.transcript_formats import FORMATS, render
 from protocol import ErrorCode
-from protocol.audio import AudioChunk, SpeechDone, SpeechRequest, TranscribeRequest, Transcript, TranscriptPart
-from protocol.generation import GenerationError
+from protocol.audio import AudioChunk, SpeechDone, SpeechRequest, TranscribeRequest, Transcript
 
 MAX_SPEECH_CHARS = 4096  # OpenAI's limit on `input`
 
@@ -98,38 +101,32 @@ async def _read_form(request: Request, task: str) -> tuple[TranscribeRequest, st
     return message, model, fmt, granularities, stream
 
 
-async def _transcript(stream, event) -> Transcript:
-    while isinstance(event, TranscriptPart):
-        event = await stream.next()
-    if isinstance(event, GenerationError):
-        raise APIError.from_event(event)
-    return event
+async def _transcript(generation: Generation) -> Transcript:
+    async for event in generation:  # TranscriptParts, then the Transcript (an error raises APIError)
+        if isinstance(event, Transcript):
+            return event
+    raise AssertionError("a transcription ends with its Transcript or an error")
 
 
-async def _text_events(stream, event):
+async def _text_events(generation: Generation):
     """OpenAI's transcription stream: a `transcript.text.delta` per finished window, then `transcript.text.done`."""
-    while True:
-        if isinstance(event, GenerationError):
-            yield sse(APIError.from_event(event).body())
-            return
+    async for event in generation:
         if isinstance(event, Transcript):
             yield sse({"type": "transcript.text.done", "text": event.text.strip()})
             yield b"data: [DONE]\n\n"
             return
-        delta = "".join(s.text for s in event.segments)
-        yield sse({"type": "transcript.text.delta", "delta": delta})
-        event = await stream.next()
+        yield sse({"type": "transcript.text.delta", "delta": "".join(s.text for s in event.segments)})
 
 
 async def _transcribe(request: Request, task: str) -> Response:
     message, model, fmt, granularities, stream = await _read_form(request, task)
     if stream:
-        return await stream_generation(request, message, model, lambda client, s, first: _text_events(s, first))
-    client, events, first = await start_generation(request, message, model)
+        return await core.stream(request, message, model, _text_events, OPENAI_WIRE)
+    generation = await core.start(request, message, model)
     try:
-        transcript = await unless_disconnected(request, _transcript(events, first))
+        transcript = await core.caller_of(request).unless_gone(_transcript(generation))
     finally:
-        client.release(events)
+        generation.release()
     return render(transcript, fmt, task, granularities)
 
 
@@ -157,13 +154,10 @@ class SpeechBody(msgspec.Struct, kw_only=True):
     instructions: str | None = None  # OpenAI's; the models served here take no instructions
 
 
-async def _pcm(stream, first):
-    event = first
-    while isinstance(event, AudioChunk):
-        yield event.pcm
-        event = await stream.next()
-    if isinstance(event, GenerationError):
-        raise APIError.from_event(event)
+async def _pcm(generation: Generation):
+    async for event in generation:  # AudioChunks, then SpeechDone (an error raises APIError)
+        if isinstance(event, AudioChunk):
+            yield event.pcm
 
 
 async def speech(request: Request) -> Response:
@@ -174,7 +168,8 @@ async def speech(request: Request) -> Response:
         request_id=f"spch-{uuid.uuid4().hex}", text=body.input, voice=body.voice, speed=body.speed, seed=body.seed
     )
     model = model_for(request, body.model, request.app.state.settings.speech_model)
-    client, events, first = await start_generation(request, message, model)
+    generation = await core.start(request, message, model)
+    first = generation.first
     rate = first.sample_rate if isinstance(first, AudioChunk | SpeechDone) else 0
     media_type = MEDIA_TYPES[body.response_format]
     headers = {"X-Sample-Rate": str(rate)}
@@ -182,18 +177,28 @@ async def speech(request: Request) -> Response:
 
         async def chunks():
             try:
-                async for out in encode_stream(_pcm(events, first), rate, body.response_format):
+                async for out in encode_stream(_pcm(generation), rate, body.response_format):
                     yield out
             finally:
-                client.release(events)
+                generation.release()
 
         return StreamingResponse(chunks(), media_type=media_type, headers=headers)
     try:
-        pcm = b"".join(await unless_disconnected(request, _collect(events, first)))
+        pcm = b"".join(await core.caller_of(request).unless_gone(_collect(generation)))
     finally:
-        client.release(events)
+        generation.release()
     return Response(await encode_whole(pcm, rate, body.response_format), media_type=media_type, headers=headers)
 
 
-async def _collect(stream, first) -> list[bytes]:
-    return [chunk async for chunk in _pcm(stream, first)]
+async def _collect(generation: Generation) -> list[bytes]:
+    return [chunk async for chunk in _pcm(generation)]
+
+
+DIALECT = Dialect(
+    name="openai-audio",
+    routes=[
+        *post("/audio/transcriptions", transcriptions),
+        *post("/audio/translations", translations),
+        *post("/audio/speech", speech),
+    ],
+)
