@@ -100,15 +100,8 @@ class TextToSpeechEngine(OneAtATime):
             request = self._waiting.pop()
             busy = f"{MAX_WAITING} requests are already waiting for this model; try again shortly"
             emit(failure(request.request_id, ErrorCode.WORKER_UNAVAILABLE, busy))
-        if self._running is None:
-            if not self._waiting:
-                return
-            request = self._waiting.popleft()
-            try:
-                self._running = self._start(request)
-            except RequestRejected as exc:
-                emit(failure(request.request_id, exc.code, str(exc)))
-                return
+        if not self._has_running(emit):
+            return
         running = self._running
         rid = running.request.request_id
         try:

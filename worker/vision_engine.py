@@ -107,15 +107,8 @@ class VisionEngine(OneAtATime):
         self._running.tokens.close()  # ends mlx-vlm's generator: its KV cache is freed
 
     def step(self, emit) -> None:
-        if self._running is None:
-            if not self._waiting:
-                return
-            request = self._waiting.popleft()
-            try:
-                self._running = self._start(request)
-            except RequestRejected as exc:
-                emit(failure(request.request_id, exc.code, str(exc)))
-                return
+        if not self._has_running(emit):
+            return
         running = self._running
         try:
             self._advance(running, emit)

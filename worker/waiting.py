@@ -7,6 +7,7 @@ from collections import deque
 
 from protocol.errors import ErrorCode
 from protocol.generation import failure
+from worker.prompt_encoding import RequestRejected
 
 
 class Waiting(deque):
@@ -28,6 +29,20 @@ class OneAtATime:
 
     def _stop_running(self) -> None:
         raise NotImplementedError
+
+    def _start(self, request):
+        """The running state for `request`; raises RequestRejected for one the engine cannot serve."""
+        raise NotImplementedError
+
+    def _has_running(self, emit) -> bool:
+        """Start the next waiting request if none runs (refusing those `_start` rejects); whether one runs now."""
+        while self._running is None and self._waiting:
+            request = self._waiting.popleft()
+            try:
+                self._running = self._start(request)
+            except RequestRejected as exc:
+                emit(failure(request.request_id, exc.code, str(exc)))
+        return self._running is not None
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         if self._running is not None and self._running.request.request_id == request_id:

@@ -13,25 +13,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.auth import Service
-from protocol.audio import AudioChunk, SpeechDone, Transcript, TranscriptPart
-from protocol.embedding import Embeddings, RerankScores
-from protocol.generation import Finished, GenerationError, TextChunk
+from protocol.generation import WorkerOutbound
 
 T = TypeVar("T")
 
 # What a worker sends for one request: tokens then Finished, or one encoder result, or transcript parts then the
 # Transcript, or audio chunks then SpeechDone; or an error instead.
-Event = (
-    TextChunk
-    | Finished
-    | GenerationError
-    | Embeddings
-    | RerankScores
-    | TranscriptPart
-    | Transcript
-    | AudioChunk
-    | SpeechDone
-)
+Event = WorkerOutbound
 # Sees every event of one attempt at a generation, errors included, as the core hands it on. It must not block
 # or raise: it runs on the event loop in the middle of a stream (start a task for slow work).
 Observer = Callable[[Event], None]
