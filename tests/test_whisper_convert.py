@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from gateway.transcript_formats import srt, vtt
+from gateway.dialects.audio.formats import srt, vtt
 from protocol.audio import Segment
 from supervisor.whisper_convert import Ct2FormatError, mlx_weights, read_ct2
 

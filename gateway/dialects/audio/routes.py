@@ -1,9 +1,8 @@
 """OpenAI's audio API as a dialect: POST /v1/audio/transcriptions and /v1/audio/translations (multipart uploads to
 an stt model), POST /v1/audio/speech (text to a tts model). Also under /api/v1. Errors are OpenAI's shape.
 
-Uploads are decoded here (gateway/audio_codec.py) before any model is involved, so a file that is not audio, too
-large or too long is refused at once; answers are encoded here too, streamed as the worker produces them. The
-transcript formats (json, text, srt, vtt, verbose_json) are in gateway/transcript_formats.py.
+Uploads are decoded here (codec.py) before any model is involved, so a file that is not audio, too large or too
+long is refused at once; answers are encoded here too, streamed as the worker produces them.
 """
 
 from __future__ import annotations
@@ -17,15 +16,15 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.audio_codec import MEDIA_TYPES, decode_upload, encode_stream, encode_whole
 from gateway.core import http as core
 from gateway.core.generation import Generation
+from gateway.dialects.audio.codec import MEDIA_TYPES, decode_upload, encode_stream, encode_whole
+from gateway.dialects.audio.formats import FORMATS, render
 from gateway.dialects.dialect import Dialect, post
 from gateway.dialects.openai_common import OPENAI_WIRE
 from gateway.errors import APIError
 from gateway.request_body import decode_request
 from gateway.sse import sse
-from gateway.transcript_formats import FORMATS, render
 from protocol import ErrorCode
 from protocol.audio import AudioChunk, SpeechDone, SpeechRequest, TranscribeRequest, Transcript
 
