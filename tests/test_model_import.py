@@ -54,7 +54,7 @@ def test_import_names_what_it_cannot_read(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     result = run_import(str(tmp_path / "notes.txt"), "notes", "--store", str(tmp_path / "store"))
     assert result.returncode == 1
-    assert "neither a .gguf file nor a Hugging Face safetensors directory" in result.stdout
+    assert "neither a .gguf file, a Hugging Face safetensors directory nor a Whisper model" in result.stdout
     missing = run_import(str(tmp_path / "nope.gguf"), "nope", "--store", str(tmp_path / "store"))
     assert missing.returncode == 1 and "does not exist" in missing.stdout
 
