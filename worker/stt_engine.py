@@ -148,6 +148,8 @@ class SpeechToTextEngine:
                 ErrorCode.INVALID_REQUEST,
                 "This model transcribes speech (its type is stt); it does not generate text, embeddings or audio",
             )
+        if len(request.pcm) % 2:
+            raise RequestRejected(ErrorCode.INVALID_REQUEST, "pcm must hold whole 16-bit samples (an even byte count)")
         if request.language is not None:
             if request.language not in LANGUAGES:
                 raise RequestRejected(

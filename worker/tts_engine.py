@@ -108,15 +108,12 @@ class TextToSpeechEngine(OneAtATime):
             started = time.perf_counter()
             result = next(running.chunks, None)
             running.computing += time.perf_counter() - started
-        except (ValueError, KeyError) as exc:  # the model's words for a voice or text it cannot take
-            self._end()
-            if running.samples:
-                raise
-            emit(failure(rid, ErrorCode.INVALID_REQUEST, f"The model cannot speak this: {exc}"))
-            return
         except Exception as exc:  # a failure in this request's synthesis ends it, not the worker
-            log.exception("speech %s failed", rid)
             self._end()
+            if isinstance(exc, ValueError | KeyError) and not running.samples:  # a voice or text it cannot take
+                emit(failure(rid, ErrorCode.INVALID_REQUEST, f"The model cannot speak this: {exc}"))
+                return
+            log.exception("speech %s failed", rid)
             emit(failure(rid, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
             return
         if result is not None:
