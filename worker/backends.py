@@ -1,6 +1,6 @@
 """The backend a worker runs, chosen by the model's type in the config: each loads its model and gives an
 `Engine` (batch_engine.BatchEngine for llm, vision_engine.VisionEngine for vlm, embedding_engine.EmbeddingEngine
-for embedding)."""
+for embedding, stt_engine.SpeechToTextEngine for stt, tts_engine.TextToSpeechEngine for tts)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from protocol.control import MODEL_TYPES
 from protocol.errors import ErrorCode
 from protocol.launch import EngineSettings
 
-# Where an engine sends its events (TextChunk, Finished, GenerationError, Embeddings, RerankScores): the
-# generation thread's socket, or a list in tests.
+# Where an engine sends its events (TextChunk, Finished, GenerationError, Embeddings, RerankScores, and the speech
+# events of protocol/audio.py): the generation thread's socket, or a list in tests.
 Emit = Callable[[object], None]
 
 
@@ -25,7 +25,8 @@ class Engine(Protocol):
     """
 
     def submit(self, request) -> None:
-        """Accept a request (GenerateRequest, EmbedRequest, RerankRequest); it starts at a later `step`."""
+        """Accept a request (GenerateRequest, EmbedRequest, RerankRequest, TranscribeRequest, SpeechRequest); it
+        starts at a later `step`."""
 
     def step(self, emit: Emit) -> None:
         """Advance the work in hand by one step (a token for every running sequence, or one encoder batch)."""
