@@ -35,6 +35,12 @@ def stt(tmp_path_factory):
     return SpeechToTextEngine(load_whisper(str(import_model("bundled:whisper-tiny.en", "whisper", store))))
 
 
+def test_both_are_engines(tts, stt):
+    from worker.backends import Engine
+
+    assert isinstance(tts, Engine) and isinstance(stt, Engine)
+
+
 def test_tts_refuses_what_it_cannot_speak_and_goes_on(tts):
     tts.submit(EmbedRequest(request_id="wrong", inputs=["a"]))
     tts.submit(SpeechRequest(request_id="voice", text="Hello.", voice="nobody"))
