@@ -14,6 +14,7 @@ class EmbedRequest(Message, tag="embed"):
     inputs: list[str]
     dimensions: int | None = None  # None: the model's own size; smaller only where the model was trained for it
     trace_id: str | None = None  # the client's X-Request-ID, for the worker's log lines
+    priority: int = 0  # admission order in the worker's queue, as GenerateRequest's
 
 
 class Embeddings(Message, tag="embeddings"):

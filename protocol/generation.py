@@ -88,6 +88,12 @@ class GenerateRequest(Message, tag="generate"):
     # A stored conversation: if it does not fit the context, the oldest turns are dropped (system messages kept)
     # instead of refusing the request.
     trim_history: bool = False
+    # Extra variables for the chat template, e.g. {"enable_thinking": false} to keep a reasoning model quiet.
+    chat_template_kwargs: dict = {}
+    # A reasoning model thinks at most this many tokens, then its end-of-thinking marker is forced. None: no cap.
+    reasoning_budget: int | None = None
+    # Admission order in the worker's queue: higher first, arrival order among equals. Batch lines send -1.
+    priority: int = 0
 
 
 class Abort(Message, tag="abort"):
@@ -111,6 +117,8 @@ class TextChunk(Message, tag="chunk"):
     completion_tokens: int  # generated so far, including this chunk
     logprobs: list[TokenLogprob] | None = None  # the tokens behind `text`, when the request asked for them
     tool_calls: list[ToolCall] = []  # calls parsed from the output; their text is not in `text`
+    # A reasoning model's thinking, apart from the answer (`text`): its markers are in neither.
+    reasoning: str = ""
     # On a sequence's first chunk: the prompt's length and how much of it came from the prompt cache, so a
     # dialect can report them before the end (Anthropic's message_start does).
     prompt_tokens: int = 0
@@ -121,6 +129,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens whose KV state came from the prompt cache
+    reasoning_tokens: int = 0  # of the completion tokens, those spent thinking
 
     @property
     def total_tokens(self) -> int:

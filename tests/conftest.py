@@ -10,11 +10,13 @@ from openai import OpenAI
 
 from supervisor.model_import import import_model
 from tests.harness import LOG_ARCHIVE, RedisServer, Server, write_config
+from tests.thinking_model import build_thinking_copy
 from tests.tiny_vlm import build_tiny_qwen2_vl
 
 MODEL = "smollm2-135m-instruct"
 EMBEDDER = "all-minilm-l6-v2"
 VLM = "tiny-vlm"
+THINKER = "smollm2-thinking"  # the bundled model under a chat template that opens a <think> block
 CONTEXT = 2048  # small, so context-length errors are cheap to provoke
 
 
@@ -25,6 +27,7 @@ def model_store(tmp_path_factory):
     import_model(f"bundled:{MODEL}", MODEL, store)
     import_model(f"bundled:{EMBEDDER}", EMBEDDER, store)
     build_tiny_qwen2_vl(store / VLM, tokenizer_src=store / MODEL)  # no real vision model can be fetched here
+    build_thinking_copy(store / MODEL, store / THINKER)
     return store
 
 
@@ -43,6 +46,7 @@ def server_config(tmp_path_factory, model_store):
             # The gateway's default for embeddings and rerank requests that name no model.
             {"id": EMBEDDER, "aliases": ["minilm"], "source": EMBEDDER, "type": "embedding"},
             {"id": VLM, "source": VLM, "type": "vlm", "context_length": 256},
+            {"id": "thinker", "source": THINKER, "context_length": CONTEXT, "memory_gb": 0.3},
         ],
         crash_limit=100,  # tests across modules kill smollm2's worker on purpose; test_recovery tests the limit
         claude_tiers={"haiku": "tiny"},  # sonnet and opus stay unrouted: requests for them are not found

@@ -21,6 +21,7 @@ from worker.constrained import json_schema_processor, tool_call_processor
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_for
+from worker.reasoning import ReasoningGate, ReasoningSplit, prompt_block, reasoning_format
 from worker.sampling import logits_processors_for, sampler_for
 from worker.sequence import Sequence
 from worker.speculative import SpeculativeRun
@@ -36,6 +37,7 @@ class BatchEngine:
         self._model = loaded.model
         self._draft_model = loaded.draft_model
         self._tokenizer = loaded.tokenizer
+        self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
         self.context_length = loaded.context_length
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes)
         self._waiting = Waiting()
@@ -143,7 +145,7 @@ class BatchEngine:
 
     def _admit(self, request: GenerateRequest, emit, speculative: bool = False) -> None:
         try:
-            prompt = encode_prompt(self._tokenizer, request, self.context_length)
+            prompt = encode_prompt(self._tokenizer, request, self.context_length, thinks=self._reasoning is not None)
             if request.count_only:
                 emit(
                     Finished(
@@ -154,7 +156,8 @@ class BatchEngine:
                 )
                 return
             max_tokens = max_tokens_for(request, len(prompt), self.context_length)
-            constraints = self._constraints(request)
+            split = self._split(request, prompt)
+            constraints = self._constraints(request, split)
         except RequestRejected as exc:
             log.info(
                 "request %s [x-request-id %s] refused: %s",
@@ -178,6 +181,7 @@ class BatchEngine:
             top_logprobs=params.top_logprobs if params.logprobs else None,
             tool_calls=ToolCallScanner(self._tokenizer, request.tools) if self._offers_tools(request) else None,
             trace_id=request.trace_id,
+            reasoning=split,
         )
         sampler, processors = sampler_for(params), logits_processors_for(params) + constraints
         # Constraints keep state per token they let through; drafts the model rejects would corrupt it.
@@ -203,19 +207,38 @@ class BatchEngine:
     def _offers_tools(request: GenerateRequest) -> bool:
         return bool(request.tools) and request.tool_choice.mode != "none"
 
-    def _constraints(self, request: GenerateRequest) -> list:
-        """Logits processors that enforce the output's shape: a JSON schema, or a call that tool_choice requires.
+    def _split(self, request: GenerateRequest, prompt: list[int]) -> ReasoningSplit | None:
+        """How this request's output divides into thinking and answer (None: all answer: a model that does not
+        think, or a raw prompt, which no template opened a block in)."""
+        if self._reasoning is None or request.messages is None:
+            return None
+        return ReasoningSplit(self._reasoning, prompt_block(self._reasoning, self._tokenizer, prompt))
+
+    def _constraints(self, request: GenerateRequest, split: ReasoningSplit | None) -> list:
+        """Logits processors that shape the output: the answer's format (a JSON schema, or a call that tool_choice
+        requires), and for a model that thinks, a gate that keeps that format off the thinking and caps it at
+        the request's reasoning budget. The format is compiled here, so a schema that cannot be enforced is
+        refused at admission."""
+        answer = self._answer_format(request)
+        processors = answer() if answer else []
+        if split is None or (answer is None and request.reasoning_budget is None):
+            return processors
+        gate = ReasoningGate(self._reasoning, self._tokenizer, split.thinking, request.reasoning_budget, answer or list)
+        return [gate]
+
+    def _answer_format(self, request: GenerateRequest):
+        """A builder of the processors that enforce the answer's shape, or None for free text.
 
         A required call is enforced only in the json_tools format (the fallback's, and models whose parser is
         json_tools); other models' call formats are left to their template and parser.
         """
         if request.json_schema is not None:
-            return [json_schema_processor(self._tokenizer, request.json_schema)]
+            return lambda: [json_schema_processor(self._tokenizer, request.json_schema)]
         choice = request.tool_choice
         json_tools_format = parser_for(self._tokenizer)[2] is json_tools.parse_tool_call
         if self._offers_tools(request) and choice.mode == "required" and json_tools_format:
-            return [tool_call_processor(self._tokenizer, request.tools, choice.name)]
-        return []
+            return lambda: [tool_call_processor(self._tokenizer, request.tools, choice.name)]
+        return None
 
     def _insert(self, sequence: Sequence, prompt, history, cache, max_tokens: int, sampler, processors) -> None:
         (uid,) = self._generator.insert(

@@ -10,6 +10,8 @@ from worker.tool_prompt import template_inputs
 
 log = logging.getLogger("worker.prompt")
 SYSTEM_ROLES = ("system", "developer")
+# Arguments of apply_chat_template that the worker sets itself: a request's chat_template_kwargs cannot.
+RESERVED_KWARGS = frozenset({"conversation", "messages", "tools", "tokenize", "add_generation_prompt", "return_dict"})
 
 
 class RequestRejected(ValueError):
@@ -27,7 +29,11 @@ def require_generation(request) -> None:
         )
 
 
-def encode_prompt(tokenizer, request: GenerateRequest, context_length: int | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer, request: GenerateRequest, context_length: int | None = None, thinks: bool = False
+) -> list[int]:
+    """The prompt's tokens. `thinks`: the model has thinking markers, so its template is asked to think unless the
+    request says otherwise (`chat_template_kwargs: {"enable_thinking": false}`)."""
     require_generation(request)
     if request.messages and any(m.images for m in request.messages):
         raise RequestRejected(
@@ -37,7 +43,10 @@ def encode_prompt(tokenizer, request: GenerateRequest, context_length: int | Non
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "give exactly one of messages or prompt")
     if request.messages is not None:
         tools = request.tools if request.tool_choice.mode != "none" else []
-        messages, extra = template_inputs(tokenizer, request.messages, tools)
+        messages, tool_kwargs = template_inputs(tokenizer, request.messages, tools)
+        extra = {"enable_thinking": True} if thinks else {}
+        extra |= {k: v for k, v in request.chat_template_kwargs.items() if k not in RESERVED_KWARGS}
+        extra |= tool_kwargs
         prompt = _apply_template(tokenizer, messages, extra)
         if request.trim_history and context_length is not None:
             room = _room_needed(request, context_length)

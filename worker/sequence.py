@@ -9,6 +9,7 @@ from typing import Any
 import mlx.core as mx
 
 from protocol.generation import Finished, FinishReason, TextChunk, TokenLogprob, TopLogprob, Usage
+from worker.reasoning import ReasoningSplit
 from worker.stop_matcher import StopMatcher
 from worker.tool_calls import ToolCallScanner
 
@@ -40,18 +41,21 @@ class Sequence:
         top_logprobs: int | None,  # None: no logprobs
         tool_calls: ToolCallScanner | None = None,  # None: the request offered no tools
         trace_id: str | None = None,  # the client's X-Request-ID, for log lines
+        reasoning: ReasoningSplit | None = None,  # None: the model does not think (or the prompt was raw)
     ):
         self.request_id = request_id
         self.trace_id = trace_id
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = cached_tokens
         self.completion_tokens = 0
+        self.reasoning_tokens = 0
         self.draft_accepted = 0  # tokens a draft model proposed and the model accepted (speculative decoding)
         self._tokenizer = tokenizer
         self._detokenizer = tokenizer.detokenizer
         self._stops = StopMatcher(stop)
         self._top_logprobs = top_logprobs
         self._tool_calls = tool_calls
+        self._reasoning = reasoning
         self._reported = False  # the prompt's token counts went out on a chunk
         self._pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
         self._admitted = time.perf_counter()
@@ -65,17 +69,25 @@ class Sequence:
         """Feed one generated token; emits what can be sent. Returns True when the sequence is done.
 
         finish_reason comes from the batch: "stop" (an end-of-sequence token, which is not text) or "length".
+        Thinking is split off first: stop sequences and tool calls are looked for in the answer only.
         """
         if self._first_token_at is None:
             self._first_token_at = time.perf_counter()
         if finish_reason != "stop":
             self.completion_tokens += 1
+            self.reasoning_tokens += bool(self._reasoning and self._reasoning.thinking)
             self._detokenizer.add_token(token)
             if self._top_logprobs is not None:
                 self._pending.append(token_logprob(self._tokenizer, token, logprobs, self._top_logprobs))
         if finish_reason is not None:
             self._detokenizer.finalize()
-        text = self._stops.feed(self._detokenizer.last_segment)
+        thought, answer = "", self._detokenizer.last_segment
+        if self._reasoning is not None:
+            thought, answer = self._reasoning.feed(answer)
+            if finish_reason is not None:
+                more_thought, more_answer = self._reasoning.flush()
+                thought, answer = thought + more_thought, answer + more_answer
+        text = self._stops.feed(answer)
         done = finish_reason is not None or self._stops.stopped
         if done:
             text += self._stops.flush()
@@ -85,12 +97,13 @@ class Sequence:
             if done:
                 rest, more = self._tool_calls.flush()
                 text, calls = text + rest, calls + more
-        if text or calls:
+        if text or calls or thought:
             self._reported, reported = True, self._reported
             emit(
                 TextChunk(
                     request_id=self.request_id,
                     text=text,
+                    reasoning=thought,
                     completion_tokens=self.completion_tokens,
                     logprobs=self._take_pending(),
                     tool_calls=calls,
@@ -132,6 +145,7 @@ class Sequence:
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
                 cached_tokens=self.cached_tokens,
+                reasoning_tokens=self.reasoning_tokens,
             ),
             prompt_tps=(self.prompt_tokens - self.cached_tokens) / max(first - self._admitted, 1e-9),
             draft_accepted_tokens=self.draft_accepted,

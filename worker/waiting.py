@@ -1,5 +1,6 @@
-"""The requests an engine has accepted but not started, in arrival order; and aborts for an engine that runs one
-request at a time."""
+"""The requests an engine has accepted but not started: higher `priority` first, arrival order among equals
+(interactive requests, priority 0, go ahead of batch lines, -1, that are still waiting, never ahead of one that
+has started); and aborts for an engine that runs one request at a time."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from worker.prompt_encoding import RequestRejected
 
 
 class Waiting(deque):
+    def append(self, request) -> None:
+        """Queue `request` behind every waiting request of its priority or higher."""
+        priority = getattr(request, "priority", 0)
+        at = len(self)
+        while at > 0 and getattr(self[at - 1], "priority", 0) < priority:
+            at -= 1
+        self.insert(at, request)
+
     def drop(self, request_id: str) -> bool:
         """Remove the request with this id; whether it was waiting."""
         for request in self:
