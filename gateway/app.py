@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, GatewaySettings, load_gateway_config
 from gateway.core.caller import ClientGone
 from gateway.core.generation import GenerationCore
 from gateway.dialects.dialect import BASE_PATHS
+from gateway.dialects.responses.store import make_response_store
 from gateway.errors import APIError
 from gateway.middleware.auth import Auth
 from gateway.middleware.body_limit import BodyLimit
@@ -153,6 +154,7 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.tokens = tokens
         app.state.limiter = limiter
         app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
+        app.state.responses = make_response_store(settings.redis_url, transport.responses.ttl_seconds)
         app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
         app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
         # Observers every generation feeds, app-wide (each request adds its own telemetry record: core/http.py).
@@ -174,6 +176,7 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
             app.state.supervisor.close()
             ctx.term()
             await app.state.sessions.close()
+            await app.state.responses.close()
             await limiter.close()
             metrics.process_exited()
 

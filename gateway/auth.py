@@ -41,6 +41,7 @@ class Service:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     key_prefix: str = ""
+    reasoning_field: str = "both"  # chat completions' name for thinking: reasoning_content, reasoning or both
 
     @classmethod
     def from_spec(cls, spec: ServiceSpec) -> Service:
@@ -53,6 +54,7 @@ class Service:
             requests_per_minute=spec.rate_limits.requests_per_minute,
             tokens_per_minute=spec.rate_limits.tokens_per_minute,
             key_prefix=spec.key_prefix if spec.key_prefix is not None else f"{spec.name}_",
+            reasoning_field=spec.reasoning_field,
         )
 
 

@@ -37,6 +37,7 @@ _STATUS = {
     ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
     ErrorCode.SESSION_NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.SESSION_STORE_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
 }
 RETRY_AFTER_SECONDS = 1
 

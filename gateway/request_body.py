@@ -22,12 +22,17 @@ def decode_request(body: bytes, cls: type[msgspec.Struct]):
     try:
         return msgspec.json.decode(body, type=cls)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        at, missing = _AT.search(text), _MISSING.search(text)
-        param = ".".join(p for p in (at and at.group(1), missing and missing.group(1)) if p) or None
-        message = _AT.sub("", text)
-        raise APIError(
-            ErrorCode.INVALID_REQUEST, f"{message} at '{param}'" if param else message, param=param
-        ) from None
+        raise invalid(exc) from None
     except msgspec.DecodeError as exc:
         raise APIError(ErrorCode.INVALID_REQUEST, f"The request body is not valid JSON: {exc}", param=None) from None
+
+
+def invalid(exc: msgspec.ValidationError, within: str = "") -> APIError:
+    """A schema violation as a 400 naming the field; `within`: where the validated value sits in the request
+    (for a part decoded on its own, such as `input[2]`)."""
+    text = str(exc)
+    at, missing = _AT.search(text), _MISSING.search(text)
+    path = ".".join(p for p in (at and at.group(1), missing and missing.group(1)) if p)
+    param = (within + ("" if not path or path.startswith("[") else ".") + path) or None
+    message = _AT.sub("", text)
+    return APIError(ErrorCode.INVALID_REQUEST, f"{message} at '{param}'" if param else message, param=param)

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     SESSION_NOT_FOUND = "session_not_found"  # unknown, expired, or another service's
     SESSION_STORE_UNAVAILABLE = "session_store_unavailable"  # Redis unreachable
+    STORE_UNAVAILABLE = "store_unavailable"  # where stored responses or batches live (Redis) is unreachable
 
 
 # Codes a client may retry as they are: the condition is transient on the server's side.

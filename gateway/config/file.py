@@ -35,6 +35,8 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     admin: bool = False  # may load and unload models
     key_sha256: list[str] = []  # sha256 (hex) of each key
     key_env: str | None = None  # an environment variable holding keys (comma-separated)
+    # Where chat completions put a reasoning model's thinking: `reasoning_content`, `reasoning`, or both.
+    reasoning_field: Literal["reasoning_content", "reasoning", "both"] = "both"
 
     def __post_init__(self) -> None:
         if not SERVICE_NAME.match(self.name):
@@ -53,6 +55,10 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ttl_seconds: int = 86400  # a session unused this long expires (every use renews it)
 
 
+class ResponseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ttl_seconds: int = 30 * 86400  # a stored response (POST /v1/responses with store) is kept this long
+
+
 class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cors_origins: list[str] = []  # browser origins allowed to call the API; empty: no CORS headers at all
     trusted_hosts: list[str] = msgspec.field(
@@ -62,6 +68,7 @@ class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     token_ttl_seconds: int = 900  # lifetime of the JWTs POST /api/v1/auth/token issues
     tls: TLSSettings = TLSSettings()
     sessions: SessionSettings = SessionSettings()
+    responses: ResponseSettings = ResponseSettings()
 
 
 class _File(msgspec.Struct, kw_only=True):

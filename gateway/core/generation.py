@@ -70,15 +70,17 @@ class Answer:
     text: str
     logprobs: list[TokenLogprob]
     tool_calls: list[ToolCall]
+    reasoning: str = ""  # a reasoning model's thinking, apart from the answer
 
 
 async def collect(generation: Generation) -> Answer:
     """Every event of `generation`, gathered into one Answer; raises APIError if it ends in an error."""
-    text, logprobs, calls = [], [], []
+    text, logprobs, calls, thought = [], [], [], []
     async for event in generation:
         if isinstance(event, Finished):
-            return Answer(generation.model_id, event, "".join(text), logprobs, calls)
+            return Answer(generation.model_id, event, "".join(text), logprobs, calls, "".join(thought))
         text.append(event.text)
+        thought.append(event.reasoning)
         logprobs.extend(event.logprobs or ())
         calls.extend(event.tool_calls)
     raise AssertionError("a generation ends with Finished or an error")

@@ -5,7 +5,7 @@ encoder message), its rendering of the answer, whole and streamed, its error sha
 a Dialect (dialect.py). Underneath, gateway/core/ runs every generation: a handler asks it for an Answer
 (`core.answer`) or hands it a renderer for a stream (`core.stream`), and never talks to a worker itself.
 
-How to add one (the Responses API is next):
+How to add one (gateway/dialects/responses/ is the latest):
 1. Write `gateway/dialects/<name>.py`, or a package `<name>/{schema,translate,render,routes}.py` once one file
    would pass ~400 lines. Decode the body with `gateway.request_body.decode_request(body, YourRequest)`;
    translate it into a `protocol.generation.GenerateRequest`; answer with
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from gateway.dialects import anthropic, audio, chat, completions, embeddings, rerank
+from gateway.dialects import anthropic, audio, chat, completions, embeddings, rerank, responses
 from gateway.dialects.dialect import Dialect
 from gateway.errors import register_error_shape
 
 DIALECTS: list[Dialect] = [
     chat.DIALECT,
     completions.DIALECT,
+    responses.DIALECT,
     anthropic.DIALECT,
     embeddings.DIALECT,
     rerank.DIALECT,

@@ -1,10 +1,10 @@
-"""What the OpenAI dialects share (chat completions, completions, and the Responses API next): the common request
-fields and their sampling parameters, the usage dict, the fingerprint, and how a stream ends or fails on OpenAI's
-wire. Not a dialect itself: it declares no routes."""
+"""What the OpenAI dialects share (chat completions, completions, the Responses API): the common request fields and
+their sampling parameters, the usage dict, the fingerprint, how a stream ends or fails on OpenAI's wire, and how
+thinking is asked for and named. Not a dialect itself: it declares no routes."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -24,30 +24,49 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
 
 
-class OpenAIRequest(msgspec.Struct, kw_only=True):
-    """The fields chat completions and completions share: the model, sampling, streaming."""
+class Sampling(msgspec.Struct, kw_only=True):
+    """The sampling fields every OpenAI dialect takes (top_k, min_p, repetition_penalty beyond OpenAI)."""
 
     model: str | None = None  # None: the server's default model
     temperature: Annotated[float, Meta(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     seed: int | None = None
     top_k: Annotated[int, Meta(ge=0)] = 0
     min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
     repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
     stream: bool = False
+
+
+class OpenAIRequest(Sampling, kw_only=True):
+    """The fields chat completions and completions share: the model, sampling, stop sequences, streaming."""
+
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1)] = 1
     user: str | None = None
 
 
-def sampling(req: OpenAIRequest, max_tokens: int | None, **more) -> SamplingParams:
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+THINKING_OFF: tuple[str, ...] = ("none", "minimal")  # efforts that turn a reasoning model's thinking off
+
+
+def template_kwargs(kwargs: dict | None, effort: str | None) -> dict:
+    """The chat template's extra variables: the request's own, and `enable_thinking` from a reasoning effort
+    (a reasoning model's template thinks or not; the effort's degrees between are not the template's to know)."""
+    out = dict(kwargs or {})
+    if effort is not None:
+        out.setdefault("enable_thinking", effort not in THINKING_OFF)
+    return out
+
+
+def sampling(req: Sampling, max_tokens: int | None, **more) -> SamplingParams:
     """The worker's sampling parameters from the shared fields (`more`: a dialect's own, such as logprobs)."""
+    stop = getattr(req, "stop", None)
     return SamplingParams(
         temperature=req.temperature,
         top_p=req.top_p,
         max_tokens=max_tokens,
-        stop=[req.stop] if isinstance(req.stop, str) else (req.stop or []),
+        stop=[stop] if isinstance(stop, str) else (stop or []),
         seed=req.seed,
         top_k=req.top_k,
         min_p=req.min_p,
@@ -67,4 +86,12 @@ def usage(event: Finished) -> dict:
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
     }
+
+
+def reasoning_keys(service) -> tuple[str, ...]:
+    """The message fields a service reads thinking from: `reasoning_content` (DeepSeek's, vllm-mlx's), `reasoning`
+    (vLLM's, OpenRouter's), or both (the default), as its `reasoning_field` says."""
+    field = getattr(service, "reasoning_field", "both")
+    return ("reasoning_content", "reasoning") if field == "both" else (field,)

@@ -3,6 +3,7 @@ errors in Anthropic's shape, {"type": "error", "error": {"type", "message"}}."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 
@@ -70,45 +71,78 @@ def _tool_use(call: ToolCall) -> dict:
     return {"type": "tool_use", "id": call.id, "name": call.name, "input": _input(call)}
 
 
+def _signature(thinking: str) -> str:
+    # Anthropic signs thinking so it can verify what clients send back; this server never reads it back, so the
+    # signature only identifies the text (clients store and return it as it is).
+    return hashlib.sha256(thinking.encode()).hexdigest()
+
+
+def _thinking(thinking: str) -> dict:
+    return {"type": "thinking", "thinking": thinking, "signature": _signature(thinking)}
+
+
 def message(answer: Answer, start: dict) -> dict:
     """The whole answer; `start` holds the id, type and role."""
     calls = [_tool_use(c) for c in answer.tool_calls]
-    content = ([{"type": "text", "text": answer.text}] if answer.text or not calls else []) + calls
+    content = [_thinking(answer.reasoning)] if answer.reasoning else []
+    content += ([{"type": "text", "text": answer.text}] if answer.text or not calls else []) + calls
     body = start | {"model": answer.model_id, "content": content} | _stop(answer.end)
     return body | {"usage": _final_usage(answer.end)}
 
 
 async def events(generation: Generation, message: dict) -> AsyncIterator[bytes]:
-    """message_start, then per content block start / deltas / stop, then message_delta with usage and
-    message_stop: the sequence the anthropic SDK assembles into a Message."""
+    """message_start, then per content block (thinking, text, tool_use) start / deltas / stop, then message_delta
+    with usage and message_stop: the sequence the anthropic SDK assembles into a Message."""
     first = generation.first
     counts = first.usage if isinstance(first, Finished) else first
     usage = _usage(counts.prompt_tokens, counts.cached_tokens, 0)
     start = message | {"content": [], "stop_reason": None, "stop_sequence": None}
     yield sse_event("message_start", {"message": start | {"usage": usage}})
     yield sse_event("ping", {})
-    index, text_open = 0, False
+    index, open_block, thought = 0, None, []
+
+    def close():  # the open block's end (a thinking block's signature first)
+        nonlocal index, open_block
+        if open_block == "thinking":
+            delta = {"type": "signature_delta", "signature": _signature("".join(thought))}
+            yield sse_event("content_block_delta", {"index": index, "delta": delta})
+            thought.clear()
+        if open_block is not None:
+            yield sse_event("content_block_stop", {"index": index})
+            index, open_block = index + 1, None
+
+    def delta(kind: str, text: str):
+        nonlocal open_block
+        if open_block != kind:
+            yield from close()
+            block = _thinking("") | {"signature": ""} if kind == "thinking" else {"type": "text", "text": ""}
+            yield sse_event("content_block_start", {"index": index, "content_block": block})
+            open_block = kind
+        body = (
+            {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
+        )
+        yield sse_event("content_block_delta", {"index": index, "delta": body})
+
     async for event in generation:
         if isinstance(event, Finished):
-            if text_open:
-                yield sse_event("content_block_stop", {"index": index})
+            for chunk in close():
+                yield chunk
             yield sse_event("message_delta", {"delta": _stop(event), "usage": _final_usage(event)})
             yield sse_event("message_stop", {})
             return
+        if event.reasoning:
+            thought.append(event.reasoning)
+            for chunk in delta("thinking", event.reasoning):
+                yield chunk
         if event.text:
-            if not text_open:
-                yield sse_event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-                text_open = True
-            yield sse_event(
-                "content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": event.text}}
-            )
+            for chunk in delta("text", event.text):
+                yield chunk
         for call in event.tool_calls:
-            if text_open:
-                yield sse_event("content_block_stop", {"index": index})
-                index, text_open = index + 1, False
+            for chunk in close():
+                yield chunk
             block = _tool_use(call) | {"input": {}}
             yield sse_event("content_block_start", {"index": index, "content_block": block})
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(_input(call))}
-            yield sse_event("content_block_delta", {"index": index, "delta": delta})
+            delta_json = {"type": "input_json_delta", "partial_json": json.dumps(_input(call))}
+            yield sse_event("content_block_delta", {"index": index, "delta": delta_json})
             yield sse_event("content_block_stop", {"index": index})
             index += 1

@@ -35,7 +35,18 @@ class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result", kw_on
     is_error: bool = False
 
 
-Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock
+class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking", kw_only=True):
+    """An earlier answer's thinking, as clients send it back: it does not go to the model again."""
+
+    thinking: str = ""
+    signature: str = ""
+
+
+class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thinking", kw_only=True):
+    data: str = ""
+
+
+Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
 
 
 class MessageIn(msgspec.Struct, kw_only=True):
@@ -64,12 +75,20 @@ class OutputConfig(msgspec.Struct, kw_only=True):
     effort: str | None = None  # accepted, no effect here
 
 
+class ThinkingConfig(msgspec.Struct, kw_only=True):
+    """Extended thinking: on (at most `budget_tokens` of it), off, or as the model decides ("adaptive")."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Meta(ge=1)] | None = None
+
+
 class CountTokensRequest(msgspec.Struct, kw_only=True):
     model: str
     messages: Annotated[list[MessageIn], Meta(min_length=1)]
     system: str | list[TextBlock] | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoiceIn | None = None
+    thinking: ThinkingConfig | None = None  # None: as the model's template does by default
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):

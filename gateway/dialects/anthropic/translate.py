@@ -17,7 +17,9 @@ from gateway.dialects.anthropic.schema import (
     CountTokensRequest,
     ImageBlock,
     MessagesRequest,
+    RedactedThinkingBlock,
     TextBlock,
+    ThinkingBlock,
     ToolChoiceIn,
     ToolResultBlock,
     ToolUseBlock,
@@ -72,6 +74,8 @@ def _messages(req: CountTokensRequest, settings: GatewaySettings) -> list[ChatMe
                 images.append(_image(b, where, settings))
             elif isinstance(b, ToolUseBlock) and m.role == "assistant":
                 calls.append(ToolCall(id=b.id, name=b.name, arguments=json.dumps(b.input)))
+            elif isinstance(b, ThinkingBlock | RedactedThinkingBlock) and m.role == "assistant":
+                continue  # earlier thinking: clients send it back, models are not shown it again
             elif isinstance(b, ToolResultBlock) and m.role == "user":
                 result = _text(b.content)
                 out.append(
@@ -98,8 +102,24 @@ def _tools(req: CountTokensRequest) -> tuple[list[ToolSpec], ToolChoice]:
     return tools, ToolChoice(mode={"any": "required"}.get(choice.type, choice.type))
 
 
+def _thinking(req: CountTokensRequest) -> tuple[dict, int | None]:
+    """(chat template variables, thinking budget) for `thinking`: on or off through the template's
+    `enable_thinking`, and a cap that makes the model end its thinking and answer."""
+    thinking = req.thinking
+    if thinking is None or thinking.type == "adaptive":
+        return {}, None
+    if thinking.type == "disabled":
+        return {"enable_thinking": False}, None
+    if thinking.budget_tokens is None:
+        raise _invalid("thinking.budget_tokens is required when thinking is enabled", "thinking.budget_tokens")
+    if isinstance(req, MessagesRequest) and thinking.budget_tokens >= req.max_tokens:
+        raise _invalid("thinking.budget_tokens must be less than max_tokens", "thinking.budget_tokens")
+    return {"enable_thinking": True}, thinking.budget_tokens
+
+
 def to_generate_request(req: CountTokensRequest, settings: GatewaySettings) -> GenerateRequest:
     tools, tool_choice = _tools(req)
+    template, budget = _thinking(req)
     request_id = f"msg_{uuid.uuid4().hex[:24]}"
     if not isinstance(req, MessagesRequest):
         return GenerateRequest(
@@ -108,6 +128,7 @@ def to_generate_request(req: CountTokensRequest, settings: GatewaySettings) -> G
             tools=tools,
             tool_choice=tool_choice,
             count_only=True,
+            chat_template_kwargs=template,
         )
     output = req.output_config.format if req.output_config else None
     if output is not None and tool_choice.mode == "required":
@@ -125,4 +146,6 @@ def to_generate_request(req: CountTokensRequest, settings: GatewaySettings) -> G
             max_tokens=req.max_tokens,
             stop=req.stop_sequences or [],
         ),
+        chat_template_kwargs=template,
+        reasoning_budget=budget,
     )

@@ -10,9 +10,12 @@ from gateway.sse import sse
 from protocol.generation import Finished, TextChunk, TokenLogprob, ToolCall
 
 
-def completion(answer: Answer, base: dict, logprobs: bool) -> dict:
-    """The whole answer; `base` holds the id, created and system_fingerprint."""
+def completion(answer: Answer, base: dict, logprobs: bool, reasoning_keys: tuple[str, ...]) -> dict:
+    """The whole answer; `base` holds the id, created and system_fingerprint; a reasoning model's thinking goes
+    under each of `reasoning_keys`."""
     message = {"role": "assistant", "content": answer.text or (None if answer.tool_calls else "")}
+    if answer.reasoning:
+        message |= dict.fromkeys(reasoning_keys, answer.reasoning)
     if answer.tool_calls:
         message["tool_calls"] = [_tool_call(c) for c in answer.tool_calls]
     choice = {
@@ -25,8 +28,11 @@ def completion(answer: Answer, base: dict, logprobs: bool) -> dict:
     return body | {"usage": usage(answer.end)}
 
 
-async def chunks(events: AsyncIterable[TextChunk | Finished], base: dict, include_usage: bool) -> AsyncIterator[bytes]:
-    """The streamed answer: a role chunk, content and tool-call deltas, the finish chunk, usage if asked, [DONE]."""
+async def chunks(
+    events: AsyncIterable[TextChunk | Finished], base: dict, include_usage: bool, reasoning_keys: tuple[str, ...]
+) -> AsyncIterator[bytes]:
+    """The streamed answer: a role chunk, thinking, content and tool-call deltas, the finish chunk, usage if asked,
+    [DONE]."""
 
     def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -44,7 +50,12 @@ async def chunks(events: AsyncIterable[TextChunk | Finished], base: dict, includ
                 yield sse(base | {"object": "chat.completion.chunk", "choices": [], "usage": usage(event)})
             yield DONE
             return
-        if event.text or not event.tool_calls:
+        content = event.text or not (event.tool_calls or event.reasoning)  # an empty chunk still carries logprobs
+        if event.reasoning:
+            yield chunk(
+                dict.fromkeys(reasoning_keys, event.reasoning), logprobs=None if content else _logprobs(event.logprobs)
+            )
+        if content:
             yield chunk({"content": event.text}, logprobs=_logprobs(event.logprobs))
         if event.tool_calls:
             yield chunk({"tool_calls": [_tool_call(c, calls + i) for i, c in enumerate(event.tool_calls)]})

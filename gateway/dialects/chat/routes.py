@@ -13,7 +13,7 @@ from gateway.dialects.chat.schema import ChatCompletionRequest
 from gateway.dialects.chat.session_turn import SessionTurn
 from gateway.dialects.chat.translate import images_of, validate
 from gateway.dialects.dialect import Dialect, post
-from gateway.dialects.openai_common import OPENAI_WIRE, SYSTEM_FINGERPRINT, include_usage
+from gateway.dialects.openai_common import OPENAI_WIRE, SYSTEM_FINGERPRINT, include_usage, reasoning_keys
 from gateway.request_body import decode_request
 
 
@@ -23,16 +23,17 @@ async def chat_completions(request: Request) -> Response:
     turn = await SessionTurn.begin(request, req)
     gen = turn.translate(req, await images_of(req, request.app.state.settings))
     base = {"id": gen.request_id, "created": int(time.time()), "system_fingerprint": SYSTEM_FINGERPRINT}
+    keys = reasoning_keys(getattr(request.state, "service", None))
     if req.stream:
 
         def render(generation):
             body = base | {"model": generation.model_id}
-            return chunks(turn.around(generation), body, include_usage(req.stream_options))
+            return chunks(turn.around(generation), body, include_usage(req.stream_options), keys)
 
         return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
     answer = await core.answer(request, gen, req.model or "")
-    await turn.complete(answer.text)
-    return JSONResponse(completion(answer, base, req.logprobs))
+    await turn.complete(answer.text, answer.reasoning)
+    return JSONResponse(completion(answer, base, req.logprobs, keys))
 
 
 DIALECT = Dialect(

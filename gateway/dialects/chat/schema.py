@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.dialects.openai_common import OpenAIRequest
+from gateway.dialects.openai_common import Effort, OpenAIRequest
 
 MAX_TOP_LOGPROBS = 10
 
@@ -94,6 +94,14 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True):
     # Beyond OpenAI: continue a stored conversation (POST /api/v1/sessions creates one). Its history goes before
     # `messages`; `messages` and the answer are appended to it.
     session_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    # With session_id: keep the answer's thinking in the session too (it is not by default).
+    session_keeps_reasoning: bool = False
+    # Reasoning models: the effort turns thinking on or off ("none", "minimal": off); variables for the chat
+    # template (e.g. {"enable_thinking": false}); beyond OpenAI, a cap on thinking tokens after which the model is
+    # made to end its thinking and answer.
+    reasoning_effort: Effort | None = None
+    chat_template_kwargs: dict | None = None
+    reasoning_budget: Annotated[int, Meta(ge=1)] | None = None
 
 
 def text_of(message: ChatMessageIn) -> str:

@@ -4,7 +4,8 @@ The session wraps the dialect at both ends. In: the session's history goes befor
 (`translate`; the worker drops the oldest turns if they no longer fit). Out: once the answer is complete, the
 request's messages and the answer join the session in one atomic append (`complete` for a whole answer, `around`
 for a stream, where it happens before the end is rendered, so a failed store is the stream's error). A session
-stores text only. Without `session_id` a turn reads and stores nothing.
+stores text only: the answer, and its thinking only when the request asks (`session_keeps_reasoning`). Without
+`session_id` a turn reads and stores nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class SessionTurn:
         self._store, self._service, self.session_id = store, service, session_id
         self.history = history  # None: no session
         self._new: list[dict] = []  # what this turn adds before the answer: the request's messages
+        self._keeps_reasoning = False
 
     @classmethod
     async def begin(cls, request: Request, req: ChatCompletionRequest) -> SessionTurn:
@@ -42,23 +44,28 @@ class SessionTurn:
         if images and self.session_id is not None:
             raise APIError(ErrorCode.INVALID_REQUEST, "A session stores text only: send images without session_id")
         gen = to_generate_request(req, images, self.history)
+        self._keeps_reasoning = req.session_keeps_reasoning
         self._new = [{"role": m.role, "content": m.content} for m in gen.messages[len(self.history or ()) :]]
         return gen
 
-    async def complete(self, text: str) -> None:
+    async def complete(self, text: str, reasoning: str = "") -> None:
         """The answer is complete: the request's messages and the answer join the session, atomically."""
         if self.session_id is None:
             return
-        turn = [*self._new, {"role": "assistant", "content": text}]
+        answer = {"role": "assistant", "content": text}
+        if reasoning and self._keeps_reasoning:
+            answer["reasoning_content"] = reasoning  # kept for the reader; never sent back to the model
+        turn = [*self._new, answer]
         if await using_store(self._store.append(self._service, self.session_id, turn)) is None:
             raise not_found(self.session_id)  # deleted or expired while the answer was generated
 
     async def around(self, events: AsyncIterable[TextChunk | Finished]) -> AsyncIterator[TextChunk | Finished]:
         """The events of a streamed answer, with the turn stored when its Finished arrives."""
-        text = []
+        text, thought = [], []
         async for event in events:
             if isinstance(event, Finished):
-                await self.complete("".join(text))
+                await self.complete("".join(text), "".join(thought))
             else:
                 text.append(event.text)
+                thought.append(event.reasoning)
             yield event

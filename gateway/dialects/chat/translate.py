@@ -14,7 +14,7 @@ from gateway.dialects.chat.schema import (
     NamedToolChoice,
     text_of,
 )
-from gateway.dialects.openai_common import sampling
+from gateway.dialects.openai_common import sampling, template_kwargs
 from gateway.errors import APIError
 from gateway.images import image_bytes
 from protocol import ErrorCode
@@ -107,4 +107,6 @@ def to_generate_request(
             req, req.max_completion_tokens or req.max_tokens, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0
         ),
         trim_history=history is not None,
+        chat_template_kwargs=template_kwargs(req.chat_template_kwargs, req.reasoning_effort),
+        reasoning_budget=req.reasoning_budget,
     )

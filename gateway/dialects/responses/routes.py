@@ -1,0 +1,168 @@
+"""POST /v1/responses (also /api/v1/responses), GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items:
+the Responses dialect's handlers and routes. Errors are OpenAI's shape (gateway/errors.py's default)."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.core import http as core
+from gateway.core.http import StreamWire
+from gateway.dialects.dialect import BASE_PATHS, Dialect, post
+from gateway.dialects.responses.render import ResponseBuilder
+from gateway.dialects.responses.schema import MessageItem, NamedFunction, ResponsesRequest, decode_items
+from gateway.dialects.responses.store import ResponseStore, not_found, using
+from gateway.dialects.responses.translate import listed, new_id, to_generate_request, to_messages, validate
+from gateway.errors import APIError
+from gateway.request_body import decode_request
+from protocol import ErrorCode
+
+MAX_LISTED = 100  # input_items per page
+
+
+def _store(request: Request) -> tuple[ResponseStore, str]:
+    """The response store and the calling service's name (every record belongs to one service)."""
+    return request.app.state.responses, request.state.service.name
+
+
+def _base(req: ResponsesRequest, response_id: str) -> dict:
+    """The response's fields known before it starts."""
+    choice = req.tool_choice or "auto"
+    text = req.text.format if req.text else None
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": req.model or "",
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "metadata": req.metadata or {},
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
+        "store": req.store,
+        "temperature": req.temperature,
+        "text": {"format": msgspec.to_builtins(text) if text else {"type": "text"}},
+        "tool_choice": msgspec.to_builtins(choice) if isinstance(choice, NamedFunction) else choice,
+        "tools": msgspec.to_builtins(req.tools or []),
+        "top_p": req.top_p,
+        "truncation": req.truncation,
+        "usage": None,
+        "user": req.user,
+    }
+
+
+async def create(request: Request) -> Response:
+    req = decode_request(await request.body(), ResponsesRequest)
+    validate(req)
+    store, service = _store(request)
+    new = listed(
+        [MessageItem(role="user", content=req.input)] if isinstance(req.input, str) else decode_items(req.input)
+    )
+    context = new
+    if req.previous_response_id is not None:
+        found = await using(store.get(service, req.previous_response_id))
+        if found is None:
+            raise not_found(req.previous_response_id, "previous_response_id")
+        previous, previous_input = found
+        context = previous_input + previous["output"] + new
+    messages = await to_messages(req.instructions, context, request.app.state.settings)
+    if not any(m.role not in ("system", "developer") for m in messages):
+        raise APIError(ErrorCode.INVALID_REQUEST, "The input holds no message for the model to answer", "input")
+    response_id = new_id("resp")
+    gen = to_generate_request(req, response_id, messages)
+    builder = ResponseBuilder(_base(req, response_id))
+
+    async def keep(final: dict) -> None:
+        if req.store:
+            await using(store.put(service, final, context))
+
+    if req.stream:
+
+        def render(generation):
+            builder.base["model"] = generation.model_id
+            return builder.events(generation, keep)
+
+        return await core.stream(request, gen, req.model or "", render, StreamWire(error=builder.fail))
+    answer = await core.answer(request, gen, req.model or "")
+    builder.base["model"] = answer.model_id
+    final = builder.whole(answer)
+    await keep(final)
+    return JSONResponse(final)
+
+
+async def _found(request: Request) -> tuple[dict, list[dict]]:
+    store, service = _store(request)
+    response_id = request.path_params["response_id"]
+    found = await using(store.get(service, response_id))
+    if found is None:
+        raise not_found(response_id)
+    return found
+
+
+async def retrieve(request: Request) -> Response:
+    return JSONResponse((await _found(request))[0])
+
+
+async def delete(request: Request) -> Response:
+    store, service = _store(request)
+    response_id = request.path_params["response_id"]
+    if not await using(store.delete(service, response_id)):
+        raise not_found(response_id)
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+async def input_items(request: Request) -> Response:
+    """The input a stored response was generated from, the conversation before it included: `limit` (1 to 100,
+    default 20) items, newest first unless `order=asc`, after the item `after`."""
+    _, items = await _found(request)
+    query = request.query_params
+    try:
+        limit = int(query.get("limit", 20))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LISTED:
+        raise APIError(ErrorCode.INVALID_REQUEST, f"limit must be an integer from 1 to {MAX_LISTED}", "limit")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise APIError(ErrorCode.INVALID_REQUEST, "order must be 'asc' or 'desc'", "order")
+    items = items if order == "asc" else items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise APIError(ErrorCode.INVALID_REQUEST, f"No input item '{after}' in this response", "after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+DIALECT = Dialect(
+    name="openai-responses",
+    routes=post("/responses", create)
+    + [
+        Route(f"{base}{path}", handler, methods=[method])
+        for base in BASE_PATHS
+        for path, handler, method in (
+            ("/responses/{response_id:str}", retrieve, "GET"),
+            ("/responses/{response_id:str}", delete, "DELETE"),
+            ("/responses/{response_id:str}/input_items", input_items, "GET"),
+        )
+    ],
+)
