@@ -21,6 +21,9 @@ from starlette.staticfiles import StaticFiles
 from gateway import dialects, metrics
 from gateway.activity import ActivityLog, clear_activity, list_activity
 from gateway.auth import Authenticator, KeyRing, TokenIssuer, is_loopback
+from gateway.batches.files import FileStore
+from gateway.batches.runner import Batches
+from gateway.batches.state import make_batch_store
 from gateway.config import GatewayConfig, GatewaySettings, load_gateway_config
 from gateway.core.caller import ClientGone
 from gateway.core.generation import GenerationCore
@@ -155,11 +158,16 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.limiter = limiter
         app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
         app.state.responses = make_response_store(settings.redis_url, transport.responses.ttl_seconds)
+        app.state.services = keyring.services  # by name: a batch resumed after a restart runs as its service
         app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
         app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
         # Observers every generation feeds, app-wide (each request adds its own telemetry record: core/http.py).
         app.state.core = GenerationCore(app.state.workers, settings, observers=[limiter.token_charger])
         app.state.activity = activity
+        app.state.files = FileStore(settings.data_dir)
+        app.state.batch_store = make_batch_store(settings.redis_url, settings.data_dir)
+        app.state.batches = Batches(app.state, app.state.batch_store, app.state.files, transport.batches.max_in_flight)
+        app.state.batches.start()
         system.prime()
         log.info(
             "gateway on %s://%s:%d, supervisor at %s; sessions and rate limits in %s",
@@ -172,6 +180,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         try:
             yield
         finally:
+            await app.state.batches.close()  # first: their lines are aborted while the workers' sockets are open
+            await app.state.batch_store.close()
             app.state.workers.close()
             app.state.supervisor.close()
             ctx.term()

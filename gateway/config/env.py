@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from protocol.launch import ctl_endpoint, run_dir_from_env
 
@@ -22,6 +23,7 @@ class GatewaySettings:
     ready_ping_timeout: float = 2.0  # readiness: how long each ready worker has to answer its ping
     activity_log_size: int = 200  # requests the activity log keeps
     run_dir: str = "run"  # /system/stats reports the disk that holds it
+    data_dir: str = "run/data"  # the Files API's files and, without Redis, the batches' state
     # Embeddings and rerank requests that name no model go to this one (the bundled all-MiniLM-L6-v2).
     embedding_model: str = "all-minilm-l6-v2"
     # Audio requests that name no model (and whose service has no default model) go to these.
@@ -57,6 +59,7 @@ class GatewaySettings:
             ready_ping_timeout=float(os.environ.get("READY_PING_TIMEOUT", cls.ready_ping_timeout)),
             activity_log_size=int(os.environ.get("ACTIVITY_LOG_SIZE", cls.activity_log_size)),
             run_dir=str(run_dir),
+            data_dir=str(Path(os.environ.get("MLX_SERVER_DATA_DIR") or run_dir / "data").resolve()),
             embedding_model=os.environ.get("EMBEDDING_DEFAULT_MODEL", cls.embedding_model),
             transcription_model=os.environ.get("TRANSCRIPTION_DEFAULT_MODEL", cls.transcription_model),
             speech_model=os.environ.get("SPEECH_DEFAULT_MODEL", cls.speech_model),

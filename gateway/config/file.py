@@ -59,6 +59,10 @@ class ResponseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     ttl_seconds: int = 30 * 86400  # a stored response (POST /v1/responses with store) is kept this long
 
 
+class BatchSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_in_flight: int = 8  # batch lines one gateway runs at once, all batches together
+
+
 class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cors_origins: list[str] = []  # browser origins allowed to call the API; empty: no CORS headers at all
     trusted_hosts: list[str] = msgspec.field(
@@ -69,6 +73,7 @@ class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     tls: TLSSettings = TLSSettings()
     sessions: SessionSettings = SessionSettings()
     responses: ResponseSettings = ResponseSettings()
+    batches: BatchSettings = BatchSettings()
 
 
 class _File(msgspec.Struct, kw_only=True):

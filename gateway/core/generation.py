@@ -104,6 +104,8 @@ class GenerationCore:
         """
         if request.trace_id is None and caller.trace_id:
             request = msgspec.structs.replace(request, trace_id=caller.trace_id)
+        if caller.priority and hasattr(request, "priority"):
+            request = msgspec.structs.replace(request, priority=caller.priority)
         generation = await self._send(caller, request, model, stale_instance=None)
         if isinstance(generation.first, GenerationError) and generation.first.code in _REPLACEABLE:
             generation = await self._send(caller, request, model, stale_instance=generation._client.instance_id)

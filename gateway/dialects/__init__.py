@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from gateway.batches import routes as batches
 from gateway.dialects import anthropic, audio, chat, completions, embeddings, rerank, responses
 from gateway.dialects.dialect import Dialect
 from gateway.errors import register_error_shape
@@ -39,6 +40,7 @@ DIALECTS: list[Dialect] = [
     embeddings.DIALECT,
     rerank.DIALECT,
     audio.DIALECT,
+    batches.DIALECT,  # the Files and Batch APIs: OpenAI's shapes, lines answered by the dialects above
 ]
 
 for _dialect in DIALECTS:

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.core import http as core
+from gateway.core.caller import Caller
+from gateway.core.generation import Answer
 from gateway.dialects.dialect import Dialect, post
 from gateway.dialects.openai_common import (
     DONE,
@@ -24,6 +26,7 @@ from gateway.dialects.openai_common import (
     include_usage,
     sampling,
     usage,
+    whole_only,
 )
 from gateway.errors import APIError
 from gateway.request_body import decode_request
@@ -55,17 +58,33 @@ async def completions(request: Request) -> Response:
     req = decode_request(await request.body(), CompletionRequest)
     gen = to_generate_request(req)
     echo = gen.prompt if req.echo else ""
-    base = {"id": gen.request_id, "object": "text_completion", "created": int(time.time())}
-    base["system_fingerprint"] = SYSTEM_FINGERPRINT
+    base = _base(gen)
     if req.stream:
 
         def render(generation):
             return _chunks(generation, base | {"model": generation.model_id}, echo, include_usage(req.stream_options))
 
         return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
-    done = await core.answer(request, gen, req.model or "")
+    return JSONResponse(_whole(await core.answer(request, gen, req.model or ""), base, echo))
+
+
+def _base(gen: GenerateRequest) -> dict:
+    base = {"id": gen.request_id, "object": "text_completion", "created": int(time.time())}
+    return base | {"system_fingerprint": SYSTEM_FINGERPRINT}
+
+
+def _whole(done: Answer, base: dict, echo: str) -> dict:
     choice = {"index": 0, "text": echo + done.text, "logprobs": None, "finish_reason": done.end.finish_reason}
-    return JSONResponse(base | {"model": done.model_id, "choices": [choice], "usage": usage(done.end)})
+    return base | {"model": done.model_id, "choices": [choice], "usage": usage(done.end)}
+
+
+async def batch_line(state, caller: Caller, body: bytes) -> dict:
+    """One line of a batch (`state`: the app's): the whole answer, as the handler gives it."""
+    req = decode_request(body, CompletionRequest)
+    whole_only(req.stream)
+    gen = to_generate_request(req)
+    done = await state.core.answer(caller, gen, req.model or "")
+    return _whole(done, _base(gen), gen.prompt if req.echo else "")
 
 
 async def _chunks(

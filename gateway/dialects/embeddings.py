@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.core import http as core
+from gateway.core.caller import Caller
 from gateway.dialects.dialect import Dialect, post
 from gateway.request_body import decode_request
 from protocol.embedding import EmbedRequest
@@ -43,15 +44,24 @@ def _encode(vectors: bytes, dimensions: int, encoding_format: str) -> list:
 
 async def embeddings(request: Request) -> JSONResponse:
     req = decode_request(await request.body(), EmbeddingRequest)
+    return JSONResponse(await _embed(request.app.state, core.caller_of(request), req))
+
+
+async def batch_line(state, caller: Caller, body: bytes) -> dict:
+    """One line of a batch (`state`: the app's): the answer, as the handler gives it."""
+    return await _embed(state, caller, decode_request(body, EmbeddingRequest))
+
+
+async def _embed(state, caller: Caller, req: EmbeddingRequest) -> dict:
     inputs = [req.input] if isinstance(req.input, str) else req.input
     message = EmbedRequest(request_id=f"embd-{uuid.uuid4().hex}", inputs=inputs, dimensions=req.dimensions)
-    model, result = await core.call(request, message, req.model or request.app.state.settings.embedding_model)
+    model, result = await state.core.call(caller, message, req.model or state.settings.embedding_model)
     data = [
         {"object": "embedding", "index": i, "embedding": vector}
         for i, vector in enumerate(_encode(result.vectors, result.dimensions, req.encoding_format))
     ]
     usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
-    return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+    return {"object": "list", "data": data, "model": model, "usage": usage}
 
 
 DIALECT = Dialect(

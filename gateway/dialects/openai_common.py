@@ -10,8 +10,9 @@ import msgspec
 from msgspec import Meta
 
 from gateway.core.http import StreamWire
-from gateway.errors import openai_error_body
+from gateway.errors import APIError, openai_error_body
 from gateway.sse import sse
+from protocol import ErrorCode
 from protocol.generation import Finished, SamplingParams
 
 SYSTEM_FINGERPRINT = "mlx-llm-server"
@@ -95,3 +96,9 @@ def reasoning_keys(service) -> tuple[str, ...]:
     (vLLM's, OpenRouter's), or both (the default), as its `reasoning_field` says."""
     field = getattr(service, "reasoning_field", "both")
     return ("reasoning_content", "reasoning") if field == "both" else (field,)
+
+
+def whole_only(stream: bool) -> None:
+    """A batch line is answered whole: one that asks to stream is refused."""
+    if stream:
+        raise APIError(ErrorCode.INVALID_REQUEST, "A batch line is answered whole: leave out stream", param="stream")

@@ -8,6 +8,6 @@ routes.py        the handler and the dialect's routes
 Errors are OpenAI's shape (gateway/errors.py's default).
 """
 
-from gateway.dialects.chat.routes import DIALECT
+from gateway.dialects.chat.routes import DIALECT, batch_line
 
-__all__ = ["DIALECT"]
+__all__ = ["DIALECT", "batch_line"]

@@ -10,6 +10,6 @@ A stored response keeps the whole input it was generated from, so `previous_resp
 conversation with one read (and the worker's prompt cache serves the part it has seen). Errors are OpenAI's shape.
 """
 
-from gateway.dialects.responses.routes import DIALECT
+from gateway.dialects.responses.routes import DIALECT, batch_line
 
-__all__ = ["DIALECT"]
+__all__ = ["DIALECT", "batch_line"]

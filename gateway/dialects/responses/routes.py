@@ -11,8 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.core import http as core
+from gateway.core.caller import Caller
 from gateway.core.http import StreamWire
 from gateway.dialects.dialect import BASE_PATHS, Dialect, post
+from gateway.dialects.openai_common import whole_only
 from gateway.dialects.responses.render import ResponseBuilder
 from gateway.dialects.responses.schema import MessageItem, NamedFunction, ResponsesRequest, decode_items
 from gateway.dialects.responses.store import ResponseStore, not_found, using
@@ -20,6 +22,7 @@ from gateway.dialects.responses.translate import listed, new_id, to_generate_req
 from gateway.errors import APIError
 from gateway.request_body import decode_request
 from protocol import ErrorCode
+from protocol.generation import GenerateRequest
 
 MAX_LISTED = 100  # input_items per page
 
@@ -60,43 +63,66 @@ def _base(req: ResponsesRequest, response_id: str) -> dict:
     }
 
 
+class _Turn:
+    """One response in the making: the worker's request, the builder of its answer, and its storing."""
+
+    def __init__(self, state, service: str, req: ResponsesRequest):
+        self.store: ResponseStore = state.responses
+        self.service, self.req = service, req
+        self.builder: ResponseBuilder | None = None
+
+    async def prepare(self, settings) -> GenerateRequest:
+        """The conversation (a previous response's first, from the store), as the worker's request."""
+        req = self.req
+        validate(req)
+        new = decode_items(req.input) if isinstance(req.input, list) else [MessageItem(role="user", content=req.input)]
+        self.context = listed(new)
+        if req.previous_response_id is not None:
+            found = await using(self.store.get(self.service, req.previous_response_id))
+            if found is None:
+                raise not_found(req.previous_response_id, "previous_response_id")
+            previous, previous_input = found
+            self.context = previous_input + previous["output"] + self.context
+        messages = await to_messages(req.instructions, self.context, settings)
+        if not any(m.role not in ("system", "developer") for m in messages):
+            raise APIError(ErrorCode.INVALID_REQUEST, "The input holds no message for the model to answer", "input")
+        response_id = new_id("resp")
+        self.builder = ResponseBuilder(_base(req, response_id))
+        return to_generate_request(req, response_id, messages)
+
+    async def keep(self, final: dict) -> None:
+        """The response is complete: stored whole, with its input (unless `store` is false)."""
+        if self.req.store:
+            await using(self.store.put(self.service, final, self.context))
+
+    async def whole(self, answer) -> dict:
+        self.builder.base["model"] = answer.model_id
+        final = self.builder.whole(answer)
+        await self.keep(final)
+        return final
+
+
 async def create(request: Request) -> Response:
     req = decode_request(await request.body(), ResponsesRequest)
-    validate(req)
-    store, service = _store(request)
-    new = listed(
-        [MessageItem(role="user", content=req.input)] if isinstance(req.input, str) else decode_items(req.input)
-    )
-    context = new
-    if req.previous_response_id is not None:
-        found = await using(store.get(service, req.previous_response_id))
-        if found is None:
-            raise not_found(req.previous_response_id, "previous_response_id")
-        previous, previous_input = found
-        context = previous_input + previous["output"] + new
-    messages = await to_messages(req.instructions, context, request.app.state.settings)
-    if not any(m.role not in ("system", "developer") for m in messages):
-        raise APIError(ErrorCode.INVALID_REQUEST, "The input holds no message for the model to answer", "input")
-    response_id = new_id("resp")
-    gen = to_generate_request(req, response_id, messages)
-    builder = ResponseBuilder(_base(req, response_id))
-
-    async def keep(final: dict) -> None:
-        if req.store:
-            await using(store.put(service, final, context))
-
+    turn = _Turn(request.app.state, request.state.service.name, req)
+    gen = await turn.prepare(request.app.state.settings)
     if req.stream:
 
         def render(generation):
-            builder.base["model"] = generation.model_id
-            return builder.events(generation, keep)
+            turn.builder.base["model"] = generation.model_id
+            return turn.builder.events(generation, turn.keep)
 
-        return await core.stream(request, gen, req.model or "", render, StreamWire(error=builder.fail))
-    answer = await core.answer(request, gen, req.model or "")
-    builder.base["model"] = answer.model_id
-    final = builder.whole(answer)
-    await keep(final)
-    return JSONResponse(final)
+        return await core.stream(request, gen, req.model or "", render, StreamWire(error=turn.builder.fail))
+    return JSONResponse(await turn.whole(await core.answer(request, gen, req.model or "")))
+
+
+async def batch_line(state, caller: Caller, body: bytes) -> dict:
+    """One line of a batch (`state`: the app's): the whole response, stored as the handler stores it."""
+    req = decode_request(body, ResponsesRequest)
+    whole_only(req.stream)
+    turn = _Turn(state, caller.service.name, req)
+    gen = await turn.prepare(state.settings)
+    return await turn.whole(await state.core.answer(caller, gen, req.model or ""))
 
 
 async def _found(request: Request) -> tuple[dict, list[dict]]:

@@ -14,27 +14,16 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
-
+from gateway import redis_store
 from gateway.errors import APIError
 from protocol import ErrorCode
 
 MEMORY_LIMIT = 10_000  # responses kept in memory: the oldest go first beyond it
 
 
-class StoreUnavailable(Exception):
-    """Redis did not answer."""
-
-
 async def using(work):
     """Await a store operation; an unreachable store is a 503 that says so."""
-    try:
-        return await work
-    except StoreUnavailable:
-        raise APIError(ErrorCode.STORE_UNAVAILABLE, "The response store (Redis) is unreachable") from None
+    return await redis_store.using(work, "response")
 
 
 def not_found(response_id: str, param: str | None = None) -> APIError:
@@ -104,33 +93,25 @@ class RedisResponseStore(ResponseStore):
     def __init__(self, url: str, ttl_seconds: int, prefix: str = "mlxs"):
         super().__init__(ttl_seconds)
         self._prefix = prefix
-        self._redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 1), decode_responses=True
-        )
+        self._redis = redis_store.connect(url)
         self._delete = self._redis.register_script(_DELETE)
 
     def _key(self, response_id: str) -> str:
         return f"{self._prefix}:response:{response_id}"
 
-    async def _call(self, work):
-        try:
-            return await work
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc) or type(exc).__name__) from None
-
     async def put(self, service: str, response: dict, context: list[dict]) -> None:
         record = json.dumps({"service": service, "response": response, "input": context})
-        await self._call(self._redis.set(self._key(response["id"]), record, ex=self.ttl))
+        await redis_store.guarded(self._redis.set(self._key(response["id"]), record, ex=self.ttl))
 
     async def get(self, service: str, response_id: str) -> tuple[dict, list[dict]] | None:
-        raw = await self._call(self._redis.get(self._key(response_id)))
+        raw = await redis_store.guarded(self._redis.get(self._key(response_id)))
         record = json.loads(raw) if raw else None
         if record is None or record.get("service") != service:
             return None
         return record["response"], record["input"]
 
     async def delete(self, service: str, response_id: str) -> bool:
-        return bool(await self._call(self._delete(keys=[self._key(response_id)], args=[service])))
+        return bool(await redis_store.guarded(self._delete(keys=[self._key(response_id)], args=[service])))
 
     async def close(self) -> None:
         await self._redis.aclose()
