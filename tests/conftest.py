@@ -189,6 +189,7 @@ def secure_config(tmp_path_factory, model_store, keys):
             {"id": "smollm2", "aliases": ["tiny"], **SHARED},
             {"id": "coder", **SHARED},
             {"id": "short", **SHARED, "context_length": 512},  # cheap to fill: for trimming long sessions
+            {"id": "thinker", **SHARED, "source": THINKER},
         ],
         services=[
             {
@@ -198,7 +199,7 @@ def secure_config(tmp_path_factory, model_store, keys):
                 "key_sha256": [hashlib.sha256(keys.vista.encode()).hexdigest()],
             },
             {"name": "fork", "default_model": "coder", "allowed_models": ["coder"]},
-            {"name": "ops", "admin": True, "key_env": "OPS_KEYS"},
+            {"name": "ops", "admin": True, "key_env": "OPS_KEYS", "reasoning_field": "reasoning"},
             {"name": "metered", "rate_limits": {"requests_per_minute": 5}},
             {"name": "fuzzed", "rate_limits": {"requests_per_minute": 5}},
             {"name": "thrifty", "default_model": "smollm2", "rate_limits": {"tokens_per_minute": 20}},
