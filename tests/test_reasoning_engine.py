@@ -9,8 +9,10 @@ import json
 import pytest
 
 from protocol.generation import ChatMessage, Finished, GenerateRequest, SamplingParams, TextChunk
+from protocol.launch import EngineSettings
 from tests.conftest import THINKER
-from worker.batch_engine import BatchEngine, EngineOptions
+from tests.test_engine import run
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 from worker.reasoning import ANSWER, THINKING, ReasoningFormat, ReasoningSplit
 
@@ -22,15 +24,6 @@ FORMAT = ReasoningFormat("<think>", "</think>", (1, 2, 3), None)
 @pytest.fixture(scope="module")
 def loaded(model_store):
     return load_model(str(model_store / THINKER), context_length=2048)
-
-
-def run(engine, *requests):
-    events = []
-    for request in requests:
-        engine.submit(request)
-    while engine.busy:
-        engine.step(events.append)
-    return events
 
 
 def ask(request_id: str, max_tokens: int = 20, **fields) -> GenerateRequest:
@@ -46,7 +39,7 @@ def parts(events, request_id) -> tuple[str, str, Finished]:
 
 
 def test_thinking_and_answer_arrive_apart_and_the_budget_closes_the_thinking(loaded):
-    engine = BatchEngine(loaded, EngineOptions())
+    engine = BatchEngine(loaded, EngineSettings())
     events = run(
         engine, ask("free"), ask("budget", reasoning_budget=5), ask("json", reasoning_budget=8, json_schema=CAPITAL)
     )
@@ -61,7 +54,7 @@ def test_thinking_and_answer_arrive_apart_and_the_budget_closes_the_thinking(loa
 
 
 def test_thinking_turned_off_through_the_template_leaves_only_the_answer(loaded):
-    engine = BatchEngine(loaded, EngineOptions())
+    engine = BatchEngine(loaded, EngineSettings())
     events = run(engine, ask("off", chat_template_kwargs={"enable_thinking": False}))
     thought, answer, end = parts(events, "off")
     assert thought == "" and "Paris" in answer and answer == answer.lstrip()
@@ -69,7 +62,7 @@ def test_thinking_turned_off_through_the_template_leaves_only_the_answer(loaded)
 
 
 def test_a_raw_prompt_is_never_split(loaded):
-    engine = BatchEngine(loaded, EngineOptions())
+    engine = BatchEngine(loaded, EngineSettings())
     raw = GenerateRequest(
         request_id="raw", prompt="<think>\nParis is", sampling=SamplingParams(temperature=0, max_tokens=4)
     )
@@ -94,7 +87,7 @@ def test_the_split_holds_back_partial_markers_and_trims_the_edges():
 
 
 def test_interactive_requests_are_admitted_before_waiting_batch_lines(loaded):
-    engine = BatchEngine(loaded, EngineOptions(decode_concurrency=1))
+    engine = BatchEngine(loaded, EngineSettings(decode_concurrency=1))
     order: list[str] = []
 
     def emit(event):

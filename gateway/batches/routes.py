@@ -25,6 +25,7 @@ from gateway.batches.lines import ENDPOINTS, MAX_LINES, parse
 from gateway.batches.state import ACTIVE, BatchStore
 from gateway.dialects.dialect import BASE_PATHS, Dialect
 from gateway.errors import APIError
+from gateway.pagination import page
 from gateway.redis_store import using
 from gateway.request_body import decode_request
 from protocol import ErrorCode
@@ -163,26 +164,7 @@ async def cancel_batch(request: Request) -> Response:
 async def list_batches(request: Request) -> Response:
     """The caller's batches, newest first: `limit` (1 to 100, default 20) after the batch `after`."""
     batches = await using(_batches(request).list(_service(request)), "batch")
-    after = request.query_params.get("after")
-    if after is not None:
-        ids = [b["id"] for b in batches]
-        batches = batches[ids.index(after) + 1 :] if after in ids else []
-    try:
-        limit = int(request.query_params.get("limit", 20))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise _invalid("limit must be an integer from 1 to 100", "limit")
-    page = batches[:limit]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(batches) > limit,
-        }
-    )
+    return JSONResponse(page(batches, request.query_params))
 
 
 def _routes() -> list[Route]:

@@ -20,11 +20,10 @@ from gateway.dialects.responses.schema import MessageItem, NamedFunction, Respon
 from gateway.dialects.responses.store import ResponseStore, not_found, using
 from gateway.dialects.responses.translate import listed, new_id, to_generate_request, to_messages, validate
 from gateway.errors import APIError
+from gateway.pagination import page
 from gateway.request_body import decode_request
 from protocol import ErrorCode
 from protocol.generation import GenerateRequest
-
-MAX_LISTED = 100  # input_items per page
 
 
 def _store(request: Request) -> tuple[ResponseStore, str]:
@@ -150,33 +149,10 @@ async def input_items(request: Request) -> Response:
     """The input a stored response was generated from, the conversation before it included: `limit` (1 to 100,
     default 20) items, newest first unless `order=asc`, after the item `after`."""
     _, items = await _found(request)
-    query = request.query_params
-    try:
-        limit = int(query.get("limit", 20))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LISTED:
-        raise APIError(ErrorCode.INVALID_REQUEST, f"limit must be an integer from 1 to {MAX_LISTED}", "limit")
-    order = query.get("order", "desc")
+    order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise APIError(ErrorCode.INVALID_REQUEST, "order must be 'asc' or 'desc'", "order")
-    items = items if order == "asc" else items[::-1]
-    after = query.get("after")
-    if after is not None:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise APIError(ErrorCode.INVALID_REQUEST, f"No input item '{after}' in this response", "after")
-        items = items[ids.index(after) + 1 :]
-    page = items[:limit]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(items) > limit,
-        }
-    )
+    return JSONResponse(page(items if order == "asc" else items[::-1], request.query_params))
 
 
 DIALECT = Dialect(
