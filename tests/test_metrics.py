@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from tests.harness import ROOT, free_port, wait_until
+from tests.harness import ROOT, Gateway, free_port
 from tests.test_memory_budget import reset
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -167,34 +166,20 @@ def test_system_stats_report_the_host_and_what_mlx_cannot_tell(server, client):
 
 @contextlib.contextmanager
 def gateways(server, count: int, **env):
-    """Extra gateway processes on the session server's supervisor, stopped by pid."""
-    procs, urls = [], []
+    """Extra gateway processes on the session server's supervisor, stopped (by their processes) on the way out."""
+    started = []
     try:
         for _ in range(count):
             port = free_port()
-            proc_env = server.env | {"PORT": str(port), **env}
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway"], env=proc_env, cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-            urls.append(f"http://127.0.0.1:{port}")
-        for url in urls:
-            assert wait_until(lambda url=url: _answers(url), 30)
-        yield urls
+            proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=server.env | {"PORT": str(port), **env},
+                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            started.append(Gateway(proc, f"http://127.0.0.1:{port}"))
+        for gateway in started:
+            gateway.wait_ready()
+        yield [gateway.url for gateway in started]
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+        for gateway in started:
+            gateway.stop()
 
 
 @pytest.mark.timeout(120)

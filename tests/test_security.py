@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import SECURE_BODY_LIMIT
-from tests.harness import ROOT, free_port
+from tests.harness import ROOT, free_port, track, wait_until
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -282,21 +282,12 @@ def test_request_ids_are_returned_passed_to_the_worker_and_logged(secure_server,
         log = secure_server.log_text()
         return "[x-request-id trace-5c0ffee] finished" in log and '"request_id": "trace-5c0ffee"' in log
 
-    assert wait_for(logged), "the worker and the gateway log the request id"
-
-
-def wait_for(predicate, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    assert wait_until(logged, timeout=30), "the worker and the gateway log the request id"
 
 
 def test_gateway_logs_are_json_lines_with_request_ids(secure_server, keys):
     chat(secure_server, keys.vista, headers={"X-Request-ID": "json-log-check"})
-    assert wait_for(lambda: "json-log-check" in secure_server.log_text())
+    assert wait_until(lambda: "json-log-check" in secure_server.log_text(), timeout=30)
     entries = [json.loads(line) for line in secure_server.log_text().splitlines() if line.startswith('{"ts"')]
     access = [e for e in entries if e["logger"] == "gateway.access" and e.get("request_id") == "json-log-check"]
     assert access and access[0]["status"] == 200 and access[0]["service"] == "vista"
@@ -352,10 +343,11 @@ def test_cors_allows_only_the_configured_origins(secure_server, keys):
 
 
 def gateway_alone(config, **env) -> subprocess.Popen:
+    """A gateway expected to refuse to start: the caller reads its output until it exits."""
     import os
 
     base = {k: v for k, v in os.environ.items() if k not in ("API_KEYS", "REDIS_URL", "JWT_SECRET")}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gateway"],
         env=base | {"MLX_SERVER_CONFIG": str(config), "PORT": str(free_port()), "HOST": "127.0.0.1"} | env,
         cwd=ROOT,
@@ -363,6 +355,8 @@ def gateway_alone(config, **env) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    track(proc.pid)
+    return proc
 
 
 def test_no_keys_on_a_public_address_refuses_to_start(server_config):
