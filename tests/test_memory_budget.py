@@ -135,14 +135,14 @@ def test_idle_ttl_unloads_and_a_request_during_the_unload_is_served(budget_serve
     reset(budget_server)
     ctl = CtlClient(f"ipc://{budget_server.run_dir}/supervisor.sock")
     hit_the_unload = False
+    states = []
+
+    def left_ready() -> bool:
+        states.append({m.id: m.state for m in ctl.call(lambda call_id: ListModels(call_id=call_id)).models}["ttl"])
+        return states[-1] != "ready"
+
     for _ in range(3):  # the stop of an idle worker is short: catch it while it is under way
         assert chat(budget_server, "ttl").status_code == 200
-        states = []
-
-        def left_ready() -> bool:
-            states.append({m.id: m.state for m in ctl.call(lambda call_id: ListModels(call_id=call_id)).models}["ttl"])
-            return states[-1] != "ready"
-
         assert wait_until(left_ready, timeout=30, interval=0.01), "ttl was not unloaded after 2s idle"
         state = states[-1]
         assert state in ("stopping", "stopped")
