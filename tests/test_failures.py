@@ -79,7 +79,7 @@ def test_worker_killed_during_a_non_streaming_request_gives_503(client, server):
     error = outcome["error"]
     assert error.status_code == 503
     assert error.code == "worker_crashed"
-    assert error.response.headers["retry-after"]
+    assert int(error.response.headers["retry-after"]) >= 1
     assert '"code":"worker_crashed"' in [line for line in rest if line.startswith("data:")][-1]
 
 
