@@ -69,15 +69,16 @@ BUDGET_GB = 0.75  # fits two of the 0.3 GB models, not three
 
 @pytest.fixture(scope="session")
 def budget_server(tmp_path_factory, model_store):
-    """Three models sharing the bundled weights under different ids, a budget that fits two; `ttl` unloads
-    itself when idle; `huge` can never fit. More than one crash in five minutes marks a model failed."""
+    """Three models sharing the bundled weights under different ids, a budget that fits two, `c` evicted after
+    the others (priority 1); `ttl` unloads itself when idle; `huge` can never fit. More than one crash in five
+    minutes marks a model failed."""
     config = write_config(
         tmp_path_factory.mktemp("budget") / "models.yaml",
         model_store,
         [
             {"id": "a", **SHARED},
             {"id": "b", **SHARED},
-            {"id": "c", **SHARED},
+            {"id": "c", **SHARED, "priority": 1},
             {"id": "ttl", **SHARED, "idle_ttl_seconds": 2},
             {"id": "huge", **SHARED, "memory_gb": 5},
         ],

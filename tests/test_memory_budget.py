@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
+import pytest
 
 from protocol.ctl import ListModels
 from supervisor.ctl_client import CtlClient
@@ -78,6 +80,34 @@ def test_a_pinned_model_is_never_evicted(budget_server):
     ps = budget_server.ctl("ps").stdout
     assert "a (pinned)" in ps
     assert budget_server.ctl("unpin", "a").returncode == 0
+
+
+def test_a_higher_priority_is_evicted_after_lower_ones_even_when_least_recently_used(budget_server):
+    reset(budget_server, "c", "a")  # c (priority 1) is the least recently used, a (priority 0) the most
+    result = budget_server.ctl("load", "b")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "evicted a to make room"
+    state = models(budget_server)
+    assert [state[m].state for m in "abc"] == ["stopped", "ready", "ready"]
+
+
+def test_ctl_memory_shows_the_budget_and_each_models_charge(budget_server):
+    reset(budget_server, "a")
+    result = budget_server.ctl("memory")
+    assert result.returncode == 0, result.stderr
+    budget, header, *rows = result.stdout.splitlines()
+    memory = models(budget_server)[""]
+    used, free = re.fullmatch(r"memory budget 0\.75 GB: ([\d.]+) GB used, ([\d.]+) GB free", budget).groups()
+    assert float(used) + float(free) == pytest.approx(BUDGET_GB, abs=0.011)
+    assert float(used) == pytest.approx(memory.used_bytes / GB, abs=0.006)
+    assert header.split() == ["MODEL", "STATE", "CHARGED", "RESIDENT", "ESTIMATE", "PINNED", "PRIORITY"]
+    table = {row.split()[0]: row.split()[1:] for row in rows}
+    state, charged, _, resident, _, estimate, _, pinned, priority = table["a"]
+    assert (state, estimate, pinned, priority) == ("ready", "0.30", "no", "0")
+    assert float(charged) >= 0.30 and float(charged) == pytest.approx(float(used), abs=0.011)  # a alone is charged
+    assert 0.05 < float(resident) <= float(charged)
+    assert table["c"] == ["stopped", "-", "-", "0.30", "GB", "no", "1"]
+    assert table["huge"] == ["stopped", "-", "-", "5.00", "GB", "no", "0"]
 
 
 def test_a_busy_model_is_not_evicted_the_request_waits_for_room(budget_server):

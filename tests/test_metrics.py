@@ -182,15 +182,33 @@ def gateways(server, count: int, **env):
             gateway.stop()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_several_gateway_processes_sum_in_multiprocess_mode(server, tmp_path):
+    """Every kind of metric sums over the gateways: counters, histograms (counts and sums), the live gauge."""
     with gateways(server, 2, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)) as (one, two):
+        usage = []
         for url, n in ((one, 2), (two, 3)):
             for _ in range(n):
                 assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+            body = {"model": "smollm2", "messages": PARIS, "temperature": 0, "max_tokens": 2}
+            reply = httpx.post(f"{url}{CHAT}", json=body, timeout=120)
+            assert reply.status_code == 200, reply.text
+            usage.append(reply.json()["usage"])
+            assert httpx.post(f"{url}{CHAT}", json={"model": "nope", "messages": PARIS}).status_code == 404
+        chat = {"service": "local", "model": "smollm2"}
         for url in (one, two):
             samples = scrape(url)
             assert value(samples, "mlx_server_http_requests_total", route="/v1/models", status="200") == 5
+            assert value(samples, "mlx_server_http_requests_total", route=CHAT, status="200") == 2
+            assert value(samples, "mlx_server_http_requests_total", route=CHAT, status="404") == 2
+            assert value(samples, "mlx_server_completion_tokens_total", **chat) == sum(
+                u["completion_tokens"] for u in usage
+            )
+            assert value(samples, "mlx_server_prompt_tokens_total", **chat) == sum(u["prompt_tokens"] for u in usage)
+            assert value(samples, "mlx_server_time_to_first_token_seconds_count", **chat) == 2
+            assert value(samples, "mlx_server_http_request_duration_seconds_count", route=CHAT) == 4
+            assert value(samples, "mlx_server_http_request_duration_seconds_sum", route=CHAT) > 0
+            assert value(samples, "mlx_server_http_requests_in_progress") == 1  # this scrape, in one of them
             assert value(samples, "mlx_server_supervisor_up") == 1  # the host's figures, once
     assert len(os.listdir(tmp_path)) > 0  # prometheus-client's per-process files
 

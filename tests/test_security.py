@@ -14,7 +14,7 @@ import jwt
 import openai
 import pytest
 
-from tests.conftest import SECURE_BODY_LIMIT
+from tests.conftest import SECURE_BODY_LIMIT, TEST_SECRETS
 from tests.harness import ROOT, free_port, track, wait_until
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -179,6 +179,7 @@ def test_loading_and_unloading_need_an_admin_service(secure_server, keys):
 def token_for(server, key: str, **body) -> dict:
     reply = httpx.post(f"{server.url}/api/v1/auth/token", headers={"Authorization": f"Bearer {key}"}, json=body)
     assert reply.status_code == 200, reply.text
+    TEST_SECRETS.append(reply.json()["access_token"])  # no server log may hold it
     return reply.json()
 
 
@@ -207,6 +208,19 @@ def test_expired_tampered_and_foreign_tokens_are_401(secure_server, keys):
     for token, says in ((expired, "expired"), (tampered, "invalid"), (foreign, "invalid"), (unsigned, "invalid")):
         error = assert_openai_error(chat(secure_server, token), 401, "invalid_api_key")
         assert says in error["message"]
+
+
+def test_a_token_stops_working_when_its_own_ttl_runs_out(secure_server, keys):
+    issued = token_for(secure_server, keys.vista, expires_in=5)  # less than the configured TTL: granted as asked
+    assert issued["expires_in"] == 5
+    claims = jwt.decode(issued["access_token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 5
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert httpx.get(f"{secure_server.url}/v1/models", headers=bearer).status_code == 200
+    # Polled until the server refuses it on its own (generous deadline; the token says 5 s).
+    assert wait_until(lambda: httpx.get(f"{secure_server.url}/v1/models", headers=bearer).status_code == 401, 60)
+    error = assert_openai_error(httpx.get(f"{secure_server.url}/v1/models", headers=bearer), 401, "invalid_api_key")
+    assert "expired" in error["message"]
 
 
 def test_a_token_cannot_be_exchanged_for_another(secure_server, keys):

@@ -156,3 +156,16 @@ def test_image_urls_are_fetched_within_size_and_time_limits_when_enabled(image_h
     with pytest.raises(APIError) as missing:
         fetch("/none.png")
     assert "HTTP 404" in missing.value.message
+
+
+def test_images_are_refused_in_sessions_and_the_session_is_left_untouched(server):
+    session_id = httpx.post(f"{server.url}/api/v1/sessions", json={}, timeout=30).json()["id"]
+    body = {"model": VLM, "messages": ask(data_url(png())), "max_tokens": 2, "session_id": session_id}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_request" and "A session stores text only" in error["message"]
+    assert httpx.get(f"{server.url}/api/v1/sessions/{session_id}/messages", timeout=30).json()["data"] == []
+    text_only = {"model": VLM, "messages": ask(), "max_tokens": 2, "session_id": session_id}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=text_only, timeout=60).status_code == 200
+    assert len(httpx.get(f"{server.url}/api/v1/sessions/{session_id}/messages", timeout=30).json()["data"]) == 2
