@@ -249,7 +249,7 @@ class Gateway:
         self.url = url
         track(proc.pid)
 
-    def wait_ready(self, timeout: float = 30, path: str = "/api/v1/health", **client) -> Gateway:
+    def wait_ready(self, timeout: float = 120, path: str = "/api/v1/health", **client) -> Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.statistics import collector, describe_statistics
 
 from tests.request_mutations import (
     DROP,
@@ -265,13 +266,16 @@ def judge(mutation: Mutation, outcome: Outcome, reached: bool, anthropic: bool) 
 
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("dialect", DIALECTS, ids=[d.name for d in DIALECTS])
-def test_a_valid_request_with_one_field_mutated(server, client, dialect):
+def test_a_valid_request_with_one_field_mutated(server, client, dialect, request):
+    # A fresh worker for each dialect, so what one dialect's cases did to a worker is counted there alone.
+    assert server.ctl("unload", "smollm2").returncode == 0
     client.chat.completions.create(model="smollm2", messages=USER, max_tokens=1)  # loaded before we start
     before = server_failures(server.url)
     log = WorkerLog(server)
     tally: Counter = Counter()
     problems: list[str] = []
-    http = httpx.Client(base_url=server.url, timeout=180)
+    # A connection per case: a connection the server closed after one case's answer is no other case's failure.
+    http = httpx.Client(base_url=server.url, timeout=180, limits=httpx.Limits(max_keepalive_connections=0))
     cases = st.sampled_from(dialect.mutations).flatmap(lambda m: st.tuples(st.just(m), m.values, st.booleans()))
 
     def run(case) -> None:
@@ -298,13 +302,19 @@ def test_a_valid_request_with_one_field_mutated(server, client, dialect):
 
     for i, mutation in reversed(list(enumerate(dialect.mutations))):  # one canonical case per class, in order
         run = example(case=(mutation, mutation.example, i % 2 == 1))(run)
-    settings(
-        max_examples=dialect.generated,
-        phases=[Phase.explicit, Phase.generate],  # no shrinking: each case is a real generation
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )(given(case=cases)(run))()
+
+    def note_statistics(stats) -> None:  # what pytest's --hypothesis-show-statistics prints for this test
+        stats["nodeid"] = request.node.nodeid
+        request.node.hypothesis_statistics = describe_statistics(stats)
+
+    with collector.with_value(note_statistics):
+        settings(
+            max_examples=dialect.generated,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: each case is a real generation
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )(given(case=cases)(run))()
 
     http.close()
     print(f"\n{dialect.name}: {sum(tally.values())} cases")
