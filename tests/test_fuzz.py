@@ -1,6 +1,7 @@
-"""Fuzzing the public API of the secured server: over a thousand random or malformed requests (bodies, headers,
-methods and paths; with no credential, a wrong one, or a real service key) never get a 5xx, every error is in
-the API's own shape (Anthropic's on the Anthropic paths), and the server still answers normally afterwards."""
+"""Fuzzing the edge of the secured server: random or malformed requests (bodies, headers, methods and paths;
+with no credential, a wrong one, or a real service key) never get a 5xx, every error is in the API's own shape
+(Anthropic's on the Anthropic paths), and the server still answers normally afterwards. Valid requests with
+hostile values, delivered to a worker, are tests/test_properties.py's."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.dialects.anthropic import is_anthropic_path
 
-EXAMPLES = 1200
+EXAMPLES = 600
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
@@ -152,7 +153,7 @@ def test_fuzzed_requests_get_no_5xx_and_errors_in_the_apis_shape(secure_server, 
         check(reply, method, path)
 
     fuzz()
-    assert len(sent) >= 1000
+    assert len(sent) >= EXAMPLES * 0.9
     assert {200, 400, 401, 403, 404} <= set(sent)  # the requests reached many different outcomes
     reply = client.post(
         "/v1/chat/completions",
