@@ -86,6 +86,7 @@ def budget_server(tmp_path_factory, model_store):
         heartbeat_seconds=0.5,
         max_wait_seconds=90,
         crash_limit=1,
+        shutdown_grace_seconds=60,  # an unload drains what is in flight, however slow a loaded machine decodes
     )
     srv = Server(config)
     srv.env["MLX_SERVER_CPU_TUNING"] = "off"  # 4-bit weights as loaded: resident stays under the 0.3 GB estimate

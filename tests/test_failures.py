@@ -92,7 +92,7 @@ def test_client_disconnect_aborts_the_generation(server, client):
             pass
         assert _model(server).in_flight == 1
     # Connection closed after the first chunk: the worker must drop the sequence, not finish 1000 tokens.
-    assert wait_until(lambda: _model(server).in_flight == 0, timeout=10)
+    assert wait_until(lambda: _model(server).in_flight == 0, timeout=60)
 
 
 def test_ctl_load_ps_unload_round_trip(server, client):
@@ -164,7 +164,7 @@ def test_client_that_gives_up_on_a_non_streaming_request_frees_the_worker(server
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=3))
     # Without the disconnect watch the worker would go on for 1000 tokens (minutes on this CPU).
-    assert wait_until(lambda: _model(server).in_flight == 0, timeout=15)
+    assert wait_until(lambda: _model(server).in_flight == 0, timeout=60)
 
 
 def test_request_right_after_a_crash_gets_a_new_worker(client, server):

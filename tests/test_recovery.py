@@ -16,7 +16,7 @@ def test_a_model_that_keeps_crashing_is_marked_failed_until_an_operator_loads_it
     reset(budget_server, "c")
     for crash in range(2):  # the server allows one crash in its window; the second marks it failed
         budget_server.signal_worker("c", signal.SIGKILL)
-        assert wait_until(lambda: models(budget_server)["c"].state != "ready", 10)
+        assert wait_until(lambda: models(budget_server)["c"].state != "ready", 60)
         if crash == 0:
             assert models(budget_server)["c"].state == "stopped"
             assert chat(budget_server, "c").status_code == 200  # the next request restarts it
