@@ -60,17 +60,17 @@ class Dialect:
 USER = [{"role": "user", "content": QUESTION}]
 DIALECTS = [
     Dialect(
-        "chat", "/v1/chat/completions", {"model": "smollm2", "messages": USER, "max_tokens": 3}, chat_mutations(), 30
+        "chat", "/v1/chat/completions", {"model": "smollm2", "messages": USER, "max_tokens": 3}, chat_mutations(), 20
     ),
     Dialect(
         "completions",
         "/v1/completions",
         {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 3},
         completion_mutations(),
-        15,
+        10,
     ),
     Dialect(
-        "messages", "/v1/messages", {"model": "smollm2", "messages": USER, "max_tokens": 3}, messages_mutations(), 20
+        "messages", "/v1/messages", {"model": "smollm2", "messages": USER, "max_tokens": 3}, messages_mutations(), 15
     ),
 ]
 
