@@ -51,21 +51,28 @@ def gguf_matrix(path: Path, name: str) -> np.ndarray:
     return gguf.quants.dequantize(tensor.data, tensor.tensor_type)
 
 
-@pytest.fixture(scope="module", params=[("Q4_0", 4), ("Q8_0", 8)], ids=["Q4_0", "Q8_0"])
-def imported(request, tmp_path_factory):
-    """(the GGUF file, the imported model directory, the bits the import should have chosen)"""
-    name, bits = request.param
-    folder = tmp_path_factory.mktemp(name)
-    path = folder / f"smollm2.{name}.gguf"
-    requantize(bundled_path(MODEL), path, Q[name])
-    result = run_import(str(path), "smol", "--store", str(folder / "store"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"imported {path} as smol" in result.stdout
-    return path, folder / "store" / "smol", bits
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """import_(name) -> (the GGUF file, the imported model directory); each format written and imported once."""
+    done = {}
+
+    def import_(name: str) -> tuple[Path, Path]:
+        if name not in done:
+            folder = tmp_path_factory.mktemp(name)
+            path = folder / f"smollm2.{name}.gguf"
+            requantize(bundled_path(MODEL), path, Q[name])
+            result = run_import(str(path), "smol", "--store", str(folder / "store"))
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert f"imported {path} as smol" in result.stdout
+            done[name] = path, folder / "store" / "smol"
+        return done[name]
+
+    return import_
 
 
-def test_the_imported_weights_are_the_files_weights(imported):
-    path, model_dir, bits = imported
+@pytest.mark.parametrize(("name", "bits"), [("Q4_0", 4), ("Q8_0", 8)])
+def test_the_imported_weights_are_the_files_weights(imported, name, bits):
+    path, model_dir = imported(name)
     config = json.loads((model_dir / "config.json").read_text())
     assert config["quantization"]["bits"] == bits and config["quantization"]["group_size"] == 32
     weights = mx.load(str(model_dir / "model.safetensors"))
@@ -79,10 +86,10 @@ def test_the_imported_weights_are_the_files_weights(imported):
     assert np.allclose(np.array(ours.astype(mx.float32)), theirs, atol=1e-3, rtol=1e-2)
 
 
-def test_the_imported_model_generates(imported):
-    _, model_dir, bits = imported
+def test_the_imported_q8_0_model_answers_as_the_original(imported):
+    """Q8_0 is near the original (Q4_1) weights: the same greedy answer. (Q4_0, quantized a second time, drifts.)"""
+    _, model_dir = imported("Q8_0")
     engine = BatchEngine(load_model(str(model_dir), context_length=512), EngineOptions(prefill_step_size=128))
     events = run(engine, chat("g", PARIS, temperature=0, max_tokens=12))
     assert finished(events, "g").usage.completion_tokens > 0
-    if bits == 8:  # near the original weights: the original's answer
-        assert "Paris" in text_of(events, "g")
+    assert "Paris" in text_of(events, "g")
