@@ -290,7 +290,7 @@ def test_a_valid_request_with_one_field_mutated(server, client, dialect, request
             outcome = Outcome(0, {"code": f"{type(exc).__name__}: {exc}"}, ended=False)
         reached = log.handled(trace)
         code = (outcome.error or {}).get("code") or (outcome.error or {}).get("type")
-        result = f"{outcome.status} from the {'worker' if reached else 'gateway'}" + (f" ({code})" if code else "")
+        result = f"{outcome.status}, {'a' if reached else 'no'} worker logged it" + (f" ({code})" if code else "")
         event(mutation.label)
         event(f"outcome: {result}")
         event("streamed" if stream else "whole")
