@@ -18,6 +18,8 @@ TOOLS = {
     "chromium": lambda: shutil.which("chromium") or shutil.which("chromium-browser"),
     "openssl": lambda: shutil.which("openssl"),
     "openblas": lambda: ctypes.util.find_library("openblas"),
+    "ffmpeg": lambda: shutil.which("ffmpeg"),
+    "espeak-ng": lambda: shutil.which("espeak-ng"),
 }
 
 
