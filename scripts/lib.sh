@@ -14,38 +14,72 @@ ensure_uv() {
   fi
 }
 
-# Debian packages, best effort and idempotent: installed where apt-get runs as root; `why` says what for,
-# `without` what happens when they cannot be installed.
+# In CI (CI set, as CI services and .ci/run set it) a tool the tests need is a requirement, not a nicety.
+in_ci() {
+  case "${CI:-}" in "" | 0 | false | False | FALSE | no) return 1 ;; *) return 0 ;; esac
+}
+
+# A tool could not be had: on a laptop a warning (`without` says what is lost), in CI an error that stops the run.
+missing() {
+  local what=$1 reason=$2 without=$3
+  if in_ci; then
+    echo "ERROR: $what: $reason; in CI the tests that need it must run, so the run stops here" >&2
+    return 1
+  fi
+  echo "$what: $reason ($without)" >&2
+}
+
+# Debian packages, idempotent: installed where apt-get runs as root; `why` says what for, `without` what happens
+# when they cannot be installed. Best effort on a laptop; in CI a failure returns 1.
 apt_install() {
   local why=$1 without=$2
   shift 2
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || { echo "$*: not installed ($without)" >&2; return 0; }
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    missing "$*" "not installed (installing needs root and apt-get)" "$without"
+    return
+  fi
   echo "installing $* $why" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq "$@" >/dev/null 2>&1 ||
     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$@" >/dev/null 2>&1; } ||
-    echo "could not install $*: $without" >&2
-  return 0
+    missing "$*" "could not be installed with apt-get" "$without"
+}
+
+# A command that can run: bash's `command -v` also names a file on the PATH that is not executable.
+has_command() {
+  local path
+  path=$(command -v "$1" 2>/dev/null) && [ -x "$path" ]
+}
+
+has_openblas() {
+  ldconfig -p 2>/dev/null | grep 'libopenblas\.so\.0' >/dev/null
 }
 
 # OpenBLAS makes MLX's Linux CPU build several times faster (worker/cpu_tuning.py picks it up when present).
 ensure_openblas() {
   [ "$(uname -s)" = Linux ] || return 0
-  ldconfig -p 2>/dev/null | grep 'libopenblas\.so\.0' >/dev/null && return 0
+  has_openblas && return 0
   apt_install "for faster CPU inference" "MLX keeps its reference BLAS (slower)" libopenblas0-pthread
 }
 
-# Each command missing from PATH gets the Debian package of the same name (best effort, as apt_install).
+# Each command missing from PATH gets the Debian package of the same name (as apt_install: best effort on a
+# laptop); in CI one still missing after the install stops the run (a package apt calls installed whose command
+# cannot run counts as missing).
 ensure_commands() {
   local why=$1 without=$2
   shift 2
   [ "$(uname -s)" = Linux ] || return 0
-  local missing=() command
+  local absent=() still=() command
   for command in "$@"; do
-    command -v "$command" >/dev/null 2>&1 || missing+=("$command")
+    has_command "$command" || absent+=("$command")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  apt_install "$why" "$without" "${missing[@]}"
+  [ ${#absent[@]} -eq 0 ] && return 0
+  apt_install "$why" "$without" "${absent[@]}" || return 1
+  for command in "${absent[@]}"; do
+    has_command "$command" || still+=("$command")
+  done
+  [ ${#still[@]} -eq 0 ] && return 0
+  missing "${still[*]}" "still not found after installing ${absent[*]}" "$without"
 }
 
 # Audio: ffmpeg decodes uploads and encodes speech in the gateway; espeak-ng is the phonemizer of TTS models
@@ -55,7 +89,12 @@ ensure_audio_tools() {
 }
 
 # What the tests drive: chromium for the dashboard's browser test, redis-server for the session, rate-limit
-# and readiness tests. Without them those tests are skipped, with the reason.
+# and readiness tests, openssl for the TLS tests' certificate, OpenBLAS for the CPU-tuning test. Without them
+# those tests are skipped with the reason on a laptop, and fail in CI (tests/tools.py).
 ensure_test_tools() {
-  ensure_commands "for the tests" "the tests that need them are skipped" chromium redis-server
+  ensure_commands "for the tests" "the tests that need them are skipped" chromium redis-server openssl || return 1
+  [ "$(uname -s)" = Linux ] || return 0
+  has_openblas && return 0
+  apt_install "for the tests" "the CPU-tuning test is skipped" libopenblas0-pthread || return 1
+  has_openblas || missing libopenblas.so.0 "still not found after installing libopenblas0-pthread" "it is skipped"
 }

@@ -86,7 +86,10 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if path.is_file() and path.suffix == ".gguf":
-            convert_gguf(path, tmp, progress_factory=_progress)
+            try:
+                convert_gguf(path, tmp, progress_factory=_progress)
+            except (ValueError, RuntimeError) as exc:  # unreadable or unsupported: the reason, not a traceback
+                raise ModelImportError(f"{path} cannot be imported: {exc}") from exc
         elif is_ct2_whisper(path):
             with _progress(1, "converting CTranslate2 Whisper") as bar:
                 try:

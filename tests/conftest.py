@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import shutil
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
 from openai import OpenAI
 
 from supervisor.model_import import import_model
+from tests import harness
 from tests.harness import LOG_ARCHIVE, RedisServer, Server, write_config
 from tests.thinking_model import build_thinking_copy
 from tests.tiny_vlm import build_tiny_qwen2_vl
+from tests.tools import require_tool
 
 MODEL = "smollm2-135m-instruct"
 EMBEDDER = "all-minilm-l6-v2"
@@ -71,15 +73,16 @@ BUDGET_GB = 0.75  # fits two of the 0.3 GB models, not three
 
 @pytest.fixture(scope="session")
 def budget_server(tmp_path_factory, model_store):
-    """Three models sharing the bundled weights under different ids, a budget that fits two; `ttl` unloads
-    itself when idle; `huge` can never fit. More than one crash in five minutes marks a model failed."""
+    """Three models sharing the bundled weights under different ids, a budget that fits two, `c` evicted after
+    the others (priority 1); `ttl` unloads itself when idle; `huge` can never fit. More than one crash in five
+    minutes marks a model failed."""
     config = write_config(
         tmp_path_factory.mktemp("budget") / "models.yaml",
         model_store,
         [
             {"id": "a", **SHARED},
             {"id": "b", **SHARED},
-            {"id": "c", **SHARED},
+            {"id": "c", **SHARED, "priority": 1},
             {"id": "ttl", **SHARED, "idle_ttl_seconds": 2},
             {"id": "huge", **SHARED, "memory_gb": 5},
         ],
@@ -87,6 +90,7 @@ def budget_server(tmp_path_factory, model_store):
         heartbeat_seconds=0.5,
         max_wait_seconds=90,
         crash_limit=1,
+        shutdown_grace_seconds=60,  # an unload drains what is in flight, however slow a loaded machine decodes
     )
     srv = Server(config)
     srv.env["MLX_SERVER_CPU_TUNING"] = "off"  # 4-bit weights as loaded: resident stays under the 0.3 GB estimate
@@ -115,8 +119,10 @@ def tight_server(tmp_path_factory, model_store):
 
 # -- the secured server: services, keys, Redis, JWT ----------------------------------------------------------
 
-# Every key and secret the tests hand to a server; none may appear in any server log of the run.
+# Every key, token and secret the tests hand to a server; none may appear in any server log of the run.
 TEST_SECRETS: list[str] = []
+# Sent as message content by tests (test_log_hygiene.py): it may reach a model, never a log line.
+CONTENT_MARKER = "zebra-" + secrets.token_hex(6) + "-quartz"
 
 
 def secret(prefix: str) -> str:
@@ -125,29 +131,50 @@ def secret(prefix: str) -> str:
     return value
 
 
+def pytest_runtest_setup(item):
+    """`@pytest.mark.needs_tool("redis-server")`: skipped without it on a laptop, failed in CI (tests/tools.py)."""
+    for mark in item.iter_markers("needs_tool"):
+        require_tool(*mark.args)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: how many tests skipped, and why (pytest's -ra lists each one)."""
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
+        terminalreporter.write_line(f"skipped {sum(reasons.values())}: {why}", yellow=True)
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Grep the logs of every server this run started for the test keys: none may appear."""
+    """Fail the run if a process a test started outlived it (naming it), or if any server log of the run holds a
+    test key, a token or the content marker."""
+    writer = session.config.get_terminal_writer()
+    left = harness.left_running()
+    if left:
+        writer.line("PROCESSES LEFT RUNNING BY THE TESTS (now killed):", red=True)
+        for process in left:
+            writer.line(f"  {harness.describe(process)}", red=True)
+            harness.kill(process)
+        session.exitstatus = 1
     if not LOG_ARCHIVE.exists():
         return
     text = LOG_ARCHIVE.read_text(errors="replace")
     LOG_ARCHIVE.unlink()
     leaked = [s[:8] + "..." for s in TEST_SECRETS if s in text]
+    if CONTENT_MARKER in text:
+        leaked.append("message content")
     if leaked:
-        session.config.get_terminal_writer().line(f"SECRETS IN SERVER LOGS: {leaked}", red=True)
+        writer.line(f"SECRETS IN SERVER LOGS: {leaked}", red=True)
         session.exitstatus = 1
-
-
-def redis_available() -> bool:
-    return shutil.which("redis-server") is not None
-
-
-needs_redis = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed (./test.sh installs it)")
 
 
 @pytest.fixture(scope="session")
 def redis_server():
-    if not redis_available():
-        pytest.skip("redis-server is not installed (./test.sh installs it)")
+    require_tool("redis-server")
     server = RedisServer().start()
     yield server
     server.cleanup()

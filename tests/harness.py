@@ -1,4 +1,9 @@
-"""Real server processes for tests: a supervisor and a gateway started by pid and stopped by pid."""
+"""Real server processes for tests: a supervisor and a gateway, held as psutil processes and stopped by them.
+
+Every process a test starts is recorded here (`track`), as is every run directory a server uses; at the end of
+the session conftest fails the run, naming them, if any such process is still alive. A psutil.Process checks
+the process's identity (its start time) before it signals it, so a pid reused by another process is never hit.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,53 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # Every server log of the test run is appended here when its server stops (conftest greps it for test keys).
 LOG_ARCHIVE = Path(tempfile.gettempdir()) / f"mlxs-test-logs-{os.getpid()}.log"
+STARTED: list[psutil.Process] = []  # every process a test started (or saw its server start)
+RUN_DIRS: set[str] = set()  # every MLX_SERVER_RUN_DIR a test server used: its processes carry it in their env
+
+
+def track(process: int | psutil.Process) -> psutil.Process:
+    """Record a process this test run started (a pid, or a psutil.Process); the session fails if it outlives the
+    run."""
+    process = process if isinstance(process, psutil.Process) else psutil.Process(process)
+    if process not in STARTED:
+        STARTED.append(process)
+    return process
+
+
+def gone(process: psutil.Process) -> bool:
+    """Exited (or a zombie awaiting its parent); a pid now used by another process counts as gone."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def left_running() -> list[psutil.Process]:
+    """Processes of this test run still alive: those tracked, and any carrying one of its run directories."""
+    alive = [p for p in STARTED if not gone(p)]
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("MLX_SERVER_RUN_DIR") in RUN_DIRS and process not in alive:
+                alive.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return [p for p in alive if not gone(p)]
+
+
+def describe(process: psutil.Process) -> str:
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline())[:160]}"
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
+def kill(process: psutil.Process) -> None:
+    """SIGKILL, if it is still the process it was (psutil checks), and reap it if it is our child."""
+    try:
+        process.kill()
+        process.wait(timeout=10)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        pass
 
 
 def free_port() -> int:
@@ -29,7 +81,9 @@ def free_port() -> int:
 
 def short_run_dir() -> Path:
     # ipc:// paths must stay under ~100 bytes, so not under pytest's deep tmp_path.
-    return Path(tempfile.mkdtemp(prefix="mlxs-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="mlxs-", dir="/tmp"))
+    RUN_DIRS.add(str(path))
+    return path
 
 
 def write_config(path: Path, store: Path, models: list[dict], **settings) -> Path:
@@ -51,6 +105,7 @@ class Server:
         self.config = config
         self._owns_run_dir = run_dir is None
         self.run_dir = run_dir or short_run_dir()
+        RUN_DIRS.add(str(self.run_dir))
         self.port = free_port()
         self.env = os.environ | {
             "MLX_SERVER_RUN_DIR": str(self.run_dir),
@@ -64,7 +119,7 @@ class Server:
         self.supervisor: subprocess.Popen | None = None
         self.gateway: subprocess.Popen | None = None
         self.extra_gateways: list[Gateway] = []
-        self._workers_seen: set[int] = set()
+        self._workers_seen: list[psutil.Process] = []
 
     @property
     def url(self) -> str:
@@ -80,7 +135,9 @@ class Server:
 
     def _popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
         with self.log_path.open("ab") as log:
-            return subprocess.Popen([sys.executable, *args], env=env or self.env, cwd=ROOT, stdout=log, stderr=log)
+            proc = subprocess.Popen([sys.executable, *args], env=env or self.env, cwd=ROOT, stdout=log, stderr=log)
+        track(proc.pid)
+        return proc
 
     def spawn_gateway(self, **env: str) -> Gateway:
         """Another gateway process in front of this server's supervisor, on a port of its own, with `env` on top of
@@ -122,16 +179,45 @@ class Server:
             timeout=timeout,
         )
 
-    def worker_pids(self) -> list[int]:
-        """Live worker processes of this supervisor (its children)."""
+    def worker_processes(self) -> list[psutil.Process]:
+        """Live worker processes of this supervisor (its children), remembered so `stop` can check on them."""
         if self.supervisor is None or self.supervisor.poll() is not None:
             return []
-        pids = [p.pid for p in psutil.Process(self.supervisor.pid).children(recursive=True)]
-        self._workers_seen.update(pids)
-        return pids
+        try:
+            children = psutil.Process(self.supervisor.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for child in children:
+            if child not in self._workers_seen:
+                self._workers_seen.append(track(child))
+        return [c for c in children if not gone(c)]
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.worker_processes()]
+
+    def models(self) -> dict:
+        """Each model's ModelInfo as the supervisor reports it (`ctl ps` reads the same), and the budget under ""."""
+        from protocol.ctl import ListModels
+        from supervisor.ctl_client import CtlClient
+
+        reply = CtlClient(f"ipc://{self.run_dir}/supervisor.sock").call(lambda call_id: ListModels(call_id=call_id))
+        return {m.id: m for m in reply.models} | {"": reply.memory}
+
+    def worker(self, model_id: str) -> psutil.Process:
+        """The live worker of `model_id`: the pid the supervisor reports, checked to be one of its children."""
+        pid = self.models()[model_id].pid
+        assert pid is not None, f"{model_id} has no worker"
+        [process] = [p for p in self.worker_processes() if p.pid == pid]
+        return process
+
+    def signal_worker(self, model_id: str, sig: int = signal.SIGKILL) -> psutil.Process:
+        """Send `sig` to the worker of `model_id` (psutil checks that the pid is still that process)."""
+        process = self.worker(model_id)
+        process.send_signal(sig)
+        return process
 
     def stop(self) -> None:
-        self.worker_pids()
+        self.worker_processes()
         for gateway in self.extra_gateways:
             gateway.stop()
         for proc in (self.gateway, self.supervisor):
@@ -145,9 +231,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for pid in self._workers_seen:  # belt and braces: no worker outlives the test session
-            if psutil.pid_exists(pid):
-                os.kill(pid, signal.SIGKILL)
+        for process in self._workers_seen:  # workers exit with their supervisor; a stopped (SIGSTOP) one may not
+            if not wait_until(lambda p=process: gone(p), timeout=10):
+                kill(process)
         if self.log_path.exists():
             with LOG_ARCHIVE.open("a", errors="replace") as archive:
                 archive.write(self.log_text())
@@ -161,8 +247,9 @@ class Gateway:
     def __init__(self, proc: subprocess.Popen, url: str):
         self.proc = proc
         self.url = url
+        track(proc.pid)
 
-    def wait_ready(self, timeout: float = 30, path: str = "/api/v1/health", **client) -> Gateway:
+    def wait_ready(self, timeout: float = 120, path: str = "/api/v1/health", **client) -> Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -196,6 +283,7 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 ["redis-server", *args, "--dir", str(self.dir)], stdout=log, stderr=log, cwd=self.dir
             )
+        self.process = track(self.proc.pid)
         if not wait_until(self.answers, timeout=20):
             self.stop()
             raise RuntimeError(f"redis-server did not answer on port {self.port}")
@@ -238,10 +326,3 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
 
@@ -14,51 +16,92 @@ SYSTEM = "You are a helpful assistant for a travel agency. " + " ".join(
     f"Rule {i}: answer briefly and politely, and never invent facts about place number {i}." for i in range(30)
 )
 
-# Eight streams in one batch, each with its own sampling settings; the greedy ones must say Paris.
+# Eight streams in one batch, each with its own settings, each visibly applied.
 SETTINGS = [
     {"temperature": 0},
-    {"temperature": 0, "stop": ["\n\n"]},
+    {"temperature": 0, "stop": [" Paris"]},
     {"temperature": 0, "logprobs": True, "top_logprobs": 2},
-    {"temperature": 0, "repetition_penalty": 1.1},
+    {"temperature": 0, "max_tokens": 6},
     {"temperature": 0.7, "top_p": 0.9},
     {"temperature": 1.0, "top_k": 40, "seed": 3},
     {"temperature": 0.8, "min_p": 0.1},
     {"temperature": 1.2, "top_p": 0.8, "top_k": 10, "repetition_penalty": 1.3},
 ]
-
-
 EXTRAS = {"top_k", "min_p", "repetition_penalty"}  # not in OpenAI's API: the SDK sends them as extra_body
 
 
-def _stream(client, settings: dict) -> tuple[set[str], str, str | None, int]:
+@dataclass
+class Streamed:
+    ids: set[str]
+    text: str
+    finish: str | None
+    tokens: int
+    logprobs: list
+
+
+def _stream(client, settings: dict) -> Streamed:
     standard = {k: v for k, v in settings.items() if k not in EXTRAS}
     extra = {k: v for k, v in settings.items() if k in EXTRAS}
     stream = client.chat.completions.create(
-        model="smollm2", messages=PARIS, max_tokens=16, stream=True, stream_options={"include_usage": True},
-        extra_body=extra, **standard,
+        model="smollm2", messages=PARIS, stream=True, stream_options={"include_usage": True}, extra_body=extra,
+        **({"max_tokens": 16} | standard),
     )  # fmt: skip
-    ids, text, finish, usage = set(), [], None, None
+    out = Streamed(set(), "", None, 0, [])
     for chunk in stream:
-        ids.add(chunk.id)
+        out.ids.add(chunk.id)
         if chunk.usage:
-            usage = chunk.usage
+            out.tokens = chunk.usage.completion_tokens
         if chunk.choices:
-            text.append(chunk.choices[0].delta.content or "")
-            finish = chunk.choices[0].finish_reason or finish
-    return ids, "".join(text), finish, usage.completion_tokens
+            choice = chunk.choices[0]
+            out.text += choice.delta.content or ""
+            out.finish = choice.finish_reason or out.finish
+            out.logprobs += choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+    return out
 
 
-def test_eight_concurrent_streams_with_their_own_settings(client):
-    with ThreadPoolExecutor(len(SETTINGS)) as pool:
-        results = list(pool.map(lambda s: _stream(client, s), SETTINGS))
-    ids = [r[0] for r in results]
+class PeakWatch(threading.Thread):
+    """Polls the supervisor's status (which pings the worker between two decode steps) for the most requests
+    decoding at once: in flight and past their prefill."""
+
+    def __init__(self, server, model_id: str):
+        super().__init__(daemon=True)
+        self.server, self.model_id = server, model_id
+        self.peak, self.stopped = 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.02):
+            model = _model(self.server, self.model_id)
+            self.peak = max(self.peak, model.in_flight - model.queued)
+
+
+def test_eight_concurrent_streams_are_batched_each_with_its_own_settings(server, client):
+    client.chat.completions.create(model="smollm2", messages=PARIS, max_tokens=1)  # loaded before we start
+    watch = PeakWatch(server, "smollm2")
+    watch.start()
+    try:
+        with ThreadPoolExecutor(len(SETTINGS)) as pool:
+            results = list(pool.map(lambda s: _stream(client, s), SETTINGS))
+    finally:
+        watch.stopped.set()
+        watch.join()
+    assert watch.peak >= 8, f"at most {watch.peak} of the 8 streams were decoding together"
+    ids = [r.ids for r in results]
     assert all(len(i) == 1 for i in ids) and len(set.union(*ids)) == len(SETTINGS)  # one id per stream
-    for settings, (_, text, finish, tokens) in zip(SETTINGS, results, strict=True):
-        assert finish in {"stop", "length"}
-        assert 0 < tokens <= 16
-        assert text.strip()
-        if settings["temperature"] == 0:
-            assert "Paris" in text, (settings, text)
+    plain, stopped, logprobs, short, *_ = results
+    for result in results:
+        assert result.finish in {"stop", "length"} and 0 < result.tokens <= 16
+    assert "Paris" in plain.text and "Paris" in logprobs.text
+    # The stop sequence ended its stream before it would have been sent.
+    assert stopped.finish == "stop" and stopped.text.startswith("The capital of France") and "Paris" not in stopped.text
+    # Logprobs for every token of that stream, two alternatives each, and for no other stream.
+    assert len(logprobs.logprobs) == logprobs.tokens and "".join(e.token for e in logprobs.logprobs) == logprobs.text
+    assert all(len(e.top_logprobs) == 2 and e.top_logprobs[0].token == e.token for e in logprobs.logprobs)
+    assert [r.logprobs for r in results if r is not logprobs] == [[]] * 7
+    # Its own max_tokens, and greedy: the beginning of the plain stream's answer.
+    assert short.finish == "length" and short.tokens == 6 and plain.text.startswith(short.text)
+    # The seeded stream repeats exactly when asked again alone.
+    seeded = SETTINGS.index({"temperature": 1.0, "top_k": 40, "seed": 3})
+    assert _stream(client, SETTINGS[seeded]).text == results[seeded].text
 
 
 def test_abort_mid_stream_hands_the_only_slot_to_the_next_request(server, client):

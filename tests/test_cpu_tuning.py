@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import subprocess
 import sys
 
 import pytest
 
 from tests.harness import ROOT
+from tests.tools import find_tool
 
 # A quantized two-layer model, tuned in a fresh interpreter: the BLAS is chosen before mlx.core is imported.
 TUNE = """
@@ -42,9 +42,9 @@ def test_without_openblas_the_weights_stay_as_loaded():
     assert "mlx.core.uint32" in dtypes  # still packed 4-bit
 
 
-@pytest.mark.skipif(ctypes.util.find_library("openblas") is None, reason="this host has no OpenBLAS")
+@pytest.mark.needs_tool("openblas")
 def test_with_openblas_small_models_go_float32_and_large_ones_stay():
-    library = ctypes.util.find_library("openblas")
+    library = find_tool("openblas")
     blas, _, compute, dtypes = tune(library, 1 << 40)
     assert (blas, compute, dtypes) == ("openblas", "cpu: openblas, float32", "['mlx.core.float32']")
     _, _, compute, dtypes = tune(library, 1024)  # a machine too small for the float32 copy

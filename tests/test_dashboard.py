@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (test.sh installs it)")
+from tests.tools import require_tool
+
+pytestmark = pytest.mark.needs_tool("chromium")
 KEY = "sk-dashboard-test-key"
 
 
@@ -25,7 +25,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=require_tool("chromium"), headless=True, args=["--no-sandbox"])
         yield browser
         browser.close()
 

@@ -1,6 +1,7 @@
-"""Fuzzing the public API of the secured server: over a thousand random or malformed requests (bodies, headers,
-methods and paths; with no credential, a wrong one, or a real service key) never get a 5xx, every error is in
-the API's own shape (Anthropic's on the Anthropic paths), and the server still answers normally afterwards."""
+"""Fuzzing the edge of the secured server: random or malformed requests (bodies, headers, methods and paths;
+with no credential, a wrong one, or a real service key) never get a 5xx, every error is in the API's own shape
+(Anthropic's on the Anthropic paths), and the server still answers normally afterwards. Valid requests with
+hostile values, delivered to a worker, are tests/test_properties.py's."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.dialects.anthropic import is_anthropic_path
 
-EXAMPLES = 1200
+EXAMPLES = 600
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
@@ -37,30 +38,14 @@ message = st.fixed_dictionaries({"role": roles}, optional={"content": content, "
 messages = st.lists(message, max_size=4) | json_values
 
 
-def chat_body(session_ids):
-    """Mostly well-formed chat requests with random values; `max_tokens` is always a small bound or invalid,
-    so the requests that pass validation stay short on the CPU."""
+def random_chat(session_ids):
     return st.fixed_dictionaries(
-        {
-            "messages": st.just(PARIS) | messages,
-            "max_tokens": st.integers(1, 3) | st.integers(-5, 0) | st.text(max_size=5) | st.floats(allow_nan=False),
-        },
+        {"messages": st.just(PARIS) | messages, "max_tokens": st.integers(1, 3) | json_values},
         optional={
             "model": st.sampled_from(["smollm2", "tiny", "coder", "short", "gpt-17", ""]) | json_values,
-            "temperature": st.floats(-1, 3, allow_nan=False) | json_values,
-            "top_p": st.floats(-1, 2, allow_nan=False),
-            "top_k": st.integers(-2, 2**40),
-            "min_p": st.floats(-1, 2, allow_nan=False),
-            "repetition_penalty": st.floats(-1, 1e6, allow_nan=False) | st.none(),
-            "seed": st.integers(-(2**70), 2**70) | st.none(),
-            "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=6) | json_values,
-            "stream": st.booleans() | json_values,
-            "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}) | json_values,
-            "logprobs": st.booleans(),
-            "top_logprobs": st.integers(-2, 30),
-            "n": st.integers(-1, 3),
+            "temperature": json_values,
+            "stream": json_values,
             "session_id": st.sampled_from(session_ids) | printable | json_values,
-            "max_completion_tokens": st.integers(1, 3) | st.integers(-3, 0),
         },
     )
 
@@ -116,9 +101,9 @@ def requests(draw, credentials, session_ids):
         headers["Access-Control-Request-Method"] = draw(st.sampled_from(["POST", "GET", "TRACE"]))
     # HTTP forbids leading and trailing whitespace in header values; the client would refuse to send them.
     headers = {name: value.strip() for name, value in headers.items() if value.strip()}
-    kind = draw(st.sampled_from(["chat", "chat", "chat", "json", "bytes", "none"]))
-    if kind == "chat":
-        body = json.dumps(draw(chat_body(session_ids))).encode()
+    kind = draw(st.sampled_from(["chat", "json", "json", "bytes", "none"]))
+    if kind == "chat":  # a request with random values in every field: it rarely passes validation
+        body = json.dumps(draw(random_chat(session_ids))).encode()
     elif kind == "json":
         body = json.dumps(draw(json_values)).encode()
     elif kind == "bytes":
@@ -168,7 +153,7 @@ def test_fuzzed_requests_get_no_5xx_and_errors_in_the_apis_shape(secure_server, 
         check(reply, method, path)
 
     fuzz()
-    assert len(sent) >= 1000
+    assert len(sent) >= EXAMPLES * 0.9
     assert {200, 400, 401, 403, 404} <= set(sent)  # the requests reached many different outcomes
     reply = client.post(
         "/v1/chat/completions",

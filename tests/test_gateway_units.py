@@ -244,9 +244,14 @@ def test_sessions_expire_after_their_ttl_unless_used(make_store):
         store = make_store(2)
         used = await store.create("vista", {}, [{"role": "user", "content": "q"}])
         idle = await store.create("vista", {}, [{"role": "user", "content": "q"}])
-        for _ in range(3):
-            await asyncio.sleep(0.8)
+        deadline = time.monotonic() + 60  # a generous bound on waiting for the 2 s TTL, not a timing claim
+        # Listing renews nothing; reading `used`'s messages renews it. Poll until `idle` has expired.
+        while idle.id in [s.id for s in await store.list("vista")]:
             assert await store.messages("vista", used.id) is not None  # each use renews it
+            assert time.monotonic() < deadline, "the idle session never expired"
+            await asyncio.sleep(0.1)
+        renewed = await store.get("vista", used.id)  # used the whole time: still there, its expiry pushed on
+        assert renewed is not None and renewed.expires_at > used.expires_at
         assert await store.get("vista", idle.id) is None
         assert [s.id for s in await store.list("vista")] == [used.id]
         await store.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
+import pytest
 
 from protocol.ctl import ListModels
 from supervisor.ctl_client import CtlClient
@@ -81,6 +82,34 @@ def test_a_pinned_model_is_never_evicted(budget_server):
     assert budget_server.ctl("unpin", "a").returncode == 0
 
 
+def test_a_higher_priority_is_evicted_after_lower_ones_even_when_least_recently_used(budget_server):
+    reset(budget_server, "c", "a")  # c (priority 1) is the least recently used, a (priority 0) the most
+    result = budget_server.ctl("load", "b")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "evicted a to make room"
+    state = models(budget_server)
+    assert [state[m].state for m in "abc"] == ["stopped", "ready", "ready"]
+
+
+def test_ctl_memory_shows_the_budget_and_each_models_charge(budget_server):
+    reset(budget_server, "a")
+    result = budget_server.ctl("memory")
+    assert result.returncode == 0, result.stderr
+    budget, header, *rows = result.stdout.splitlines()
+    memory = models(budget_server)[""]
+    used, free = re.fullmatch(r"memory budget 0\.75 GB: ([\d.]+) GB used, ([\d.]+) GB free", budget).groups()
+    assert float(used) + float(free) == pytest.approx(BUDGET_GB, abs=0.011)
+    assert float(used) == pytest.approx(memory.used_bytes / GB, abs=0.006)
+    assert header.split() == ["MODEL", "STATE", "CHARGED", "RESIDENT", "ESTIMATE", "PINNED", "PRIORITY"]
+    table = {row.split()[0]: row.split()[1:] for row in rows}
+    state, charged, _, resident, _, estimate, _, pinned, priority = table["a"]
+    assert (state, estimate, pinned, priority) == ("ready", "0.30", "no", "0")
+    assert float(charged) >= 0.30 and float(charged) == pytest.approx(float(used), abs=0.011)  # a alone is charged
+    assert 0.05 < float(resident) <= float(charged)
+    assert table["c"] == ["stopped", "-", "-", "0.30", "GB", "no", "1"]
+    assert table["huge"] == ["stopped", "-", "-", "5.00", "GB", "no", "0"]
+
+
 def test_a_busy_model_is_not_evicted_the_request_waits_for_room(budget_server):
     reset(budget_server, "a", "b")
     results = {}
@@ -105,13 +134,11 @@ def test_a_busy_model_is_not_evicted_the_request_waits_for_room(budget_server):
 
 
 def test_a_model_larger_than_the_budget_is_refused_at_once(budget_server):
-    started = time.monotonic()
-    reply = chat(budget_server, "huge")
+    reply = chat(budget_server, "huge")  # refused before any wait for memory (max_wait_seconds is 90 here)
     assert reply.status_code == 507
     error = reply.json()["error"]
     assert error["code"] == "insufficient_memory"
     assert "more than the whole memory budget" in error["message"]
-    assert time.monotonic() - started < 5
     assert "spawned worker for huge" not in budget_server.log_text()
     assert models(budget_server)["huge"].state == "stopped"
 
@@ -138,15 +165,17 @@ def test_idle_ttl_unloads_and_a_request_during_the_unload_is_served(budget_serve
     reset(budget_server)
     ctl = CtlClient(f"ipc://{budget_server.run_dir}/supervisor.sock")
     hit_the_unload = False
+    states = []
+
+    def left_ready() -> bool:
+        states.append({m.id: m.state for m in ctl.call(lambda call_id: ListModels(call_id=call_id)).models}["ttl"])
+        return states[-1] != "ready"
+
     for _ in range(3):  # the stop of an idle worker is short: catch it while it is under way
         assert chat(budget_server, "ttl").status_code == 200
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            state = {m.id: m.state for m in ctl.call(lambda call_id: ListModels(call_id=call_id)).models}["ttl"]
-            if state != "ready":
-                break
-            time.sleep(0.01)
-        assert state in ("stopping", "stopped"), "ttl was not unloaded after 2s idle"
+        assert wait_until(left_ready, timeout=30, interval=0.01), "ttl was not unloaded after 2s idle"
+        state = states[-1]
+        assert state in ("stopping", "stopped")
         hit_the_unload = state == "stopping"
         reply = chat(budget_server, "ttl")
         assert reply.status_code == 200, reply.text
@@ -179,5 +208,5 @@ def test_a_request_that_cannot_get_room_in_time_gets_503_and_streams_get_keepali
     assert lines[0] == ": keepalive" and len([x for x in lines if x == ": keepalive"]) >= 3
     assert '"code":"worker_unavailable"' in lines[-1]
     thread.join()
-    assert done[-1] == "data: [DONE]" or done[-2] == "data: [DONE]"
+    assert [line for line in done if line][-1] == "data: [DONE]"
     assert chat(tight_server, "y").status_code == 200  # x is idle now: evicted for y

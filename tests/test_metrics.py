@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from tests.harness import ROOT, free_port, wait_until
+from tests.harness import ROOT, Gateway, free_port
 from tests.test_memory_budget import reset
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -167,45 +166,49 @@ def test_system_stats_report_the_host_and_what_mlx_cannot_tell(server, client):
 
 @contextlib.contextmanager
 def gateways(server, count: int, **env):
-    """Extra gateway processes on the session server's supervisor, stopped by pid."""
-    procs, urls = [], []
+    """Extra gateway processes on the session server's supervisor, stopped (by their processes) on the way out."""
+    started = []
     try:
         for _ in range(count):
             port = free_port()
-            proc_env = server.env | {"PORT": str(port), **env}
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway"], env=proc_env, cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-            urls.append(f"http://127.0.0.1:{port}")
-        for url in urls:
-            assert wait_until(lambda url=url: _answers(url), 30)
-        yield urls
+            proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=server.env | {"PORT": str(port), **env},
+                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            started.append(Gateway(proc, f"http://127.0.0.1:{port}"))
+        for gateway in started:
+            gateway.wait_ready()
+        yield [gateway.url for gateway in started]
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for gateway in started:
+            gateway.stop()
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_several_gateway_processes_sum_in_multiprocess_mode(server, tmp_path):
+    """Every kind of metric sums over the gateways: counters, histograms (counts and sums), the live gauge."""
     with gateways(server, 2, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)) as (one, two):
+        usage = []
         for url, n in ((one, 2), (two, 3)):
             for _ in range(n):
                 assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+            body = {"model": "smollm2", "messages": PARIS, "temperature": 0, "max_tokens": 2}
+            reply = httpx.post(f"{url}{CHAT}", json=body, timeout=120)
+            assert reply.status_code == 200, reply.text
+            usage.append(reply.json()["usage"])
+            assert httpx.post(f"{url}{CHAT}", json={"model": "nope", "messages": PARIS}).status_code == 404
+        chat = {"service": "local", "model": "smollm2"}
         for url in (one, two):
             samples = scrape(url)
             assert value(samples, "mlx_server_http_requests_total", route="/v1/models", status="200") == 5
+            assert value(samples, "mlx_server_http_requests_total", route=CHAT, status="200") == 2
+            assert value(samples, "mlx_server_http_requests_total", route=CHAT, status="404") == 2
+            assert value(samples, "mlx_server_completion_tokens_total", **chat) == sum(
+                u["completion_tokens"] for u in usage
+            )
+            assert value(samples, "mlx_server_prompt_tokens_total", **chat) == sum(u["prompt_tokens"] for u in usage)
+            assert value(samples, "mlx_server_time_to_first_token_seconds_count", **chat) == 2
+            assert value(samples, "mlx_server_http_request_duration_seconds_count", route=CHAT) == 4
+            assert value(samples, "mlx_server_http_request_duration_seconds_sum", route=CHAT) > 0
+            assert value(samples, "mlx_server_http_requests_in_progress") == 1  # this scrape, in one of them
             assert value(samples, "mlx_server_supervisor_up") == 1  # the host's figures, once
     assert len(os.listdir(tmp_path)) > 0  # prometheus-client's per-process files
 

@@ -14,8 +14,8 @@ import jwt
 import openai
 import pytest
 
-from tests.conftest import SECURE_BODY_LIMIT
-from tests.harness import ROOT, free_port
+from tests.conftest import SECURE_BODY_LIMIT, TEST_SECRETS
+from tests.harness import ROOT, free_port, track, wait_until
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -179,6 +179,7 @@ def test_loading_and_unloading_need_an_admin_service(secure_server, keys):
 def token_for(server, key: str, **body) -> dict:
     reply = httpx.post(f"{server.url}/api/v1/auth/token", headers={"Authorization": f"Bearer {key}"}, json=body)
     assert reply.status_code == 200, reply.text
+    TEST_SECRETS.append(reply.json()["access_token"])  # no server log may hold it
     return reply.json()
 
 
@@ -207,6 +208,19 @@ def test_expired_tampered_and_foreign_tokens_are_401(secure_server, keys):
     for token, says in ((expired, "expired"), (tampered, "invalid"), (foreign, "invalid"), (unsigned, "invalid")):
         error = assert_openai_error(chat(secure_server, token), 401, "invalid_api_key")
         assert says in error["message"]
+
+
+def test_a_token_stops_working_when_its_own_ttl_runs_out(secure_server, keys):
+    issued = token_for(secure_server, keys.vista, expires_in=5)  # less than the configured TTL: granted as asked
+    assert issued["expires_in"] == 5
+    claims = jwt.decode(issued["access_token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 5
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert httpx.get(f"{secure_server.url}/v1/models", headers=bearer).status_code == 200
+    # Polled until the server refuses it on its own (generous deadline; the token says 5 s).
+    assert wait_until(lambda: httpx.get(f"{secure_server.url}/v1/models", headers=bearer).status_code == 401, 60)
+    error = assert_openai_error(httpx.get(f"{secure_server.url}/v1/models", headers=bearer), 401, "invalid_api_key")
+    assert "expired" in error["message"]
 
 
 def test_a_token_cannot_be_exchanged_for_another(secure_server, keys):
@@ -276,27 +290,18 @@ def test_request_ids_are_returned_passed_to_the_worker_and_logged(secure_server,
     assert generated.headers["x-request-id"].startswith("req_")
     garbage = chat(secure_server, keys.vista, headers={"X-Request-ID": "no spaces\tor tabs"})
     assert garbage.headers["x-request-id"].startswith("req_")
-    assert httpx.get(f"{secure_server.url}/v1/nothing").headers["x-request-id"]  # errors too
+    assert httpx.get(f"{secure_server.url}/v1/nothing").headers["x-request-id"].startswith("req_")  # errors too
 
     def logged():
         log = secure_server.log_text()
         return "[x-request-id trace-5c0ffee] finished" in log and '"request_id": "trace-5c0ffee"' in log
 
-    assert wait_for(logged), "the worker and the gateway log the request id"
-
-
-def wait_for(predicate, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    assert wait_until(logged, timeout=30), "the worker and the gateway log the request id"
 
 
 def test_gateway_logs_are_json_lines_with_request_ids(secure_server, keys):
     chat(secure_server, keys.vista, headers={"X-Request-ID": "json-log-check"})
-    assert wait_for(lambda: "json-log-check" in secure_server.log_text())
+    assert wait_until(lambda: "json-log-check" in secure_server.log_text(), timeout=30)
     entries = [json.loads(line) for line in secure_server.log_text().splitlines() if line.startswith('{"ts"')]
     access = [e for e in entries if e["logger"] == "gateway.access" and e.get("request_id") == "json-log-check"]
     assert access and access[0]["status"] == 200 and access[0]["service"] == "vista"
@@ -352,10 +357,11 @@ def test_cors_allows_only_the_configured_origins(secure_server, keys):
 
 
 def gateway_alone(config, **env) -> subprocess.Popen:
+    """A gateway expected to refuse to start: the caller reads its output until it exits."""
     import os
 
     base = {k: v for k, v in os.environ.items() if k not in ("API_KEYS", "REDIS_URL", "JWT_SECRET")}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gateway"],
         env=base | {"MLX_SERVER_CONFIG": str(config), "PORT": str(free_port()), "HOST": "127.0.0.1"} | env,
         cwd=ROOT,
@@ -363,6 +369,8 @@ def gateway_alone(config, **env) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    track(proc.pid)
+    return proc
 
 
 def test_no_keys_on_a_public_address_refuses_to_start(server_config):

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import uuid
 
 import pytest
 
 from protocol.generation import ChatMessage, GenerateRequest, GenerationError, SamplingParams
 from protocol.launch import EngineSettings
 from tests.conftest import MODEL
+from tests.harness import wait_until
 from tests.test_engine import PARIS, SYSTEM, chat, finished, run, text_of
 from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
@@ -63,11 +66,13 @@ def test_a_second_request_moves_the_speculative_one_into_the_batch(loaded):
 
 
 def test_a_speculative_request_reuses_and_fills_the_prompt_cache(loaded):
-    _, speculative = engines(loaded)
+    plain, speculative = engines(loaded)
     run(speculative, chat("warm", "Hello!", system=SYSTEM, temperature=0, max_tokens=8))
     events = run(speculative, chat("again", PARIS, system=SYSTEM, temperature=0, max_tokens=8))
     assert finished(events, "again").usage.cached_tokens > 100
-    assert text_of(events, "again")
+    alone = run(plain, chat("cold", PARIS, system=SYSTEM, temperature=0, max_tokens=8))
+    assert text_of(events, "again") == text_of(alone, "cold")  # the cached prefix changes nothing in the output
+    assert finished(events, "again").draft_accepted_tokens > 0
 
 
 def test_an_aborted_speculative_request_leaves_at_once(loaded):
@@ -86,13 +91,23 @@ def finished_count(events) -> int:
     return sum(1 for e in events if type(e).__name__ == "Finished")
 
 
-def test_the_server_decodes_with_a_configured_draft(client):
-    """`spec` is the bundled model with itself as draft (conftest): the same answer through the server."""
+def test_the_server_decodes_with_a_configured_draft(client, server):
+    """`spec` is the bundled model with itself as draft (conftest): the same answer through the server, most of
+    its tokens accepted from the draft, as the worker's log line for the request says."""
     ask = dict(messages=[{"role": "user", "content": PARIS}], temperature=0, max_tokens=16)
-    plain = client.chat.completions.create(model="smollm2", **ask)
-    drafted = client.chat.completions.create(model="spec", **ask)
+    plain = client.chat.completions.create(model="smollm2", **ask, extra_headers={"X-Request-ID": "plain-16"})
+    trace = f"spec-{uuid.uuid4().hex[:8]}"
+    drafted = client.chat.completions.create(model="spec", **ask, extra_headers={"X-Request-ID": trace})
     assert drafted.choices[0].message.content == plain.choices[0].message.content
     assert "Paris" in drafted.choices[0].message.content
+    line = rf"\[x-request-id {trace}\] finished .* (\d+) generated .*, (\d+) of them accepted from the draft"
+    pattern = re.compile(line)
+    assert wait_until(lambda: pattern.search(server.log_text()), timeout=30), "no draft tokens logged for the request"
+    generated, accepted = map(int, pattern.search(server.log_text()).groups())
+    assert generated == drafted.usage.completion_tokens
+    assert accepted >= generated // 2  # the draft is the model itself: under greedy decoding it is mostly right
+    assert "[x-request-id plain-16] finished" in server.log_text()
+    assert not re.search(r"\[x-request-id plain-16\] finished .*accepted from the draft", server.log_text())
 
 
 def test_a_constrained_request_is_not_decoded_speculatively_and_still_validates(loaded):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
 import wave
 
@@ -23,10 +22,7 @@ from tests.conftest import MODEL
 from tests.harness import Server, wait_until, write_config
 from tests.tiny_tts import SAMPLE_RATE, VOICES, build_tiny_kitten_tts
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("espeak-ng") and shutil.which("ffmpeg")),
-    reason="espeak-ng and ffmpeg are not installed (./test.sh installs them)",
-)
+pytestmark = [pytest.mark.needs_tool("espeak-ng"), pytest.mark.needs_tool("ffmpeg")]
 
 WHISPER = "whisper-tiny.en"
 SENTENCE = "The weather today is warm and sunny, with a light wind from the west."

@@ -5,25 +5,34 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 
 import httpx
-import psutil
 import pytest
 import yaml
 
 from tests.conftest import SHARED, secret
-from tests.harness import LOG_ARCHIVE, ROOT, Gateway, free_port, short_run_dir, wait_until, write_config
+from tests.harness import (
+    LOG_ARCHIVE,
+    ROOT,
+    Gateway,
+    free_port,
+    gone,
+    kill,
+    short_run_dir,
+    track,
+    wait_until,
+    write_config,
+)
 
 
 def trusting(cert) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a certificate")
+pytestmark = pytest.mark.needs_tool("openssl")  # makes the certificate
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +98,15 @@ def test_start_server_prod_serves_tls_and_manage_stops_it(tmp_path, model_store,
         "TLS_KEYFILE": str(key),
         "API_KEYS": f"ops:{api_key}",
     }
-    started = subprocess.run(
-        ["./scripts/start_server.sh", "prod"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert started.returncode == 0, started.stderr
-    assert f"https://127.0.0.1:{port}" in started.stdout
-    honcho = int((run_dir / "honcho.pid").read_text())
-    processes = [psutil.Process(honcho)]
+    processes = []
     try:
+        started = subprocess.run(
+            ["./scripts/start_server.sh", "prod"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        if (run_dir / "honcho.pid").exists():
+            processes.append(track(int((run_dir / "honcho.pid").read_text())))
+        assert started.returncode == 0, started.stderr
+        assert f"https://127.0.0.1:{port}" in started.stdout
         url = f"https://127.0.0.1:{port}"
 
         def healthy():
@@ -106,7 +116,7 @@ def test_start_server_prod_serves_tls_and_manage_stops_it(tmp_path, model_store,
                 return False
 
         assert wait_until(healthy, timeout=90), (run_dir / "server.log").read_text()
-        processes += psutil.Process(honcho).children(recursive=True)
+        processes += [track(p) for p in processes[0].children(recursive=True)]
         reply = httpx.post(
             f"{url}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8},
@@ -117,14 +127,13 @@ def test_start_server_prod_serves_tls_and_manage_stops_it(tmp_path, model_store,
         assert reply.status_code == 200, reply.text
         status = subprocess.run(["./scripts/manage.sh", "status"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert '"status":"ready"' in status.stdout.replace(" ", "")
-        processes += psutil.Process(honcho).children(recursive=True)
+        processes += [track(p) for p in processes[0].children(recursive=True)]
         stopped = subprocess.run(["./scripts/manage.sh", "stop"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert stopped.returncode == 0 and "stopped" in stopped.stdout
-        assert wait_until(lambda: not any(p.is_running() and p.status() != "zombie" for p in processes), 30)
+        assert wait_until(lambda: all(gone(p) for p in processes), 30)
     finally:
-        for process in processes:  # belt and braces, by pid
-            if process.is_running():
-                process.send_signal(signal.SIGKILL)
+        for process in processes:  # belt and braces; psutil checks each is still the process it was
+            kill(process)
         log = run_dir / "server.log"
         if log.exists():  # into the run's log archive, which is checked for test keys
             with LOG_ARCHIVE.open("a", errors="replace") as archive:

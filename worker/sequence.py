@@ -128,7 +128,7 @@ class Sequence:
         now = time.perf_counter()
         first = self._first_token_at or now
         log.info(
-            "request %s [x-request-id %s] finished (%s): %d prompt tokens (%d cached), %d generated in %.2fs",
+            "request %s [x-request-id %s] finished (%s): %d prompt tokens (%d cached), %d generated in %.2fs%s",
             self.request_id,
             self.trace_id,
             finish_reason,
@@ -136,6 +136,7 @@ class Sequence:
             self.cached_tokens,
             self.completion_tokens,
             now - self._admitted,
+            f", {self.draft_accepted} of them accepted from the draft" if self.draft_accepted else "",
         )
         return Finished(
             request_id=self.request_id,
