@@ -12,11 +12,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from protocol.launch import EngineSettings
 from supervisor.model_import import bundled_path
 from tests.conftest import MODEL
 from tests.test_engine import PARIS, chat, finished, run, text_of
 from tests.test_model_import import run_import
-from worker.batch_engine import BatchEngine, EngineOptions
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 
 Q = gguf.GGMLQuantizationType
@@ -89,7 +90,7 @@ def test_the_imported_weights_are_the_files_weights(imported, name, bits):
 def test_the_imported_q8_0_model_answers_as_the_original(imported):
     """Q8_0 is near the original (Q4_1) weights: the same greedy answer. (Q4_0, quantized a second time, drifts.)"""
     _, model_dir = imported("Q8_0")
-    engine = BatchEngine(load_model(str(model_dir), context_length=512), EngineOptions(prefill_step_size=128))
+    engine = BatchEngine(load_model(str(model_dir), context_length=512), EngineSettings(prefill_step_size=128))
     events = run(engine, chat("g", PARIS, temperature=0, max_tokens=12))
     assert finished(events, "g").usage.completion_tokens > 0
     assert "Paris" in text_of(events, "g")
