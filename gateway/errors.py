@@ -26,6 +26,7 @@ _STATUS = {
     ErrorCode.WORKER_CRASHED: (503, "server_error"),
     ErrorCode.WORKER_UNAVAILABLE: (503, "server_error"),
     ErrorCode.SHUTTING_DOWN: (503, "server_error"),
+    ErrorCode.OVERLOADED: (503, "server_error"),
     ErrorCode.TIMEOUT: (504, "server_error"),
     ErrorCode.INVALID_API_KEY: (401, "authentication_error"),
     ErrorCode.PERMISSION_DENIED: (403, "permission_error"),

@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     MALFORMED_FRAME = "malformed_frame"
     TIMEOUT = "timeout"
     INTERNAL = "internal_error"
+    OVERLOADED = "overloaded"  # a bounded queue is full: retry shortly
     # The gateway's edge: who is calling and what they may do.
     INVALID_API_KEY = "invalid_api_key"  # no key, an unknown key, or a bad, expired or tampered token
     PERMISSION_DENIED = "permission_denied"  # an admin endpoint called with a service's key
@@ -34,5 +35,11 @@ class ErrorCode(StrEnum):
 
 # Codes a client may retry as they are: the condition is transient on the server's side.
 RETRYABLE = frozenset(
-    {ErrorCode.WORKER_CRASHED, ErrorCode.WORKER_UNAVAILABLE, ErrorCode.SHUTTING_DOWN, ErrorCode.TIMEOUT}
+    {
+        ErrorCode.WORKER_CRASHED,
+        ErrorCode.WORKER_UNAVAILABLE,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.TIMEOUT,
+        ErrorCode.OVERLOADED,
+    }
 )

@@ -74,10 +74,13 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     prefill_step_size: Annotated[int, _about("prompt tokens per step: a long prompt is processed in chunks")] = 512
     prompt_cache_mb: Annotated[int, _about("prompt prefix cache + live KV caches; 0 turns it off")] = 512
     num_draft_tokens: Annotated[int, _about("with a draft model: tokens proposed per verification round")] = 3
+    max_waiting: Annotated[int, _about("requests waiting for a slot; past it one is refused (overloaded)")] = 256
 
     def __post_init__(self) -> None:
         if self.num_draft_tokens < 1:
             raise ValueError("num_draft_tokens must be at least 1")
+        if self.max_waiting < 1:
+            raise ValueError("max_waiting must be at least 1")
 
     @property
     def prompt_cache_bytes(self) -> int:

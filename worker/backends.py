@@ -21,12 +21,14 @@ Emit = Callable[[object], None]
 class Engine(Protocol):
     """What the generation thread drives, whatever the model. Every method runs on the one thread that owns MLX.
 
-    A request's failure is an error event it emits for that request, never an exception out of `step`.
+    A request's failure is an error event it emits for that request, never an exception out of `step`, and it
+    ends that request alone (worker/containment.py).
     """
 
-    def submit(self, request) -> None:
+    def submit(self, request) -> bool:
         """Accept a request (GenerateRequest, EmbedRequest, RerankRequest, TranscribeRequest, SpeechRequest); it
-        starts at a later `step`."""
+        starts at a later `step`. False when the engine's bounded queue is full: the caller refuses the request
+        (overloaded)."""
 
     def step(self, emit: Emit) -> None:
         """Advance the work in hand by one step (a token for every running sequence, or one encoder batch)."""
@@ -71,7 +73,7 @@ def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, ob
         from worker.embedding_engine import EmbeddingEngine, load_encoder
 
         loaded = load_encoder(model.source, model.context_length)
-        return EmbeddingEngine(loaded), loaded
+        return EmbeddingEngine(loaded, options.max_waiting), loaded
     if model.model_type == "stt":
         from worker.stt_engine import SpeechToTextEngine, load_whisper
 
@@ -86,7 +88,7 @@ def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, ob
         from worker.vision_engine import VisionEngine, load_vlm
 
         loaded = load_vlm(model.source, model.context_length)
-        return VisionEngine(loaded), loaded
+        return VisionEngine(loaded, options.max_waiting), loaded
     if model.model_type != "llm":
         raise ValueError(f"unknown model type {model.model_type!r} (known: {', '.join(MODEL_TYPES)})")
     from worker.batch_engine import BatchEngine

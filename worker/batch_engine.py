@@ -5,11 +5,17 @@ Each `step()` admits waiting requests (up to the decode concurrency), then advan
 decode step for every running sequence plus one chunk of prefill for the prompts being processed, so a
 long prompt never stalls the streams already decoding. Between two steps the caller serves aborts and
 pings: an aborted sequence leaves the batch, and its KV cache is freed, before the next step.
+
+Whatever one request brings (its settings, sampler, logits processors, constraints, tool and stop handling)
+can end only that request (worker/containment.py): construction happens at admission under one guard per
+request, samplers and processors run guarded inside the batch step, and token callbacks run guarded per
+sequence.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 
 import mlx.core as mx
 from mlx_lm.tool_parsers import json_tools
@@ -18,11 +24,12 @@ from protocol.errors import ErrorCode
 from protocol.generation import Finished, FinishReason, GenerateRequest, Usage, failure
 from protocol.launch import EngineSettings
 from worker.constrained import json_schema_processor, tool_call_processor
+from worker.containment import SamplerGuard, failed, guard_processors, internal_failure, tripped
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
-from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_for
+from worker.prompt_encoding import encode_prompt, max_tokens_for
 from worker.reasoning import ReasoningGate, ReasoningSplit, prompt_block, reasoning_format
-from worker.sampling import logits_processors_for, sampler_for
+from worker.sampling import check_sampling, logits_processors_for, sampler_for
 from worker.sequence import Sequence
 from worker.speculative import SpeculativeRun
 from worker.tool_calls import ToolCallScanner, parser_for
@@ -37,10 +44,13 @@ class BatchEngine:
         self._model = loaded.model
         self._draft_model = loaded.draft_model
         self._tokenizer = loaded.tokenizer
-        self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
         self.context_length = loaded.context_length
+        self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
+        self._vocab_size = loaded.config.get("vocab_size") or self._tokenizer.vocab_size
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes)
-        self._waiting = Waiting()
+        self._waiting = Waiting(self.options.max_waiting)
+        # One guard per sampler object, so sequences that share a sampler still sample in one batched call.
+        self._sampler_guards: weakref.WeakValueDictionary[int, SamplerGuard] = weakref.WeakValueDictionary()
         self._live: dict[int, Sequence] = {}  # by the generator's uid
         self._uids: dict[str, int] = {}  # request_id -> uid
         # A request alone with a draft model runs speculatively, outside the batch, until company arrives.
@@ -79,8 +89,9 @@ class BatchEngine:
         solo = sum(c.nbytes for c in self._solo[0].model_cache) if self._solo else 0
         return self._generator.prompt_cache_nbytes + solo, self._prompt_cache.nbytes
 
-    def submit(self, request: GenerateRequest) -> None:
-        self._waiting.append(request)
+    def submit(self, request: GenerateRequest) -> bool:
+        """Queue a request; False when the queue is full (the caller refuses it as overloaded)."""
+        return self._waiting.offer(request)
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         """Drop a request wherever it is; its KV cache is freed at once. Returns whether it was known."""
@@ -104,7 +115,7 @@ class BatchEngine:
     def step(self, emit) -> None:
         """Admit what fits, then one decode step for the batch (and one prefill chunk)."""
         if self._solo and self._waiting:
-            self._join_batch()
+            self._join_batch(emit)
         if self._draft_model is not None and not self._live and not self._solo and len(self._waiting) == 1:
             self._admit(self._waiting.popleft(), emit, speculative=True)
         if self._solo:
@@ -116,61 +127,80 @@ class BatchEngine:
             return
         try:
             prompt_responses, responses = self._generator.next()
-        except Exception as exc:  # an MLX failure: the batch's state is unknown, so every sequence in it ends
-            log.exception("batch step failed")
+        except Exception:  # no guard caught it (the model's forward pass): the batch's state is unknown
+            ids = [(s.request_id, s.trace_id) for s in self._live.values()]
+            log.exception("batch step failed: every sequence in it ends (request ids, x-request-ids: %s)", ids)
             for sequence in self._live.values():
-                emit(failure(sequence.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+                emit(internal_failure(sequence.request_id, "stepping the batch it was in"))
             self._live.clear()
             self._uids.clear()
             self._generator = self._new_generator()  # the broken batch and its caches are dropped whole
             return
+        self._fail_tripped(emit)
         done_prompts = [r.uid for r in prompt_responses if r.end_of_prompt and r.uid in self._live]
         for cache, tokens in self._generator.extract_cache(done_prompts).values():
             self._remember(tokens, cache)  # concurrent requests sharing this prompt can start from it
-        finished_by_stop_string = []
+        leaving, stopped = [], []  # still in the batch: failed in a token callback; ended by a stop string
         for r in responses:
             sequence = self._live.get(r.uid)
-            if sequence is None or not sequence.on_token(r.token, r.logprobs, r.finish_reason, emit):
+            if sequence is None:
                 continue
-            del self._live[r.uid]
-            del self._uids[sequence.request_id]
+            try:
+                if not sequence.on_token(r.token, r.logprobs, r.finish_reason, emit):
+                    continue
+            except Exception as exc:  # a detokenizer, stop matcher or tool-call parser: this sequence alone
+                self._drop(r.uid)
+                emit(failed(sequence, exc, "handling its generated tokens"))
+                if r.finish_reason is None:
+                    leaving.append(r.uid)
+                continue
+            self._drop(r.uid)
             if r.finish_reason is not None:  # the batch has let it go, handing back its cache
                 self._remember(r.all_tokens, r.prompt_cache)
             else:
-                finished_by_stop_string.append(r.uid)
-        if finished_by_stop_string:
-            removed = self._generator.remove(finished_by_stop_string, return_prompt_caches=True)
-            for cache, tokens in removed.values():
+                stopped.append(r.uid)
+        if leaving:
+            self._generator.remove(leaving)
+        if stopped:
+            for cache, tokens in self._generator.remove(stopped, return_prompt_caches=True).values():
                 self._remember(tokens, cache)
 
-    def _admit(self, request: GenerateRequest, emit, speculative: bool = False) -> None:
-        try:
-            prompt = encode_prompt(self._tokenizer, request, self.context_length, thinks=self._reasoning is not None)
-            if request.count_only:
-                emit(
-                    Finished(
-                        request_id=request.request_id,
-                        finish_reason=FinishReason.STOP,
-                        usage=Usage(prompt_tokens=len(prompt), completion_tokens=0),
-                    )
-                )
-                return
-            max_tokens = max_tokens_for(request, len(prompt), self.context_length)
-            split = self._split(request, prompt)
-            constraints = self._constraints(request, split)
-        except RequestRejected as exc:
-            log.info(
-                "request %s [x-request-id %s] refused: %s",
-                request.request_id,
-                getattr(request, "trace_id", None),
-                exc.code,
-            )
-            emit(failure(request.request_id, exc.code, str(exc)))
+    def _fail_tripped(self, emit) -> None:
+        """Sequences whose sampler or logits processors failed in the step just taken leave the batch, failed."""
+        culprits = [(uid, s, guard) for uid, s in self._live.items() if (guard := tripped(s.guards))]
+        if not culprits:
             return
-        except Exception as exc:  # a tokenizer failure ends this request, not the worker
-            emit(failure(request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        self._generator.remove([uid for uid, _, _ in culprits])
+        for uid, sequence, guard in culprits:
+            self._drop(uid)
+            emit(failed(sequence, guard.error, guard.during))
+        for _, _, guard in culprits:  # a shared sampler's guard serves the next requests with its settings
+            guard.error = None
+
+    def _drop(self, uid: int) -> None:
+        sequence = self._live.pop(uid)
+        self._uids.pop(sequence.request_id, None)
+
+    def _admit(self, request: GenerateRequest, emit, speculative: bool = False) -> None:
+        """Everything built for a request is built here, under one guard: a failure ends this request alone."""
+        try:
+            self._start(request, emit, speculative)
+        except Exception as exc:
+            emit(failed(request, exc, "preparing the request"))
+
+    def _start(self, request: GenerateRequest, emit, speculative: bool) -> None:
+        prompt = encode_prompt(self._tokenizer, request, self.context_length, thinks=self._reasoning is not None)
+        if request.count_only:
+            usage = Usage(prompt_tokens=len(prompt), completion_tokens=0)
+            emit(Finished(request_id=request.request_id, finish_reason=FinishReason.STOP, usage=usage))
             return
         params = request.sampling
+        check_sampling(params, self._vocab_size)
+        max_tokens = max_tokens_for(request, len(prompt), self.context_length)
+        split = self._split(request, prompt)
+        constraints = self._constraints(request, split)
+        sampler = self._guarded(sampler_for(params))
+        processors = guard_processors(logits_processors_for(params) + constraints)
         cache, cached = self._prompt_cache.fetch(prompt)
         sequence = Sequence(
             request_id=request.request_id,
@@ -182,8 +212,8 @@ class BatchEngine:
             tool_calls=ToolCallScanner(self._tokenizer, request.tools) if self._offers_tools(request) else None,
             trace_id=request.trace_id,
             reasoning=split,
+            guards=(sampler, *processors),
         )
-        sampler, processors = sampler_for(params), logits_processors_for(params) + constraints
         # Constraints keep state per token they let through; drafts the model rejects would corrupt it.
         if speculative and not constraints:
             run = SpeculativeRun(
@@ -202,6 +232,13 @@ class BatchEngine:
             self._solo = (run, sequence)
         else:
             self._insert(sequence, prompt[cached:], prompt[:cached], cache, max_tokens, sampler, processors)
+
+    def _guarded(self, sampler) -> SamplerGuard:
+        # Keyed by id: the guard holds its sampler, so the id stays unique while the entry exists.
+        guard = self._sampler_guards.get(id(sampler))
+        if guard is None:
+            guard = self._sampler_guards[id(sampler)] = SamplerGuard(sampler)
+        return guard
 
     @staticmethod
     def _offers_tools(request: GenerateRequest) -> bool:
@@ -257,28 +294,47 @@ class BatchEngine:
         try:
             produced = run.advance()
         except Exception as exc:  # its state is unknown: this request ends, the batch was not involved
-            log.exception("speculative step failed")
             self._solo = None
-            emit(failure(sequence.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            emit(failed(sequence, exc, "decoding it speculatively"))
+            return
+        if guard := tripped(sequence.guards):
+            self._end_solo()
+            emit(failed(sequence, guard.error, guard.during))
+            guard.error = None
             return
         sequence.draft_accepted = run.accepted
         for token, logprobs, finish_reason in produced:
-            if sequence.on_token(token, logprobs, finish_reason, emit):  # also a stop string
-                run.close()
-                self._solo = None
+            try:
+                done = sequence.on_token(token, logprobs, finish_reason, emit)  # also a stop string
+            except Exception as exc:
+                self._end_solo()
+                emit(failed(sequence, exc, "handling its generated tokens"))
+                return
+            if done:
+                self._end_solo()
                 held, _ = run.tokens_in_cache()
                 self._remember(held, run.model_cache)
                 return
 
-    def _join_batch(self) -> None:
+    def _end_solo(self) -> None:
+        self._solo[0].close()
+        self._solo = None
+
+    def _join_batch(self, emit) -> None:
         """Another request arrived: the speculative one goes on in the batch from where its cache stands."""
         run, sequence = self._solo
-        self._solo = None
-        run.close()
-        held, pending = run.tokens_in_cache()
-        remaining = run.max_tokens - len(run.generated)
-        self._insert(sequence, pending, held, run.model_cache, remaining, run.sampler, run.logits_processors)
+        self._end_solo()
+        try:
+            held, pending = run.tokens_in_cache()
+            remaining = run.max_tokens - len(run.generated)
+            self._insert(sequence, pending, held, run.model_cache, remaining, run.sampler, run.logits_processors)
+        except Exception as exc:
+            emit(failed(sequence, exc, "moving it into the batch"))
 
     def _remember(self, tokens: list[int], cache: list) -> None:
-        mx.eval([c.state for c in cache])  # a copy of its own, so it does not pin the batch's buffers
-        self._prompt_cache.store(tokens, cache, live_bytes=self._generator.prompt_cache_nbytes)
+        """Keep a KV state for later prompts; a failure here costs a cache entry, never a request."""
+        try:
+            mx.eval([c.state for c in cache])  # a copy of its own, so it does not pin the batch's buffers
+            self._prompt_cache.store(tokens, cache, live_bytes=self._generator.prompt_cache_nbytes)
+        except Exception:
+            log.exception("storing a prompt cache entry failed; it is skipped")

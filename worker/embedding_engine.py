@@ -7,7 +7,6 @@ the generation thread drives either without knowing which.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import numpy as np
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.errors import ErrorCode
 from protocol.generation import failure
+from worker.containment import failed
 from worker.model_loader import LoadedModel, context_length_of
 from worker.prompt_encoding import RequestRejected
-from worker.waiting import Waiting
+from worker.waiting import MAX_WAITING, Waiting
 
-log = logging.getLogger("worker.embedding")
 BATCH = 32  # texts per forward pass: bounds the activations a long list of inputs can hold at once
 
 
@@ -53,7 +52,7 @@ def load_encoder(source: str, context_length: int | None = None) -> LoadedModel:
 
 
 class EmbeddingEngine:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, max_waiting: int = MAX_WAITING):
         self._model = loaded.model
         self._tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
@@ -61,7 +60,7 @@ class EmbeddingEngine:
         # Sizes a vector may be cut to: its own, and those the model was trained to keep meaning at (Matryoshka).
         self.dimensions = self._native_dimensions()
         self.allowed_dimensions = {self.dimensions, *loaded.config.get("matryoshka_dimensions", ())}
-        self._waiting = Waiting()
+        self._waiting = Waiting(max_waiting)
 
     def _native_dimensions(self) -> int:
         config = self._model.config
@@ -80,8 +79,8 @@ class EmbeddingEngine:
     def cache_bytes(self) -> tuple[int, int]:
         return 0, 0  # no KV cache, no prompt cache
 
-    def submit(self, request) -> None:
-        self._waiting.append(request)
+    def submit(self, request) -> bool:
+        return self._waiting.offer(request)
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         if not self._waiting.drop(request_id):
@@ -107,11 +106,8 @@ class EmbeddingEngine:
                     ErrorCode.INVALID_REQUEST,
                     "This model computes embeddings; it does not generate text or audio (its type is embedding)",
                 )
-        except RequestRejected as exc:
-            emit(failure(request.request_id, exc.code, str(exc)))
-        except Exception as exc:  # a failure of this request's forward pass ends the request, not the worker
-            log.exception("request %s failed", request.request_id)
-            emit(failure(request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # whatever this request's tokenizing or forward pass raised ends it alone
+            emit(failed(request, exc, "encoding the inputs"))
 
     # -- the work ------------------------------------------------------------------------------------------
 

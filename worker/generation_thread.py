@@ -1,6 +1,8 @@
 """The one thread that owns MLX: it loads the model, then runs the engine and answers pings between tokens.
 
 A ping is answered here rather than by the socket thread, so a Pong proves the generation loop is turning.
+Nothing a request carries ends this thread: the engines contain what a request causes, and what still escapes
+a step or a message's handling ends the requests involved, with internal_error, while the loop goes on.
 """
 
 from __future__ import annotations
@@ -87,19 +89,39 @@ class GenerationThread(threading.Thread):
             try:
                 # Idle: block briefly for work. Busy: take what has arrived, then produce the next token.
                 message = self._inbox.get(timeout=0.05) if not engine.busy else self._inbox.get_nowait()
-                self._handle(message, engine)
+                self._handle_contained(message, engine)
                 continue
             except queue.Empty:
                 pass
             if engine.busy:
-                engine.step(self._emit)
+                self._step(engine)
         if engine.busy:
             engine.abort_all(self._emit, ErrorCode.SHUTTING_DOWN, "the worker is shutting down")
         while True:  # requests that arrived after the loop stopped still get an answer
             try:
-                self._handle(self._inbox.get_nowait(), engine)
+                self._handle_contained(self._inbox.get_nowait(), engine)
             except queue.Empty:
                 break
+
+    def _step(self, engine: Engine) -> None:
+        try:
+            engine.step(self._emit)
+        except Exception:  # a bug the engine did not contain: its state is unknown, so what it holds ends
+            log.exception("engine step failed: every request in this worker ends with internal_error")
+            # If even this fails, the exception ends the thread: the worker exits and the supervisor restarts it.
+            engine.abort_all(
+                self._emit, ErrorCode.INTERNAL, "The worker failed while generating; the worker log has the details."
+            )
+
+    def _handle_contained(self, message, engine: Engine) -> None:
+        try:
+            self._handle(message, engine)
+        except Exception:
+            request_id = getattr(message, "request_id", None)
+            log.exception("handling %s %s failed", type(message).__name__, request_id)
+            if request_id is not None and not isinstance(message, Abort):
+                reason = "The worker failed while accepting the request; the worker log has the details."
+                self._emit(failure(request_id, ErrorCode.INTERNAL, reason))
 
     def _handle(self, message, engine: Engine) -> None:
         if isinstance(message, Abort):
@@ -116,8 +138,9 @@ class GenerationThread(threading.Thread):
             )
         elif self._drain.is_set() or self._halt.is_set():  # a request (generate, embed, rerank)
             self._emit(failure(message.request_id, ErrorCode.SHUTTING_DOWN, "the worker is shutting down"))
-        else:
-            engine.submit(message)  # an engine answers a request it cannot serve with an error event
+        elif not engine.submit(message):  # an engine answers a request it cannot serve with an error event
+            reason = "This model's worker has as many requests waiting as it accepts; retry shortly."
+            self._emit(failure(message.request_id, ErrorCode.OVERLOADED, reason))
 
     def _emit(self, event) -> None:
         kind = TO_GATEWAY_FINAL if isinstance(event, TERMINAL) else TO_GATEWAY

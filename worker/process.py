@@ -21,7 +21,7 @@ from protocol.control import Hello
 from protocol.launch import WorkerLaunch
 from worker.backends import ModelToLoad
 from worker.generation_thread import GenerationThread
-from worker.transport import Transport
+from worker.transport import INBOX_LIMIT, Transport
 
 log = logging.getLogger("worker")
 
@@ -42,7 +42,7 @@ def run(launch: WorkerLaunch) -> int:
         threading.Thread(target=_watch_lifeline, args=(halt,), name="lifeline", daemon=True).start()
 
     ctx = zmq.Context()
-    inbox: queue.Queue = queue.Queue()
+    inbox: queue.Queue = queue.Queue(maxsize=INBOX_LIMIT)
     hello = Hello(
         protocol_version=PROTOCOL_VERSION,
         model_id=launch.model_id,

@@ -8,6 +8,7 @@ request gets its own random key, split once per token, so it repeats exactly wha
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import mlx.core as mx
@@ -19,7 +20,38 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 
+from protocol.errors import ErrorCode
 from protocol.generation import SamplingParams
+from worker.prompt_encoding import RequestRejected
+
+SEED_LIMIT = 2**64  # mx.random.key takes an unsigned 64-bit seed
+
+
+def check_sampling(params: SamplingParams, vocab_size: int | None) -> None:
+    """Refuse, before anything is built from them, settings that mlx-lm would fail on mid-batch or that make no
+    sense: the gateway validates its dialects, this keeps the worker safe whatever reaches it."""
+
+    def refuse(field: str, rule: str, value) -> None:
+        raise RequestRejected(ErrorCode.INVALID_REQUEST, f"{field} must be {rule}; got {value!r}")
+
+    if not (math.isfinite(params.temperature) and params.temperature >= 0):
+        refuse("temperature", "a finite number >= 0", params.temperature)
+    if not 0 <= params.top_p <= 1:  # NaN fails both comparisons
+        refuse("top_p", "between 0 and 1", params.top_p)
+    if not 0 <= params.min_p <= 1:
+        refuse("min_p", "between 0 and 1", params.min_p)
+    vocab = f"below the model's vocabulary size ({vocab_size})" if vocab_size else "0 or more"
+    if params.top_k < 0 or (vocab_size and params.top_k >= vocab_size):
+        refuse("top_k", f"0 (off) or {vocab}", params.top_k)
+    if params.top_logprobs < 0 or (vocab_size and params.top_logprobs >= vocab_size):
+        refuse("top_logprobs", vocab, params.top_logprobs)
+    if params.seed is not None and not 0 <= params.seed < SEED_LIMIT:
+        refuse("seed", f"an integer from 0 to {SEED_LIMIT - 1}", params.seed)
+    penalty = params.repetition_penalty
+    if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
+        refuse("repetition_penalty", "a finite number > 0", penalty)
+    if params.max_tokens is not None and params.max_tokens < 1:
+        refuse("max_tokens", "at least 1", params.max_tokens)
 
 
 def sampler_for(params: SamplingParams):

@@ -42,9 +42,11 @@ class Sequence:
         tool_calls: ToolCallScanner | None = None,  # None: the request offered no tools
         trace_id: str | None = None,  # the client's X-Request-ID, for log lines
         reasoning: ReasoningSplit | None = None,  # None: the model does not think (or the prompt was raw)
+        guards: tuple = (),  # its sampler's and logits processors' guards (worker/containment.py)
     ):
         self.request_id = request_id
         self.trace_id = trace_id
+        self.guards = guards
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = cached_tokens
         self.completion_tokens = 0

@@ -22,6 +22,7 @@ import mlx.core as mx
 from protocol.audio import TranscribeRequest, Transcript, TranscriptPart
 from protocol.errors import ErrorCode
 from protocol.generation import failure
+from worker.containment import failed
 from worker.model_loader import LoadedModel, device_name
 from worker.prompt_encoding import RequestRejected
 from worker.waiting import Waiting
@@ -86,8 +87,8 @@ class SpeechToTextEngine:
     def cache_bytes(self) -> tuple[int, int]:
         return 0, 0  # the decoder's KV cache lives for one window; no prompt cache
 
-    def submit(self, request) -> None:
-        self._waiting.append(request)
+    def submit(self, request) -> bool:
+        return self._waiting.offer(request)
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         running = next((t for t in self._running if t.request.request_id == request_id), None)
@@ -112,8 +113,8 @@ class SpeechToTextEngine:
             request = self._waiting.popleft()
             try:
                 self._running.append(self._start(request))
-            except RequestRejected as exc:
-                emit(failure(request.request_id, exc.code, str(exc)))
+            except Exception as exc:  # whatever preparing it raised ends this request alone
+                emit(failed(request, exc, "preparing the request"))
         if not self._running:
             return
         transcription = self._running.popleft()
@@ -121,8 +122,7 @@ class SpeechToTextEngine:
         try:
             segments = transcription.advance()
         except Exception as exc:  # a failure in this request's decoding ends it, not the worker
-            log.exception("transcription %s failed", rid)
-            emit(failure(rid, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            emit(failed(transcription.request, exc, "transcribing"))
             return
         if segments:
             emit(TranscriptPart(request_id=rid, segments=segments))

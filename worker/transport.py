@@ -4,7 +4,9 @@
 - control DEALER (connected to the supervisor): Hello/Ready/Pong out, Welcome/Refused/Ping in;
 - inproc PULL: what the generation thread emits, forwarded to the right peer.
 
-Inbound messages go to the generation thread's inbox; nothing here blocks on MLX.
+Inbound messages go to the generation thread's inbox, which is bounded: a request that finds it full is
+refused at once (overloaded). Nothing here blocks on MLX, and a malformed or wrong-length multipart message on
+any socket is dropped with a log line: it never stops the receive loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from protocol.generation import Abort, failure, worker_inbound_decoder
 log = logging.getLogger("worker.transport")
 
 EVENTS_ENDPOINT = "inproc://generation-events"
+# Messages waiting for the generation thread. It empties the inbox between two steps, so the bound is reached
+# only while one step takes very long; requests past it are refused (overloaded), pings and aborts dropped.
+INBOX_LIMIT = 1024
 # Frame kinds the generation thread sends on the inproc socket, ahead of the encoded message.
 TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR = b"g", b"G", b"s"
 
@@ -76,12 +81,12 @@ class Transport(threading.Thread):
             while not self.closing.is_set():
                 for sock, _ in poller.poll(100):
                     if sock is data:
-                        identity, frame = data.recv_multipart()
-                        self._from_gateway(data, identity, frame, inbound, routes)
+                        if frames := _expect(data.recv_multipart(), 2, "gateway"):
+                            self._from_gateway(data, *frames, inbound, routes)
                     elif sock is self.events:
                         self._forward(data, control, routes)
-                    else:
-                        self._from_supervisor(control.recv(), from_supervisor)
+                    elif frames := _expect(control.recv_multipart(), 1, "supervisor"):
+                        self._from_supervisor(frames[0], from_supervisor)
             while self.events.poll(0):  # the generation thread's last words (shutdown errors) still go out
                 self._forward(data, control, routes)
         finally:
@@ -119,7 +124,15 @@ class Transport(threading.Thread):
                 data.send_multipart([identity, encode(reply)])
                 return
             routes[message.request_id] = identity
-        self._inbox.put(message)
+        try:
+            self._inbox.put_nowait(message)
+        except queue.Full:
+            if isinstance(message, Abort):
+                log.warning("inbox full: abort of %s dropped", message.request_id)
+                return
+            routes.pop(message.request_id, None)
+            reason = "This model's worker is too busy to take the request; retry shortly."
+            data.send_multipart([identity, encode(failure(message.request_id, ErrorCode.OVERLOADED, reason))])
 
     def _from_supervisor(self, frame: bytes, decoder) -> None:
         try:
@@ -132,4 +145,15 @@ class Transport(threading.Thread):
             self.refused = message
             self._halt.set()
         elif not isinstance(message, Welcome):
-            self._inbox.put(message)  # Ping is answered by the generation loop, proving it is alive
+            try:
+                self._inbox.put_nowait(message)  # Ping is answered by the generation loop, proving it is alive
+            except queue.Full:  # unanswered, as it should be: the loop is not keeping up
+                log.warning("inbox full: %s from the supervisor dropped", type(message).__name__)
+
+
+def _expect(frames: list[bytes], count: int, peer: str) -> list[bytes] | None:
+    """`frames` if there are `count` of them; otherwise None, logged: a message of the wrong shape is dropped."""
+    if len(frames) == count:
+        return frames
+    log.error("malformed message from the %s dropped: %d frames, expected %d", peer, len(frames), count)
+    return None

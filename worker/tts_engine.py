@@ -18,6 +18,7 @@ import numpy as np
 from protocol.audio import AudioChunk, SpeechDone, SpeechRequest
 from protocol.errors import ErrorCode
 from protocol.generation import failure
+from worker.containment import failed
 from worker.model_loader import LoadedModel, device_name
 from worker.prompt_encoding import RequestRejected
 from worker.waiting import OneAtATime, Waiting
@@ -82,8 +83,8 @@ class TextToSpeechEngine(OneAtATime):
     def cache_bytes(self) -> tuple[int, int]:
         return 0, 0
 
-    def submit(self, request) -> None:
-        self._waiting.append(request)
+    def submit(self, request) -> bool:
+        return self._waiting.offer(request)
 
     def _stop_running(self) -> None:
         close = getattr(self._running.chunks, "close", None)  # a generator: closing it frees what it holds
@@ -113,8 +114,7 @@ class TextToSpeechEngine(OneAtATime):
             if isinstance(exc, ValueError | KeyError) and not running.samples:  # a voice or text it cannot take
                 emit(failure(rid, ErrorCode.INVALID_REQUEST, f"The model cannot speak this: {exc}"))
                 return
-            log.exception("speech %s failed", rid)
-            emit(failure(rid, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            emit(failed(running.request, exc, "synthesising speech"))
             return
         if result is not None:
             pcm = to_pcm16(result.audio)

@@ -16,12 +16,13 @@ from pathlib import Path
 import mlx.core as mx
 
 from protocol.errors import ErrorCode
-from protocol.generation import Finished, FinishReason, GenerateRequest, TextChunk, Usage, failure
+from protocol.generation import Finished, FinishReason, GenerateRequest, TextChunk, Usage
+from worker.containment import failed
 from worker.model_loader import LoadedModel, context_length_of, device_name
 from worker.prompt_encoding import RequestRejected, max_tokens_for, require_generation
-from worker.sampling import logits_processors_for, sampler_for
+from worker.sampling import check_sampling, logits_processors_for, sampler_for
 from worker.stop_matcher import StopMatcher
-from worker.waiting import OneAtATime, Waiting
+from worker.waiting import MAX_WAITING, OneAtATime, Waiting
 
 log = logging.getLogger("worker.vision")
 
@@ -78,11 +79,12 @@ class _Running:
 
 
 class VisionEngine(OneAtATime):
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, max_waiting: int = MAX_WAITING):
         self._model = loaded.model
         self._processor = loaded.tokenizer
         self.context_length = loaded.context_length
-        self._waiting = Waiting()
+        self._vocab_size = loaded.config.get("text_config", loaded.config).get("vocab_size")
+        self._waiting = Waiting(max_waiting)
         self._running: _Running | None = None
 
     @property
@@ -100,8 +102,8 @@ class VisionEngine(OneAtATime):
     def cache_bytes(self) -> tuple[int, int]:
         return 0, 0  # the running request's KV cache lives inside mlx-vlm's generator; no prompt cache
 
-    def submit(self, request) -> None:
-        self._waiting.append(request)
+    def submit(self, request) -> bool:
+        return self._waiting.offer(request)
 
     def _stop_running(self) -> None:
         self._running.tokens.close()  # ends mlx-vlm's generator: its KV cache is freed
@@ -112,13 +114,9 @@ class VisionEngine(OneAtATime):
         running = self._running
         try:
             self._advance(running, emit)
-        except RequestRejected as exc:
+        except Exception as exc:  # image preprocessing, generation, stop matching: this request ends, not the worker
             self._end(running)
-            emit(failure(running.request.request_id, exc.code, str(exc)))
-        except Exception as exc:  # a failure in this request's generation ends it, not the worker
-            log.exception("request %s failed", running.request.request_id)
-            self._end(running)
-            emit(failure(running.request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            emit(failed(running.request, exc, "generating"))
 
     def _end(self, running: _Running) -> None:
         running.tokens.close()
@@ -133,6 +131,7 @@ class VisionEngine(OneAtATime):
             raise RequestRejected(ErrorCode.INVALID_REQUEST, "This vision model takes chat messages, not a raw prompt")
         if request.sampling.logprobs:
             raise RequestRejected(ErrorCode.INVALID_REQUEST, "logprobs are not available from vision models")
+        check_sampling(request.sampling, self._vocab_size)
         images = decode_images(request)
         messages = []
         for m in request.messages:

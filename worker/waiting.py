@@ -1,6 +1,6 @@
-"""The requests an engine has accepted but not started: higher `priority` first, arrival order among equals
-(interactive requests, priority 0, go ahead of batch lines, -1, that are still waiting, never ahead of one that
-has started); and aborts for an engine that runs one request at a time."""
+"""The requests an engine has accepted but not started, up to a limit: higher `priority` first, arrival order
+among equals (interactive requests, priority 0, go ahead of batch lines, -1, that are still waiting, never ahead
+of one that has started); and aborts for an engine that runs one request at a time."""
 
 from __future__ import annotations
 
@@ -8,10 +8,24 @@ from collections import deque
 
 from protocol.errors import ErrorCode
 from protocol.generation import failure
-from worker.prompt_encoding import RequestRejected
+from protocol.launch import EngineSettings
+from worker.containment import failed
+
+MAX_WAITING = EngineSettings().max_waiting
 
 
 class Waiting(deque):
+    def __init__(self, limit: int = MAX_WAITING):
+        super().__init__()
+        self.limit = limit
+
+    def offer(self, request) -> bool:
+        """Queue `request` unless the queue is full; whether it was queued."""
+        if len(self) >= self.limit:
+            return False
+        self.append(request)
+        return True
+
     def append(self, request) -> None:
         """Queue `request` behind every waiting request of its priority or higher."""
         priority = getattr(request, "priority", 0)
@@ -44,13 +58,14 @@ class OneAtATime:
         raise NotImplementedError
 
     def _has_running(self, emit) -> bool:
-        """Start the next waiting request if none runs (refusing those `_start` rejects); whether one runs now."""
+        """Start the next waiting request if none runs; whether one runs now. Whatever preparing a request
+        raises ends that request alone (RequestRejected: the client's error; anything else: internal_error)."""
         while self._running is None and self._waiting:
             request = self._waiting.popleft()
             try:
                 self._running = self._start(request)
-            except RequestRejected as exc:
-                emit(failure(request.request_id, exc.code, str(exc)))
+            except Exception as exc:
+                emit(failed(request, exc, "preparing the request"))
         return self._running is not None
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
