@@ -9,6 +9,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+import httpx
 import msgspec
 import pytest
 
@@ -17,6 +18,7 @@ import worker.sequence
 from protocol.generation import Finished, GenerateRequest, GenerationError, SamplingParams, ToolSpec
 from tests.conftest import MODEL, VLM
 from tests.test_engine import PARIS, chat, finished, run, text_of
+from tests.test_failures import STORY, _model
 from tests.test_worker_backends import look
 from worker.backends import ModelToLoad, load_engine
 from worker.batch_engine import BatchEngine, EngineOptions
@@ -202,3 +204,28 @@ def test_a_vision_request_that_fails_ends_alone(vision, monkeypatch):
     codes = {e.request_id: e.code for e in events if isinstance(e, GenerationError)}
     assert codes == {"bad-seed": "invalid_request", "broken": "internal_error"}
     assert finished(events, "after").usage.completion_tokens == 4
+
+
+def test_hostile_requests_through_the_server_end_alone_and_the_worker_stays(server, client):
+    client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": PARIS}], max_tokens=1)
+    pid = _model(server).pid
+    body = {"model": "smollm2", "messages": STORY, "temperature": 0, "max_tokens": 32, "stream": True}
+    question = [{"role": "user", "content": PARIS}]
+    hostile = [
+        ("/v1/chat/completions", {"model": "smollm2", "messages": question, "seed": -1, "temperature": 0.7}, "seed"),
+        ("/v1/completions", {"model": "smollm2", "prompt": PARIS, "top_k": 10**9, "temperature": 0.7}, "top_k"),
+        ("/v1/messages", {"model": "claude-haiku-4-5", "messages": question, "top_k": 10**9, "max_tokens": 4}, "top_k"),
+    ]
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=180) as stream:
+        for line in (lines := stream.iter_lines()):
+            if line.startswith('data: {"id"'):
+                break  # streaming: now the hostile requests arrive at the same worker
+        for path, request, field in hostile:
+            reply = httpx.post(f"{server.url}{path}", json={"max_tokens": 4} | request, timeout=120)
+            assert reply.status_code == 400, reply.text
+            error = reply.json()["error"]
+            assert field in error["message"]
+            assert error.get("code", "invalid_request") == "invalid_request"  # Anthropic's shape has no code
+        rest = list(lines)
+    assert "data: [DONE]" in rest and not any('"error"' in line for line in rest)
+    assert _model(server).pid == pid  # the same worker served it all
