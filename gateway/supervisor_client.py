@@ -46,9 +46,12 @@ class SupervisorClient:
     async def _read(self) -> None:
         decoder = reply_decoder()
         while True:
-            frame = await self._sock.recv()
+            frames = await self._sock.recv_multipart()
+            if len(frames) != 1:  # a reply is one frame: anything else is dropped whole, not read part by part
+                log.error("malformed message from the supervisor dropped: %d frames", len(frames))
+                continue
             try:
-                reply = decoder.decode(frame)
+                reply = decoder.decode(frames[0])
             except DecodeError as exc:
                 log.error("malformed reply from the supervisor ignored: %s", exc)
                 continue

@@ -86,9 +86,12 @@ class WorkerClient:
     async def _read(self) -> None:
         decoder = worker_outbound_decoder()
         while True:
-            frame = await self._sock.recv()
+            frames = await self._sock.recv_multipart()
+            if len(frames) != 1:  # an event is one frame: anything else is dropped whole, not read part by part
+                log.error("malformed message from worker %s dropped: %d frames", self.model_id, len(frames))
+                continue
             try:
-                event = decoder.decode(frame)
+                event = decoder.decode(frames[0])
             except DecodeError as exc:
                 log.error("malformed frame from worker %s ignored: %s", self.model_id, exc)
                 continue

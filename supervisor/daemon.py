@@ -2,7 +2,8 @@
 
 Two ROUTER sockets on one asyncio loop: the ctl socket (gateways and the operator CLI send calls, each answered
 with the same call_id) and the workers socket (each worker's DEALER, identified by its instance id, sends
-Hello/Ready/LoadFailed/Pong and receives Welcome/Refused/Ping).
+Hello/Ready/LoadFailed/Pong and receives Welcome/Refused/Ping). Both live in the private run directory; a
+malformed or wrong-length multipart message on either is dropped with a log line and never stops its loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from protocol import PROTOCOL_VERSION, DecodeError, ErrorCode, encode, salvage_i
 from protocol.control import Hello, LoadFailed, Ping, Pong, Ready, Refused, Welcome, from_worker_decoder
 from protocol.ctl import CallFailed, call_decoder
 from protocol.launch import ctl_endpoint, workers_endpoint
+from protocol.run_dir import bind_private, private_run_dir
 from supervisor.config import Config
 from supervisor.ctl import HANDLERS
 from supervisor.fleet import Fleet, FleetError
@@ -49,7 +51,7 @@ class Supervisor:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stopping.set)
         for pid in self.registry.sweep():
             log.warning("stopped orphan worker pid %d left by a previous supervisor", pid)
@@ -57,8 +59,8 @@ class Supervisor:
         self._workers = self._ctx.socket(zmq.ROUTER)
         for sock in (self._ctl, self._workers):
             sock.setsockopt(zmq.LINGER, 500)
-        self._workers.bind(self.workers_endpoint)
-        self._ctl.bind(self.ctl_endpoint)
+        bind_private(self._workers, self.workers_endpoint)
+        bind_private(self._ctl, self.ctl_endpoint)
         log.info("supervisor pid %d: ctl at %s, %d models configured", os.getpid(), self.ctl_endpoint,
                  len(self.fleet.slots))  # fmt: skip
         loops = [
@@ -86,7 +88,11 @@ class Supervisor:
     async def _serve_ctl(self) -> None:
         decoder = call_decoder()
         while True:
-            identity, frame = await self._ctl.recv_multipart()
+            frames = await self._ctl.recv_multipart()
+            if len(frames) != 2:
+                log.error("malformed ctl message dropped: %d frames, expected 2", len(frames))
+                continue
+            identity, frame = frames
             try:
                 call = decoder.decode(frame)
             except DecodeError as exc:
@@ -112,24 +118,34 @@ class Supervisor:
     async def _serve_workers(self) -> None:
         decoder = from_worker_decoder()
         while True:
-            identity, frame = await self._workers.recv_multipart()
+            frames = await self._workers.recv_multipart()
+            if len(frames) != 2:
+                log.error("malformed message on the workers socket dropped: %d frames, expected 2", len(frames))
+                continue
+            identity, frame = frames
             try:
                 message = decoder.decode(frame)
             except DecodeError as exc:
                 log.error("malformed frame from worker %r ignored: %s", identity, exc)
                 continue
-            match message:
-                case Hello():
-                    await self._on_hello(identity, message)
-                case Ready() | LoadFailed():
-                    worker = self.fleet.by_instance.get(message.instance_id)
-                    if worker is not None:
-                        (worker.on_ready if isinstance(message, Ready) else worker.on_load_failed)(message)
-                case Pong():
-                    self.fleet.on_pong(message)
-                    future = self._pending_pings.pop(message.call_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(message)
+            try:
+                await self._from_worker(identity, message)
+            except Exception:  # one bad message must not stop the loop every worker's heartbeat goes through
+                log.exception("handling %s from worker %r failed", type(message).__name__, identity)
+
+    async def _from_worker(self, identity: bytes, message) -> None:
+        match message:
+            case Hello():
+                await self._on_hello(identity, message)
+            case Ready() | LoadFailed():
+                worker = self.fleet.by_instance.get(message.instance_id)
+                if worker is not None:
+                    (worker.on_ready if isinstance(message, Ready) else worker.on_load_failed)(message)
+            case Pong():
+                self.fleet.on_pong(message)
+                future = self._pending_pings.pop(message.call_id, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
 
     async def _on_hello(self, identity: bytes, hello: Hello) -> None:
         worker = self.fleet.by_instance.get(hello.instance_id)
@@ -172,7 +188,7 @@ class Supervisor:
 
 def hold_pidfile(run_dir: Path) -> int:
     """One supervisor per run directory: a second one would steal the first one's sockets."""
-    fd = os.open(run_dir / "supervisor.pid", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run_dir / "supervisor.pid", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -184,6 +200,9 @@ def hold_pidfile(run_dir: Path) -> int:
 
 
 def run(config: Config, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        private_run_dir(run_dir)
+    except PermissionError as exc:
+        raise SystemExit(f"supervisor: {exc}") from None
     hold_pidfile(run_dir)
     asyncio.run(Supervisor(config, run_dir).serve())

@@ -28,6 +28,7 @@ from protocol.launch import (
     run_dir_from_env,
     worker_endpoint,
 )
+from protocol.run_dir import private_run_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +82,7 @@ def parse_launch(argv: list[str] | None = None) -> WorkerLaunch:
         fields.setdefault("instance_id", new_instance_id())
         if "data_endpoint" not in fields:
             run_dir = Path(args["run_dir"]).resolve() if "run_dir" in args else run_dir_from_env()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            private_run_dir(run_dir)
             fields["data_endpoint"] = worker_endpoint(run_dir, fields["model_id"])
         return msgspec.convert(fields | {"engine": engine}, WorkerLaunch)
     except ValueError as exc:  # msgspec's errors name the field

@@ -20,6 +20,7 @@ import zmq
 from protocol import DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, Refused, Welcome, to_worker_decoder
 from protocol.generation import Abort, failure, worker_inbound_decoder
+from protocol.run_dir import bind_private
 
 log = logging.getLogger("worker.transport")
 
@@ -64,7 +65,7 @@ class Transport(threading.Thread):
     def _run(self) -> None:
         data = self._ctx.socket(zmq.ROUTER)
         data.setsockopt(zmq.LINGER, 1000)
-        data.bind(self._data_endpoint)
+        bind_private(data, self._data_endpoint)
         control = None
         poller = zmq.Poller()
         poller.register(data, zmq.POLLIN)
