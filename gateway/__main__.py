@@ -19,6 +19,7 @@ import uvicorn
 from gateway.auth import Service, new_key
 from gateway.config import GatewaySettings, load_gateway_config
 from gateway.logs import configure_logging
+from protocol.launcher import exit_with_launcher
 
 log = logging.getLogger("gateway")
 
@@ -56,6 +57,7 @@ def serve() -> int:
         if not Path(path).is_file():
             log.error("refusing to start: TLS file %s does not exist", path)
             return 2
+    exit_with_launcher()  # SIGTERM (uvicorn's graceful stop) once whatever launched the stack is gone
     uvicorn.run(
         app,
         host=settings.host,

@@ -2,6 +2,33 @@
 # Shared by the scripts: find or install uv, run from the project root.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# .env (see .env.example): NAME=value lines, exported unless the variable is already set, so what the command
+# line gives wins. start_server.sh and manage.sh read it once, for themselves and everything they start (honcho
+# is told not to read it again: it would override the command line).
+load_dotenv() {
+  [ -f .env ] || return 0
+  local line name
+  while IFS= read -r line || [ -n "$line" ]; do
+    line=${line%$'\r'}
+    case "$line" in '' | '#'*) continue ;; esac
+    name=${line%%=*}
+    [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { echo ".env: ignored line: $line" >&2; continue; }
+    [ -n "${!name+set}" ] || export "$line"
+  done <.env
+}
+
+# Copy stdin to stdout and to the log file $1, ignoring the signals that stop the stack (Ctrl-C, SIGTERM or
+# SIGHUP to the launcher's process group): honcho must still be able to print, and so forward, its shutdown.
+# It ends at end of input, once every process writing to it has exited. GNU tee also keeps logging when the
+# terminal is gone.
+log_tee() {
+  trap '' INT TERM HUP PIPE
+  if tee --output-error=warn </dev/null >/dev/null 2>&1; then
+    exec tee --output-error=warn -a "$1"
+  fi
+  exec tee -a "$1"
+}
+
 ensure_uv() {
   if command -v uv >/dev/null 2>&1; then
     UV=(uv)

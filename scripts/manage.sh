@@ -2,6 +2,7 @@
 # Operate a running server:  ./scripts/manage.sh status | stop | logs
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+load_dotenv
 ensure_uv
 export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}
 port=${PORT:-9123}
@@ -12,7 +13,9 @@ scheme=${url%%://*}
 port=${url##*:}
 health="$scheme://127.0.0.1:$port/api/v1/health"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# A process that has exited but not been reaped yet (a zombie, whose parent has not waited for it) is stopped.
+alive() { kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]; }
+running() { [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; }
 
 case "${1:-status}" in
   status)
@@ -28,8 +31,8 @@ case "${1:-status}" in
     if ! running; then echo "server: not running"; exit 0; fi
     pid=$(cat "$pidfile")
     kill -TERM "$pid"
-    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    if kill -0 "$pid" 2>/dev/null; then echo "still running after 30s: SIGKILL"; kill -KILL "$pid"; fi
+    for _ in $(seq 1 30); do alive "$pid" || break; sleep 1; done
+    if alive "$pid"; then echo "still running after 30s: SIGKILL"; kill -KILL "$pid"; fi
     rm -f "$pidfile"
     echo "server: stopped"
     ;;

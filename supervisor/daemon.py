@@ -24,6 +24,7 @@ from protocol import PROTOCOL_VERSION, DecodeError, ErrorCode, encode, salvage_i
 from protocol.control import Hello, LoadFailed, Ping, Pong, Ready, Refused, Welcome, from_worker_decoder
 from protocol.ctl import CallFailed, call_decoder
 from protocol.launch import ctl_endpoint, workers_endpoint
+from protocol.launcher import exit_with_launcher
 from protocol.run_dir import bind_private, private_run_dir
 from supervisor.config import Config
 from supervisor.ctl import HANDLERS
@@ -53,6 +54,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stopping.set)
+        exit_with_launcher()  # a SIGTERM to this process once whatever launched the stack is gone
         for pid in self.registry.sweep():
             log.warning("stopped orphan worker pid %d left by a previous supervisor", pid)
         self._ctl = self._ctx.socket(zmq.ROUTER)

@@ -337,6 +337,9 @@ class Fleet:
 
     async def stop_all(self) -> None:
         self.closing = True
+        for slot in self.slots.values():  # a load in progress is abandoned, not awaited: it can take minutes
+            if slot.state is State.STARTING and slot.worker is not None:
+                slot.worker.kill()
         stopping = "unloading: the supervisor stops"
         await asyncio.gather(*(_quietly(self.unload(model_id, stopping)) for model_id in self.slots))
 

@@ -47,6 +47,7 @@ class GenerationThread(threading.Thread):
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
         self.load_failed = False
+        self.loaded = threading.Event()  # the model is loaded: from now on a halt is served by the loop
 
     def run(self) -> None:
         self._out = self._ctx.socket(zmq.PUSH)
@@ -54,6 +55,7 @@ class GenerationThread(threading.Thread):
             self._out.connect(EVENTS_ENDPOINT)
             engine = self._load()
             if engine is not None:
+                self.loaded.set()
                 self._serve(engine)
         finally:
             self._out.close(linger=1000)

@@ -65,6 +65,11 @@ def run(launch: WorkerLaunch) -> int:
             log.info("draining (grace %.1fs)", launch.shutdown_grace)
         if (deadline is not None and time.monotonic() > deadline) or not transport.is_alive():
             halt.set()
+        if halt.is_set() and not generation.loaded.is_set():
+            # Orphaned or stopped mid-load (minutes for a large model): go now. The loading thread still holds
+            # its socket, so the context is not terminated; __main__ ends the process with os._exit.
+            log.warning("stopping before the model has loaded")
+            return 2 if transport.refused is not None else 1
     transport.closing.set()
     transport.join(timeout=3)
     ctx.term()
