@@ -5,6 +5,7 @@ tee, the supervisor, the gateway, the worker, the shells and uv between them) re
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -143,3 +144,16 @@ def test_no_process_of_the_stack_remains_however_it_is_stopped(dev_config, model
             assert "sending SIGTERM to supervisor" in stack.log()
     finally:
         stack.cleanup()
+
+
+def test_env_example_lists_every_variable_the_readme_names_and_the_code_reads():
+    readme = set(re.findall(r"`([A-Z][A-Z0-9_]+)(?:=[^`]*)?`", (ROOT / "README.md").read_text()))
+    read = {
+        name
+        for package in ("gateway", "supervisor", "worker", "protocol")
+        for source in (ROOT / package).rglob("*.py")
+        for name in re.findall(r'os\.environ(?:\.get)?[\[(]"([A-Z][A-Z0-9_]+)"', source.read_text())
+    }
+    listed = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert readme and read
+    assert readme - listed == set() and read - listed == set()
