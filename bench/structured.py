@@ -11,22 +11,17 @@ speed hits both alike. Reported: generated tokens per second, and the ratio cons
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocol.generation import ChatMessage, Finished, GenerateRequest, SamplingParams
+from bench.inprocess import bundled_model, decode_rate
+from protocol.generation import ChatMessage, GenerateRequest, SamplingParams
 from protocol.launch import EngineSettings
-from supervisor.model_import import import_model
 from worker.batch_engine import BatchEngine
-from worker.model_loader import load_model
 
-MODEL = "smollm2-135m-instruct"
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -40,28 +35,18 @@ SCHEMA = {
 
 def batch(engine: BatchEngine, streams: int, tokens: int, schema: dict | None) -> float:
     """Generated tokens per second for `streams` requests decoded together."""
-    for i in range(streams):
-        engine.submit(
-            GenerateRequest(
-                request_id=f"r{i}",
-                messages=[ChatMessage(role="user", content=f"Describe book number {i} about dragons as JSON.")],
-                # Either side may end before `tokens` (a complete JSON value ends the constrained ones):
-                # the rate counts what was generated.
-                sampling=SamplingParams(temperature=0, max_tokens=tokens),
-                json_schema=schema,
-            )
+    requests = [
+        GenerateRequest(
+            request_id=f"r{i}",
+            messages=[ChatMessage(role="user", content=f"Describe book number {i} about dragons as JSON.")],
+            # Either side may end before `tokens` (a complete JSON value ends the constrained ones):
+            # the rate counts what was generated.
+            sampling=SamplingParams(temperature=0, max_tokens=tokens),
+            json_schema=schema,
         )
-    generated = 0
-
-    def emit(event) -> None:
-        nonlocal generated
-        if isinstance(event, Finished):
-            generated += event.usage.completion_tokens
-
-    started = time.perf_counter()
-    while engine.busy:
-        engine.step(emit)
-    return generated / (time.perf_counter() - started)
+        for i in range(streams)
+    ]
+    return decode_rate(engine, requests)
 
 
 def main() -> None:
@@ -70,18 +55,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    store = Path(tempfile.mkdtemp(prefix="bench-structured-"))
-    try:
-        import_model(f"bundled:{MODEL}", MODEL, store)
+    with bundled_model() as loaded:
         # No prompt cache: each round pays the same prefill on both sides.
-        engine = BatchEngine(load_model(str(store / MODEL)), EngineSettings(prompt_cache_mb=0))
+        engine = BatchEngine(loaded, EngineSettings(prompt_cache_mb=0))
         batch(engine, 1, 4, SCHEMA)  # warm-up: compiles, and builds llguidance's tokenizer once
         free, constrained = [], []
         for _ in range(args.rounds):
             free.append(batch(engine, args.streams, args.tokens, None))
             constrained.append(batch(engine, args.streams, args.tokens, SCHEMA))
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
     f, c = statistics.median(free), statistics.median(constrained)
     print(f"{args.streams} streams x {args.tokens} tokens, median of {args.rounds} rounds (includes prefill)")
     print(f"  free (baseline)  {f:7.1f} tok/s")
