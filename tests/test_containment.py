@@ -16,12 +16,13 @@ import pytest
 import worker.batch_engine
 import worker.sequence
 from protocol.generation import Finished, GenerateRequest, GenerationError, SamplingParams, ToolSpec
+from protocol.launch import EngineSettings
 from tests.conftest import MODEL, VLM
 from tests.test_engine import PARIS, chat, finished, run, text_of
 from tests.test_failures import STORY, _model
 from tests.test_worker_backends import look
 from worker.backends import ModelToLoad, load_engine
-from worker.batch_engine import BatchEngine, EngineOptions
+from worker.batch_engine import BatchEngine
 from worker.model_loader import load_model
 from worker.stop_matcher import StopMatcher
 from worker.tool_calls import ToolCallScanner
@@ -50,7 +51,7 @@ def loaded(model_store):
 @pytest.fixture(scope="module")
 def alone(loaded) -> dict[str, str]:
     """What each bystander says when it has the engine to itself (greedy, so it must say the same in a batch)."""
-    engine = BatchEngine(loaded, EngineOptions(decode_concurrency=8))
+    engine = BatchEngine(loaded, EngineSettings(decode_concurrency=8))
     return {r.request_id: text_of(run(engine, r), r.request_id) for r in bystanders()}
 
 
@@ -141,7 +142,7 @@ CASES = [bad_seed, huge_top_k, sampler_fails_mid_batch, logits_processor_fails, 
 @pytest.mark.parametrize("make_case", CASES, ids=lambda f: f.__name__)
 def test_one_failing_sequence_ends_alone_and_the_seven_others_finish(loaded, alone, make_case, monkeypatch, caplog):
     case = make_case(monkeypatch)
-    engine = BatchEngine(loaded, EngineOptions(decode_concurrency=8))
+    engine = BatchEngine(loaded, EngineSettings(decode_concurrency=8))
     others = bystanders()
     with caplog.at_level(logging.INFO, logger="worker"):
         events = run(engine, *others[:3], case.culprit, *others[3:])
@@ -166,7 +167,7 @@ def test_one_failing_sequence_ends_alone_and_the_seven_others_finish(loaded, alo
 @pytest.mark.parametrize("make_case", [sampler_fails_mid_batch, stop_matcher_fails], ids=lambda f: f.__name__)
 def test_a_failing_speculative_request_ends_alone(loaded, alone, make_case, monkeypatch):
     case = make_case(monkeypatch)
-    engine = BatchEngine(dataclasses.replace(loaded, draft_model=loaded.model), EngineOptions(num_draft_tokens=2))
+    engine = BatchEngine(dataclasses.replace(loaded, draft_model=loaded.model), EngineSettings(num_draft_tokens=2))
     [ending] = [e for e in run(engine, case.culprit) if isinstance(e, Finished | GenerationError)]
     assert isinstance(ending, GenerationError) and ending.code == case.code
     assert not engine.busy
@@ -175,7 +176,7 @@ def test_a_failing_speculative_request_ends_alone(loaded, alone, make_case, monk
 
 
 def test_a_full_queue_refuses_instead_of_growing(loaded):
-    engine = BatchEngine(loaded, EngineOptions(max_waiting=2))
+    engine = BatchEngine(loaded, EngineSettings(max_waiting=2))
     assert engine.submit(chat("a", PARIS)) and engine.submit(chat("b", PARIS))
     assert not engine.submit(chat("c", PARIS))
     assert engine.queued == 2
@@ -183,7 +184,7 @@ def test_a_full_queue_refuses_instead_of_growing(loaded):
 
 @pytest.fixture(scope="module")
 def vision(model_store):
-    engine, _ = load_engine(ModelToLoad(str(model_store / VLM), "vlm", 256), EngineOptions())
+    engine, _ = load_engine(ModelToLoad(str(model_store / VLM), "vlm", 256), EngineSettings())
     return engine
 
 
