@@ -189,17 +189,19 @@ def vision(model_store):
 
 
 def test_a_vision_request_that_fails_ends_alone(vision, monkeypatch):
-    def broken_processor(*args, **kwargs):
-        raise RuntimeError("boom in the image processor")
+    dispatch = sys.modules["mlx_vlm.generate.dispatch"]
+    bomb, prepare_inputs = Exploding(after=1), dispatch.prepare_inputs
 
+    def processor_that_fails_once(*args, **kwargs):  # the first image that reaches mlx-vlm's processor
+        if bomb.calls < bomb.after:
+            bomb.tick()
+        return prepare_inputs(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "prepare_inputs", processor_that_fails_once)
     hostile_seed = look("bad-seed", sampling=SamplingParams(seed=-1, temperature=0.5, max_tokens=4))
     events = []
     for request in (hostile_seed, look("broken"), look("after", max_tokens=4)):
         vision.submit(request)
-    vision.step(events.append)  # refuses the seed at once
-    with monkeypatch.context() as patched:
-        patched.setattr(sys.modules["mlx_vlm.generate.dispatch"], "prepare_inputs", broken_processor)
-        vision.step(events.append)  # "broken": its preprocessing raises inside mlx-vlm
     while vision.busy:
         vision.step(events.append)
     codes = {e.request_id: e.code for e in events if isinstance(e, GenerationError)}
