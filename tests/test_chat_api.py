@@ -67,7 +67,7 @@ def test_seeded_sampling_repeats(client):
 
 def test_models_list_shows_configured_models(client, server):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"smollm2", "broken", "solo", "spec", EMBEDDER, VLM}
+    assert set(models) == {"smollm2", "broken", "solo", "spec", "thinker", EMBEDDER, VLM}
     assert [models[m].model_extra["type"] for m in ("smollm2", EMBEDDER, VLM)] == ["llm", "embedding", "vlm"]
     assert models["smollm2"].owned_by == "mlx-llm-server"
     assert models["smollm2"].model_extra["aliases"] == ["tiny"]

@@ -60,7 +60,7 @@ def test_standalone_flags_build_the_same_struct_with_its_defaults(tmp_path):
     [
         (["--launch", encode_launch(FULL).replace('"protocol_version":1', '"protocol_version":99')], "version 99"),
         (["--launch", encode_launch(FULL).replace('"model_id":"qwen3"', '"model_id":7')], "$.model_id"),
-        (["--launch", encode_launch(FULL).replace('"model_type":"vlm"', '"model_type":"tts"')], "$.model_type"),
+        (["--launch", encode_launch(FULL).replace('"model_type":"vlm"', '"model_type":"diffusion"')], "$.model_type"),
         (["--launch", "{not json"], "JSON"),
         (["--source", "/s"], "--model-id and --source are required"),
         (["--model-id", "m", "--source", "/s", "--num-draft-tokens", "0"], "num_draft_tokens must be at least 1"),

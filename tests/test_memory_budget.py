@@ -13,6 +13,7 @@ import pytest
 
 from protocol.ctl import ListModels
 from supervisor.ctl_client import CtlClient
+from supervisor.model_slot import LEASE_SECONDS
 from tests.conftest import BUDGET_GB
 from tests.harness import Server, wait_until
 
@@ -84,6 +85,9 @@ def test_a_pinned_model_is_never_evicted(budget_server):
 
 def test_a_higher_priority_is_evicted_after_lower_ones_even_when_least_recently_used(budget_server):
     reset(budget_server, "c", "a")  # c (priority 1) is the least recently used, a (priority 0) the most
+    # A model handed out within LEASE_SECONDS is not yet evictable (a gateway may be about to send to it);
+    # with heartbeats every 0.5 s, a pong newer than the lease comes soon after.
+    assert wait_until(lambda: models(budget_server)["a"].idle_seconds > LEASE_SECONDS + 1.0, timeout=30)
     result = budget_server.ctl("load", "b")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "evicted a to make room"

@@ -162,7 +162,7 @@ def test_models_list_shows_the_services_models(secure_server, keys):
 
     assert ids(keys.vista) == ["smollm2"]
     assert ids(keys.fork) == ["coder"]
-    assert sorted(ids(keys.ops)) == ["coder", "short", "smollm2"]
+    assert sorted(ids(keys.ops)) == ["coder", "short", "smollm2", "thinker"]
 
 
 def test_loading_and_unloading_need_an_admin_service(secure_server, keys):
