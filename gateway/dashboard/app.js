@@ -65,10 +65,10 @@ async function refreshModels() {
 
 function renderModels(memory) {
   const budget = memory.budget_gb || 1;
-  $("memory-used").style.width = `${(100 * memory.total_gb) / budget}%`;
+  $("memory-used").style.width = `${(100 * memory.used_gb) / budget}%`;
   $("memory-reserved").style.width = `${(100 * memory.reserved_gb) / budget}%`;
   $("memory-text").textContent =
-    `used ${memory.total_gb.toFixed(2)} GB + reserved ${memory.reserved_gb.toFixed(2)} GB ` +
+    `used ${memory.used_gb.toFixed(2)} GB + reserved ${memory.reserved_gb.toFixed(2)} GB ` +
     `of ${budget.toFixed(2)} GB budget — ${memory.available_gb.toFixed(2)} GB free`;
   const tbody = $("models").querySelector("tbody");
   tbody.replaceChildren(...models.map((m) => {
