@@ -28,10 +28,12 @@ from protocol.ctl import (
     Unload,
     Unloaded,
 )
+from protocol.generation import SamplingDefaults
 from supervisor.cli import build_parser
 from supervisor.config import load_config
 from supervisor.ctl import COMMANDS, HANDLERS
 from supervisor.fleet import Fleet, FleetError
+from supervisor.model_names import NameRefused
 from supervisor.orphans import WorkerRegistry
 
 GB = 1024**3
@@ -77,7 +79,7 @@ def test_ps_is_a_table_of_every_model():
     code, out, _ = run(
         "ps",
         report(
-            model(),
+            model(aliases=["qwen3", "gpt-*"]),
             model(
                 id="phi-3",
                 state="stopped",
@@ -93,9 +95,13 @@ def test_ps_is_a_table_of_every_model():
     assert code == 0
     budget, header, ready, stopped = out.splitlines()
     assert budget == "memory budget 400.00 GB: 15.00 GB used, 385.00 GB free"
-    assert header.split() == ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
-    assert ready.split() == ["qwen3-14b", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3", "metal"]
-    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-", "-", "-", "-"]
+    headers = ["MODEL", "ALIASES", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
+    assert header.split() == headers
+    assert ready.split() == [
+        "qwen3-14b", "qwen3,", "gpt-*", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3", "metal"
+    ]  # fmt: skip
+    assert stopped.split() == ["phi-3", "-", "stopped", "-", "-", "-", "-", "-", "-", "-"]
+    assert "\x1b" not in out  # not a terminal: no escape codes
 
 
 def test_memory_shows_the_budget_and_each_models_share():
@@ -161,8 +167,8 @@ class Spawned:
 class LoadingFleet:
     """Records how a handler asked for a model to be served."""
 
-    def __init__(self):
-        self.asked = []
+    def __init__(self, config):
+        self.config, self.asked = config, []
 
     async def ensure_loaded(self, name, **how):
         self.asked.append((name, how))
@@ -170,13 +176,19 @@ class LoadingFleet:
 
 
 @pytest.fixture
-def idle(tmp_path):
-    config = tmp_path / "models.yaml"
-    config.write_text(
-        "memory_budget_gb: 8\nmodels:\n  - {id: a, aliases: [first], source: x}\n  - {id: b, source: y}\n"
+def config(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "memory_budget_gb: 8\ndefaults: {temperature: 0.5, max_tokens: 100}\npresets: {brief: {max_tokens: 3}}\n"
+        "models:\n  - {id: a, aliases: [first], source: x, defaults: {top_k: 20, max_tokens: 50}}\n"
+        "  - {id: b, source: y}\n"
     )
-    fleet = Fleet(load_config(config), str(tmp_path), "ipc://unused", WorkerRegistry(tmp_path))
-    return FakeSupervisor(fleet)
+    return load_config(path)
+
+
+@pytest.fixture
+def idle(config, tmp_path):
+    return FakeSupervisor(Fleet(config, str(tmp_path), "ipc://unused", WorkerRegistry(tmp_path)))
 
 
 def answer(supervisor, call):
@@ -201,12 +213,24 @@ def test_handlers_answer_from_the_fleet(idle):
     assert refused.value.code == ErrorCode.MODEL_NOT_FOUND
 
 
-def test_load_and_ensure_loaded_say_where_the_model_is():
-    supervisor = FakeSupervisor(LoadingFleet())
+def test_load_and_ensure_loaded_say_where_the_model_is(config):
+    supervisor = FakeSupervisor(LoadingFleet(config))
     located = answer(supervisor, Load(call_id="c", model="first"))
     assert located == Located(call_id="c", model_id="a", endpoint="ipc://w", instance_id="i1", evicted=["b"])
-    answer(supervisor, EnsureLoaded(call_id="d", model="first", stale_instance="i0", allowed=["a"]))
+    located = answer(supervisor, EnsureLoaded(call_id="d", model="first", stale_instance="i0", allowed=["a"]))
     assert supervisor.fleet.asked == [
         ("first", {"retry_failed": True}),
-        ("first", {"stale_instance": "i0", "allowed": ["a"]}),
+        ("first", {"stale_instance": "i0", "allowed": ["a"], "fallback": True}),  # requests may fall back
     ]
+    # The model's defaults over the global ones, and the preset over both.
+    assert located.defaults == SamplingDefaults(temperature=0.5, top_k=20, max_tokens=50)
+    located = answer(supervisor, EnsureLoaded(call_id="e", model="first", preset="brief"))
+    assert located.defaults == SamplingDefaults(temperature=0.5, top_k=20, max_tokens=3)
+
+
+def test_an_unknown_preset_fails_before_anything_loads(config):
+    supervisor = FakeSupervisor(LoadingFleet(config))
+    with pytest.raises(NameRefused) as refused:
+        answer(supervisor, EnsureLoaded(call_id="d", model="first", preset="verbose"))
+    assert refused.value.code == ErrorCode.INVALID_REQUEST and "presets: brief" in str(refused.value)
+    assert supervisor.fleet.asked == []
