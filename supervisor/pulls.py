@@ -116,7 +116,7 @@ class Pulls:
                 job.progress, state=PullState.FAILED, message=f"the pull process exited with code {code}"
             )
         p = job.progress
-        level = logging.INFO if p.state is PullState.DONE else logging.WARNING
+        level = logging.INFO if p.state == PullState.DONE else logging.WARNING
         log.log(level, "pull %s of %s into %s: %s %s", p.pull_id, p.repo, p.name, p.state, p.message)
 
     def _forget_old(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import time
 
@@ -14,6 +15,9 @@ import pytest
 from protocol import ErrorCode
 from protocol.ctl import (
     CALLS,
+    AddAlias,
+    AliasEntry,
+    AliasTable,
     BudgetInfo,
     EnsureLoaded,
     ListModels,
@@ -23,12 +27,14 @@ from protocol.ctl import (
     ModelList,
     Pin,
     Pinned,
+    RemoveAlias,
     Status,
     StatusReport,
     Unload,
     Unloaded,
 )
 from protocol.generation import SamplingDefaults
+from protocol.store import FileProgress, PullProgress, Pulls, RemoveStored, StoredModel, StoreList
 from supervisor.cli import build_parser
 from supervisor.config import load_config
 from supervisor.ctl import COMMANDS, HANDLERS
@@ -179,7 +185,8 @@ class LoadingFleet:
 def config(tmp_path):
     path = tmp_path / "models.yaml"
     path.write_text(
-        "memory_budget_gb: 8\ndefaults: {temperature: 0.5, max_tokens: 100}\npresets: {brief: {max_tokens: 3}}\n"
+        "memory_budget_gb: 8\nmodel_store: store\n"
+        "defaults: {temperature: 0.5, max_tokens: 100}\npresets: {brief: {max_tokens: 3}}\n"
         "models:\n  - {id: a, aliases: [first], source: x, defaults: {top_k: 20, max_tokens: 50}}\n"
         "  - {id: b, source: y}\n"
     )
@@ -234,3 +241,128 @@ def test_an_unknown_preset_fails_before_anything_loads(config):
         answer(supervisor, EnsureLoaded(call_id="d", model="first", preset="verbose"))
     assert refused.value.code == ErrorCode.INVALID_REQUEST and "presets: brief" in str(refused.value)
     assert supervisor.fleet.asked == []
+
+
+# -- the store and alias commands -------------------------------------------------------------------------
+
+
+class Polled(FakeClient):
+    """Answers each call with the next of `replies`."""
+
+    def __init__(self, *replies):
+        super().__init__(None)
+        self.replies = list(replies)
+
+    def call(self, make_call, timeout=None):
+        self.calls.append(make_call(call_id="c1"))
+        return self.replies.pop(0)
+
+
+def pull_progress(state, done, **more):
+    """A pull of two files, of which the weights have `done` bytes (no files known while it resolves)."""
+    weights = FileProgress(path="model.safetensors", size=8_000_000, done=done)
+    files = [] if state == "resolving" else [FileProgress(path="config.json", size=500, done=500), weights]
+    progress = PullProgress(
+        pull_id="pull-1", repo="org/x", revision="main", name="x", state=state, commit="ab" * 20, files=files, **more
+    )
+    return Pulls(call_id="c1", pulls=[progress])
+
+
+def test_pull_without_a_terminal_prints_each_file_once_then_the_config_lines(monkeypatch):
+    monkeypatch.setattr("supervisor.ctl.pull.POLL_SECONDS", 0)
+    client = Polled(
+        pull_progress("resolving", 0), pull_progress("downloading", 4_000_000), pull_progress("downloading", 8_000_000),
+        pull_progress("done", 8_000_000, path="/store/x"),
+    )  # fmt: skip
+    out = io.StringIO()
+    args = build_parser().parse_args(["ctl", "pull", "org/x@v2", "--quantize", "--q-bits", "8"])
+    assert COMMANDS["pull"].run(client, args, out) == 0
+    pull = client.calls[0]
+    assert (pull.repo, pull.revision, pull.name, pull.convert.quantize, pull.convert.q_bits) == (
+        "org/x",
+        "v2",
+        None,
+        True,
+        8,
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[:4] == [
+        "resolving org/x",
+        "downloading org/x",
+        "  config.json 500 B  (4.0 MB of 8.0 MB)",  # once, when it completed
+        "  model.safetensors 8.0 MB  (8.0 MB of 8.0 MB)",
+    ]
+    assert lines[-2:] == ["  - id: x", "    source: x"]
+
+
+def test_a_failed_pull_exits_1_with_its_reason():
+    client, out = Polled(pull_progress("failed", 0, message="RepositoryNotFoundError: 404")), io.StringIO()
+    assert COMMANDS["pull"].run(client, build_parser().parse_args(["ctl", "pull", "org/x"]), out) == 1
+    assert out.getvalue().splitlines()[-1] == "pull of org/x failed: RepositoryNotFoundError: 404"
+
+
+def test_models_pulls_and_aliases_are_tables():
+    listing = StoreList(call_id="c1", store="/s", models=[
+        StoredModel(name="x", size_bytes=2_500_000_000, source="hf:org/x", revision="main", commit="ab" * 20,
+                    quantization="4-bit, group 64", used_by=["x", "y"]),
+        StoredModel(name="z", size_bytes=1_000, partial=True),
+    ])  # fmt: skip
+    code, out, _ = run("models", listing)
+    assert code == 0 and out.splitlines()[0] == "model store /s"
+    assert out.splitlines()[2].split() == [
+        "x",
+        "hf:org/x",
+        "main",
+        f"({'ab' * 6})",
+        "2.5",
+        "GB",
+        "4-bit,",
+        "group",
+        "64",
+        "x,",
+        "y",
+    ]
+    assert out.splitlines()[3].split()[:3] == ["z", "(unfinished", "pull)"]
+    code, out, _ = run("pulls", pull_progress("downloading", 4_000_000))
+    assert out.splitlines()[1].split()[:8] == ["pull-1", "org/x@main", "x", "downloading", "4.0", "MB", "of", "8.0"]
+    table = AliasTable(
+        call_id="c1",
+        aliases=[AliasEntry(alias="qwen3", model="q"), AliasEntry(alias="gpt-4*", model="q", runtime=True)],
+    )
+    code, out, _ = run("aliases", table)
+    assert [line.split() for line in out.splitlines()[1:]] == [["qwen3", "q", "config"], ["gpt-4*", "q", "run", "time"]]
+    code, out, _ = run("aliases", table, "--json")
+    assert json.loads(out)["aliases"][1] == {"alias": "gpt-4*", "model": "q", "runtime": True}
+
+
+def test_aliases_added_at_run_time_are_kept_in_the_store(idle, config, tmp_path):
+    answer(idle, AddAlias(call_id="c", alias="gpt-4*", model="first"))
+    assert idle.fleet.config.resolve("gpt-4o").id == "a"
+    again = load_config(tmp_path / "models.yaml")  # as a restarted supervisor reads it
+    assert again.resolve("gpt-4o").id == "a" and again.names.aliases_of("a") == ["first", "gpt-4*"]
+    table = answer(idle, RemoveAlias(call_id="c", alias="gpt-4*"))
+    assert [e.alias for e in table.aliases] == ["first"]
+    assert load_config(tmp_path / "models.yaml").resolve("gpt-4o") is None
+
+
+def test_rm_removes_an_unused_model_and_refuses_one_being_pulled(idle):
+    store = idle.fleet.config.store
+    (store / "x").mkdir(parents=True)
+    (store / "x" / "model.safetensors").write_bytes(b"\0" * 100)
+    idle.pulls = FakePulls(pulling="busy")
+    removed = answer(idle, RemoveStored(call_id="c", name="x"))
+    assert removed.freed_bytes == 100 and removed.configured == ["a"] and not (store / "x").exists()
+    with pytest.raises(FleetError) as refused:
+        answer(idle, RemoveStored(call_id="c", name="busy"))
+    assert refused.value.code == ErrorCode.CONFLICT
+    with pytest.raises(FleetError) as missing:
+        answer(idle, RemoveStored(call_id="c", name="nothing"))
+    assert missing.value.code == ErrorCode.MODEL_NOT_FOUND
+
+
+class FakePulls:
+    def __init__(self, pulling):
+        self.pulling = pulling
+
+    def is_pulling(self, name):
+        return name == self.pulling

@@ -38,6 +38,34 @@ function el(tag, props = {}, ...children) {
 
 const gb = (bytes) => `${(bytes / GB).toFixed(2)} GB`;
 
+// The events of a server-sent event stream (a fetch Response), each as {event, data} with `data` parsed.
+async function* sseEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ") && line !== "data: [DONE]") yield { event, data: JSON.parse(line.slice(6)) };
+      }
+    }
+  }
+}
+
+// An error response's message: the API's own error body when there is one.
+async function failure(response) {
+  const body = await response.json().catch(() => ({}));
+  return new Error(`${response.status}: ${body.error ? body.error.message : response.statusText}`);
+}
+
 // -- key -------------------------------------------------------------------------------------------------
 
 $("api-key").value = apiKey;
@@ -292,33 +320,15 @@ async function sendChat() {
         max_tokens: Number($("chat-max-tokens").value), temperature: Number($("chat-temperature").value),
       }),
     });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(`${response.status}: ${body.error ? body.error.message : response.statusText}`);
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-          const chunk = JSON.parse(line.slice(6));
-          if (chunk.error) throw new Error(chunk.error.message);
-          if (chunk.usage) usage = chunk.usage;
-          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-          if (delta && delta.content) {
-            firstAt = firstAt || performance.now();
-            reply += delta.content;
-            $("chat-output").textContent = reply;
-          }
-        }
+    if (!response.ok) throw await failure(response);
+    for await (const { data: chunk } of sseEvents(response)) {
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) {
+        firstAt = firstAt || performance.now();
+        reply += delta.content;
+        $("chat-output").textContent = reply;
       }
     }
     chatHistory.push({ role: "assistant", content: reply });
@@ -439,6 +449,10 @@ curl ${base}/v1/audio/speech ${auth} -H 'Content-Type: application/json' \\
   -d '{"model": "kokoro", "input": "Hello there.", "response_format": "mp3"}' -o hello.mp3`],
     ["Models and memory", `curl ${base}/v1/models ${auth}\ncurl ${base}/api/v1/models/memory/usage ${auth}`],
     ["Load / unload a model", `curl -X POST ${base}/api/v1/models/${model}/load ${auth}\ncurl -X POST ${base}/api/v1/models/${model}/unload ${auth}`],
+    ["Pull a model from the hub", `curl -N ${base}/api/v1/models/pull ${auth} -H 'Content-Type: application/json' -d '{
+  "repo": "mlx-community/Qwen3-0.6B-4bit", "name": "qwen3-0.6b"
+}'`],
+    ["Aliases", `curl -X POST ${base}/api/v1/aliases ${auth} -H 'Content-Type: application/json' -d '{"alias": "gpt-4*", "model": "${model}"}'\ncurl ${base}/api/v1/aliases ${auth}`],
     ["Health", `curl ${base}/api/v1/health          # liveness\ncurl ${base}/api/v1/health/ready    # readiness: supervisor, worker pings, Redis`],
     ["Metrics and system", `curl ${base}/metrics                # Prometheus text format\ncurl ${base}/system/stats ${auth}`],
     ["Activity log", `curl ${base}/api/activity-logs?limit=20 ${auth}\ncurl -X DELETE ${base}/api/activity-logs ${auth}   # admin key`],

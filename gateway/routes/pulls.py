@@ -71,7 +71,7 @@ async def pull_model(request: Request) -> Response:
     if not body.stream:
         while not progress.finished:
             progress = await poll(progress.pull_id)
-        if progress.state is not PullState.DONE:
+        if progress.state != PullState.DONE:
             raise APIError(ErrorCode.PULL_FAILED, f"pull of {progress.repo} {progress.state}: {progress.message}")
         return JSONResponse(as_dict(progress))
 

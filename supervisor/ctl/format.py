@@ -44,11 +44,15 @@ def print_json(reply, out: TextIO) -> int:
 
 
 def show(out: TextIO, *items: RenderableType | str) -> None:
-    """Print lines and tables: styled on a terminal; plain, with no trailing blanks, anywhere else."""
+    """Print lines and tables: styled on a terminal (a table wider than it is not cut short: the terminal wraps it);
+    plain, with no trailing blanks, anywhere else."""
     terminal = Console(file=out, highlight=False, soft_wrap=True)
     if terminal.is_terminal:
         for item in items:
-            terminal.print(Text(item) if isinstance(item, str) else item)
+            item = Text(item) if isinstance(item, str) else item
+            width = max(terminal.width, terminal.measure(item, options=terminal.options.update_width(10_000)).maximum)
+            Console(file=out, highlight=False, soft_wrap=True, width=width, force_terminal=True,
+                    color_system=terminal.color_system).print(item)  # fmt: skip
         return
     buffer = io.StringIO()
     plain = Console(file=buffer, width=10_000, color_system=None, highlight=False, soft_wrap=True)

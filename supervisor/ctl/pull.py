@@ -45,11 +45,11 @@ def run(client, args, out) -> int:
         return 130
     if args.json:
         print_json(progress, out)
-    elif progress.state is PullState.DONE:
+    elif progress.state == PullState.DONE:
         show(out, *done_lines(progress))
     else:
         show(out, styled("failed", f"pull of {progress.repo} failed: {progress.message}"))
-    return 0 if progress.state is PullState.DONE else 1
+    return 0 if progress.state == PullState.DONE else 1
 
 
 def _follow(client, progress: PullProgress, out, bars: bool) -> PullProgress:
@@ -77,7 +77,7 @@ def _follow(client, progress: PullProgress, out, bars: bool) -> PullProgress:
                     tasks[f.path] = shown.add_task(f"  {f.path}", total=f.size)
                 shown.update(tasks[f.path], completed=f.done)
             description = f"[bold]{progress.name}[/] {progress.state}"
-            if progress.state is PullState.CONVERTING:
+            if progress.state == PullState.CONVERTING:
                 description += f": {progress.message}"
             shown.update(overall, total=progress.bytes_total or None, completed=progress.bytes_done,
                          description=description)  # fmt: skip
