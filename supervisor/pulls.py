@@ -29,11 +29,16 @@ LINE_LIMIT = 4 * 1024 * 1024  # one progress line lists every file of the repo
 
 
 class PullJob:
-    def __init__(self, progress: PullProgress, proc: asyncio.subprocess.Process):
+    def __init__(self, progress: PullProgress):
         self.progress = progress
-        self.proc = proc
+        self.proc: asyncio.subprocess.Process | None = None  # once spawned
         self.cancelled = False
         self.watcher: asyncio.Task | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
 
 
 class Pulls:
@@ -51,7 +56,7 @@ class Pulls:
             raise FleetError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         if call.repo.count("/") != 1 or call.repo.startswith("/") or call.repo.endswith("/"):
             raise FleetError(ErrorCode.INVALID_REQUEST, f"'{call.repo}' is not a hub repo id (org/name)")
-        if any(job.progress.name == name and not job.progress.finished for job in self.jobs.values()):
+        if self.is_pulling(name):
             raise FleetError(ErrorCode.CONFLICT, f"a pull into '{name}' is already running")
         if (self.config.store / name).exists() and not call.force:
             raise FleetError(ErrorCode.CONFLICT, f"the store already holds '{name}' (pull with force to replace it)")
@@ -60,17 +65,23 @@ class Pulls:
         argv += ["--options", msgspec.json.encode(call.convert).decode()]
         argv += ["--revision", call.revision] if call.revision else []
         argv += ["--force"] if call.force else []
-        self.config.store.mkdir(parents=True, exist_ok=True)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "supervisor.model_pull", call.repo, *argv,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
-        )  # fmt: skip
         progress = PullProgress(pull_id=pull_id, repo=call.repo, revision=call.revision or "main", name=name,
                                 state=PullState.RESOLVING)  # fmt: skip
-        job = self.jobs[pull_id] = PullJob(progress, proc)
-        job.watcher = asyncio.create_task(self._follow(job))
-        log.info("pulling %s@%s into %s (%s, pid %d)", call.repo, progress.revision, name, pull_id, proc.pid)
+        job = self.jobs[pull_id] = PullJob(progress)  # the name is taken before the first await
         self._forget_old()
+        self.config.store.mkdir(parents=True, exist_ok=True)
+        try:
+            job.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "supervisor.model_pull", call.repo, *argv,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
+            )  # fmt: skip
+        except OSError as exc:
+            job.progress = msgspec.structs.replace(progress, state=PullState.FAILED, message=f"not started: {exc}")
+            raise
+        if job.cancelled:  # cancelled while it was being spawned
+            job.proc.terminate()
+        job.watcher = asyncio.create_task(self._follow(job))
+        log.info("pulling %s@%s into %s (%s, pid %d)", call.repo, progress.revision, name, pull_id, job.proc.pid)
         return progress
 
     def status(self, pull_id: str | None) -> list[PullProgress]:
@@ -81,8 +92,7 @@ class Pulls:
     def cancel(self, pull_id: str) -> PullProgress:
         job = self._job(pull_id)
         if not job.progress.finished:
-            job.cancelled = True
-            job.proc.terminate()
+            job.cancel()
         return job.progress
 
     def is_pulling(self, name: str) -> bool:
@@ -91,8 +101,7 @@ class Pulls:
     async def stop_all(self) -> None:
         for job in self.jobs.values():
             if not job.progress.finished:
-                job.cancelled = True
-                job.proc.terminate()
+                job.cancel()
         await asyncio.gather(*(job.watcher for job in self.jobs.values() if job.watcher), return_exceptions=True)
 
     def _job(self, pull_id: str) -> PullJob:

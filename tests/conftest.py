@@ -134,7 +134,7 @@ def hub():
 @pytest.fixture(scope="session")
 def store_server(tmp_path_factory, model_store, hub):
     """A store of its own that pulls from the local hub, `pulled` configured before it is pulled, sampling
-    defaults (greedy everywhere, 6 tokens for smollm2) and presets, and smollm2 as the fallback model."""
+    defaults (greedy everywhere, 6 tokens for smollm2) and presets, and `other` as the fallback model."""
     store = tmp_path_factory.mktemp("pull-store")
     bundled = {"source": str(model_store / MODEL), "context_length": CONTEXT, "memory_gb": 0.3}
     config = write_config(
@@ -145,7 +145,7 @@ def store_server(tmp_path_factory, model_store, hub):
             {"id": "other", **bundled},
             {"id": "pulled", "source": PULLED, "context_length": CONTEXT, "memory_gb": 0.3},
         ],
-        fallback_model="tiny",
+        fallback_model="other",
         defaults={"temperature": 0},
         presets={"brief": {"max_tokens": 3}, "terse": {"system_prompt": "Answer in one word."}},
     )

@@ -34,9 +34,11 @@ class HubServer:
     def __init__(self):
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self.fail_once: set[str] = set()  # files whose next GET answers 500
-        self.cut_once: dict[str, int] = {}  # file -> bytes after which its next GET's connection is dropped
-        self.throttle: dict[str, float] = {}  # file -> bytes per second
+        # Faults, by "org/name/path" of a file: its next GET answers 500; drops the connection after so many bytes;
+        # sends this many bytes per second.
+        self.fail_once: set[str] = set()
+        self.cut_once: dict[str, int] = {}
+        self.throttle: dict[str, float] = {}
         self._lock = threading.Lock()
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._http.daemon_threads = True
@@ -126,8 +128,9 @@ def _handler(hub: HubServer):
                 return
             if name not in repo.files:
                 return self._error(404, "EntryNotFound")
-            if body and name in hub.fail_once:
-                hub.fail_once.discard(name)
+            key = f"{repo_id}/{name}"
+            if body and key in hub.fail_once:
+                hub.fail_once.discard(key)
                 return self._error(500, None)
             data = repo.files[name].read_bytes()
             start = int(m.group(1)) if (m := re.match(r"bytes=(\d+)-", self.headers.get("Range", ""))) else 0
@@ -141,13 +144,16 @@ def _handler(hub: HubServer):
             self.end_headers()
             if not body:
                 return
-            cut = hub.cut_once.pop(name, None)
-            rate = hub.throttle.get(name)
+            cut = hub.cut_once.pop(key, None)
+            rate = hub.throttle.get(key)
             for offset in range(start, len(data), CHUNK):
                 if cut is not None and offset - start >= cut:
                     self.close_connection = True  # mid-body: the client sees the connection drop
                     return
-                self.wfile.write(data[offset : offset + CHUNK])
+                try:
+                    self.wfile.write(data[offset : offset + CHUNK])
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client went away (a cancelled pull)
                 if rate:
                     time.sleep(CHUNK / rate)
 

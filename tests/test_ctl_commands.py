@@ -101,12 +101,12 @@ def test_ps_is_a_table_of_every_model():
     assert code == 0
     budget, header, ready, stopped = out.splitlines()
     assert budget == "memory budget 400.00 GB: 15.00 GB used, 385.00 GB free"
-    headers = ["MODEL", "ALIASES", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
+    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE", "ALIASES"]
     assert header.split() == headers
     assert ready.split() == [
-        "qwen3-14b", "qwen3,", "gpt-*", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3", "metal"
+        "qwen3-14b", "ready", "4242", "15.00", "GB", "14.50", "GB", "1h02m", "0m00s", "3", "metal", "qwen3,", "gpt-*"
     ]  # fmt: skip
-    assert stopped.split() == ["phi-3", "-", "stopped", "-", "-", "-", "-", "-", "-", "-"]
+    assert stopped.split() == ["phi-3", "stopped", "-", "-", "-", "-", "-", "-", "-", "-"]
     assert "\x1b" not in out  # not a terminal: no escape codes
 
 

@@ -26,8 +26,8 @@ def client(store_server):
 
 
 def test_an_unknown_name_goes_to_the_fallback_model_which_names_itself(client):
-    reply = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
-    assert reply.model == "smollm2"  # the model that answered, not the name asked for
+    reply = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=2)
+    assert reply.model == "other"  # the model that answered, not the name asked for
 
 
 def test_without_a_fallback_model_an_unknown_name_is_not_found(tmp_path):
@@ -90,35 +90,35 @@ def aliases_of(server, model_id: str) -> list[str]:
 
 def test_aliases_added_at_run_time_route_requests_and_survive_a_restart(store_server, client):
     base = f"{store_server.url}/api/v1/aliases"
-    added = httpx.post(base, json={"alias": "gpt-4*", "model": "other"}, timeout=30)
-    assert added.status_code == 201 and added.json() == {"alias": "gpt-4*", "model": "other", "runtime": True}
-    assert client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=2).model == "other"
-    assert aliases_of(store_server, "other") == ["gpt-4*"]
+    added = httpx.post(base, json={"alias": "gpt-4*", "model": "tiny"}, timeout=30)
+    assert added.status_code == 201 and added.json() == {"alias": "gpt-4*", "model": "smollm2", "runtime": True}
+    # The alias wins over the fallback model (`other`) that answered this name before.
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=2).model == "smollm2"
+    assert aliases_of(store_server, "smollm2") == ["tiny", "gpt-4*"]
 
     # ctl shows it: a table without escape codes when not on a terminal, and JSON for scripts.
     ps = store_server.ctl("ps")
     assert ps.returncode == 0 and "\x1b" not in ps.stdout
-    assert re.search(r"^other\s+gpt-4\*\s+ready\s", ps.stdout, re.MULTILINE), ps.stdout
+    assert re.search(r"^smollm2\s+ready\s.*\stiny, gpt-4\*$", ps.stdout, re.MULTILINE), ps.stdout
     report = json.loads(store_server.ctl("ps", "--json").stdout)
-    assert {m["id"]: m["aliases"] for m in report["models"]}["other"] == ["gpt-4*"]
+    assert {m["id"]: m["aliases"] for m in report["models"]}["smollm2"] == ["tiny", "gpt-4*"]
     assert report["memory"]["budget_bytes"] == 4 * 1024**3
 
     store_server.restart()
-    assert aliases_of(store_server, "other") == ["gpt-4*"]
+    assert aliases_of(store_server, "smollm2") == ["tiny", "gpt-4*"]
     listed = httpx.get(base, timeout=30).json()["aliases"]
-    assert {"alias": "gpt-4*", "model": "other", "runtime": True} in listed
+    assert {"alias": "gpt-4*", "model": "smollm2", "runtime": True} in listed
     assert {"alias": "tiny", "model": "smollm2", "runtime": False} in listed
 
     removed = httpx.delete(f"{base}/gpt-4*", timeout=30)
-    assert removed.status_code == 200 and aliases_of(store_server, "other") == []
-    # Without it the name falls back again.
-    assert client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=2).model == "smollm2"
+    assert removed.status_code == 200 and aliases_of(store_server, "smollm2") == ["tiny"]
 
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "says"),
     [
         ("POST", "", {"alias": "tiny", "model": "other"}, 409, "'tiny' is a name of smollm2 in the config file"),
+        ("POST", "", {"alias": "other", "model": "smollm2"}, 409, "'other' is a name of other in the config file"),
         ("POST", "", {"alias": "new", "model": "nope"}, 404, "no configured model is named 'nope'"),
         ("POST", "", {"alias": "has space", "model": "other"}, 400, "printable characters without spaces"),
         ("DELETE", "/tiny", None, 409, "edit the file to remove it"),

@@ -35,8 +35,8 @@ def test_an_interrupted_pull_resumes_and_the_pulled_model_answers(store_server, 
     commit = hub.add_repo(REPO, model_store / MODEL)
     # First pull: the weights' connection drops once mid-file (resumed in place with a Range request), and one
     # file fails outright, so the pull fails and leaves no model under its name.
-    hub.cut_once["model.safetensors"] = CUT_AT
-    hub.fail_once.add("tokenizer.json")
+    hub.cut_once[f"{REPO}/model.safetensors"] = CUT_AT
+    hub.fail_once.add(f"{REPO}/tokenizer.json")
     failed = store_server.ctl("pull", REPO, PULLED, timeout=300)
     assert failed.returncode == 1 and "pull of test-org/smollm2 failed" in failed.stdout, failed.stdout + failed.stderr
     assert not (store_server.store / PULLED).exists()
@@ -83,7 +83,7 @@ def test_an_interrupted_pull_resumes_and_the_pulled_model_answers(store_server, 
 def test_a_pull_over_http_quantizes_and_streams_its_progress(store_server, hub, model_store, tmp_path):
     build_tiny_llama(tmp_path / "tiny-llama", model_store / MODEL, dtype="float16")
     hub.add_repo("test-org/tiny-llama", tmp_path / "tiny-llama")
-    hub.throttle["model.safetensors"] = 2_000_000  # a few seconds of download, so progress shows in between
+    hub.throttle["test-org/tiny-llama/model.safetensors"] = 2_000_000  # seconds of download: progress in between
     body = {"repo": "test-org/tiny-llama", "name": "tiny-q4", "quantize": True, "q_bits": 4, "q_group_size": 32}
     events = []
     with httpx.stream("POST", f"{store_server.url}/api/v1/models/pull", json=body, timeout=240) as response:
@@ -108,6 +108,27 @@ def test_a_pull_over_http_quantizes_and_streams_its_progress(store_server, hub, 
 
     model, tokenizer = load(str(store_server.store / "tiny-q4"))
     assert isinstance(generate(model, tokenizer, "Hello", max_tokens=2), str)  # it loads and runs
+
+
+def test_a_cancelled_pull_leaves_no_model_and_its_download_for_the_next(store_server, hub, model_store, tmp_path):
+    build_tiny_llama(tmp_path / "slow-llama", model_store / MODEL)
+    hub.add_repo("test-org/slow-llama", tmp_path / "slow-llama")
+    hub.throttle["test-org/slow-llama/model.safetensors"] = 200_000  # half a minute: cancelled long before
+    base = f"{store_server.url}/api/v1/models"
+    states = []
+    with httpx.stream("POST", f"{base}/pull", json={"repo": "test-org/slow-llama"}, timeout=120) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            states.append(event["state"])
+            if event["state"] == "downloading" and event["bytes_done"] > 0 and "cancelling" not in states:
+                states.append("cancelling")
+                assert httpx.delete(f"{base}/pulls/{event['pull_id']}", timeout=30).status_code == 200
+    assert states[-1] == "cancelled" and "cancelling" in states
+    assert not (store_server.store / "slow-llama").exists() and stored(store_server)["slow-llama"]["partial"]
+    removed = store_server.ctl("rm", "slow-llama")  # what it downloaded goes too
+    assert removed.returncode == 0 and not (store_server.store / ".pull-slow-llama").exists()
 
 
 def test_pulls_refuse_what_they_cannot_do(store_server, hub):

@@ -113,7 +113,6 @@ def ps_view(report) -> list[RenderableType | str]:
     rows = [
         [
             m.id + (" (pinned)" if m.pinned else ""),
-            ", ".join(m.aliases) or "-",
             styled(m.state, m.state + ("" if m.alive in (None, True) else " (no pong)")),
             str(m.pid or "-"),
             gigabytes(m.charged_bytes),
@@ -122,10 +121,11 @@ def ps_view(report) -> list[RenderableType | str]:
             duration(m.idle_seconds),
             str(m.in_flight) if m.pid else "-",
             m.compute or "-",
+            ", ".join(m.aliases) or "-",
         ]
         for m in report.models
     ]
-    headers = ["MODEL", "ALIASES", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
+    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE", "ALIASES"]
     budget = [budget_line(report.memory)] if report.memory is not None else []
     return [*budget, table(headers, rows)]
 

@@ -1,5 +1,5 @@
-"""Show every configured model: its aliases, state, worker pid, memory (charged to the budget and resident), uptime,
-idle time, in-flight requests and how it computes, under a line with the budget, what is used and what is free."""
+"""Show every configured model: state, worker pid, memory (charged to the budget and resident), uptime, idle time,
+in-flight requests, how it computes and its aliases, under a line with the budget, what is used and what is free."""
 
 from protocol.ctl import Status
 from supervisor.ctl.format import json_flag, print_json, ps_view, show
