@@ -53,10 +53,14 @@ class HubServer:
         self.repos[repo_id] = repo = Repo(directory)
         return repo.commit
 
-    def gets(self, path_end: str) -> list[str | None]:
-        """The Range header of every GET of a file whose path ends with `path_end`."""
+    def gets(self, repo_id: str, name: str) -> list[str | None]:
+        """The Range header of every GET of the file `name` of the repo `repo_id`."""
         with self._lock:
-            return [r for method, path, r in self.requests if method == "GET" and path.endswith(path_end)]
+            return [
+                r
+                for method, path, r in self.requests
+                if method == "GET" and path.startswith(f"/{repo_id}/resolve/") and path.endswith(f"/{name}")
+            ]
 
     def start(self) -> HubServer:
         self._thread.start()

@@ -41,14 +41,14 @@ def test_an_interrupted_pull_resumes_and_the_pulled_model_answers(store_server, 
     assert failed.returncode == 1 and "pull of test-org/smollm2 failed" in failed.stdout, failed.stdout + failed.stderr
     assert not (store_server.store / PULLED).exists()
     assert stored(store_server)[PULLED]["partial"] is True
-    resumed_at = [int(r.removeprefix("bytes=").rstrip("-")) for r in hub.gets("model.safetensors") if r]
+    resumed_at = [int(r.removeprefix("bytes=").rstrip("-")) for r in hub.gets(REPO, "model.safetensors") if r]
     assert resumed_at and 0 < resumed_at[0] <= CUT_AT  # the dropped connection resumed where it stopped
 
     # Second pull: only what the first did not finish is fetched again.
-    weights_fetched = len(hub.gets("model.safetensors"))
+    weights_fetched = len(hub.gets(REPO, "model.safetensors"))
     pulled = store_server.ctl("pull", f"{REPO}@main", PULLED, timeout=300)
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
-    assert len(hub.gets("model.safetensors")) == weights_fetched and len(hub.gets("tokenizer.json")) == 2
+    assert len(hub.gets(REPO, "model.safetensors")) == weights_fetched and len(hub.gets(REPO, "tokenizer.json")) == 2
     out = pulled.stdout
     assert "  tokenizer.json 3.5 MB" in out and f"(commit {commit[:12]})" in out
     assert f"  - id: {PULLED}\n    source: {PULLED}" in out  # the config lines that serve it
