@@ -36,7 +36,7 @@ from gateway.middleware.cors import JSONCORSMiddleware
 from gateway.middleware.request_context import RequestContext
 from gateway.middleware.trusted_hosts import TrustedHosts
 from gateway.ratelimit import RateLimiter
-from gateway.routes import system
+from gateway.routes import aliases, pulls, system
 from gateway.routes.admin import load_model, memory_usage, unload_model
 from gateway.routes.auth import issue_token
 from gateway.routes.health import health, ready
@@ -97,6 +97,12 @@ def _routes() -> list[BaseRoute]:
         *dialects.routes(),
         *(Route(f"{base}/models", list_models, methods=["GET"]) for base in BASE_PATHS),
         Route("/api/v1/models/memory/usage", memory_usage, methods=["GET"]),
+        Route("/api/v1/models/pull", pulls.pull_model, methods=["POST"]),
+        Route("/api/v1/models/pulls", pulls.list_pulls, methods=["GET"]),
+        Route("/api/v1/models/pulls/{pull_id:str}", pulls.cancel_pull, methods=["DELETE"]),
+        Route("/api/v1/aliases", aliases.list_aliases, methods=["GET"]),
+        Route("/api/v1/aliases", aliases.add_alias, methods=["POST"]),
+        Route("/api/v1/aliases/{alias:path}", aliases.remove_alias, methods=["DELETE"]),
         Route("/api/v1/models/{model_id:str}/load", load_model, methods=["POST"]),
         Route("/api/v1/models/{model_id:str}/unload", unload_model, methods=["POST"]),
         Route("/api/v1/sessions", create_session, methods=["POST"]),

@@ -39,6 +39,8 @@ _STATUS = {
     ErrorCode.SESSION_NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.SESSION_STORE_UNAVAILABLE: (503, "server_error"),
     ErrorCode.STORE_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.CONFLICT: (409, "invalid_request_error"),
+    ErrorCode.PULL_FAILED: (502, "server_error"),
 }
 RETRY_AFTER_SECONDS = 1
 

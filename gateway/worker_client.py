@@ -17,7 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.supervisor_client import SupervisorClient
 from protocol import DecodeError, ErrorCode, encode
 from protocol.ctl import EnsureLoaded, Located
-from protocol.generation import TERMINAL, Abort, GenerateRequest, failure, worker_outbound_decoder
+from protocol.generation import TERMINAL, Abort, GenerateRequest, SamplingDefaults, failure, worker_outbound_decoder
 
 log = logging.getLogger("gateway.worker")
 
@@ -132,18 +132,28 @@ class WorkerPool:
         self._clients: dict[str, WorkerClient] = {}  # by model id
 
     async def acquire(
-        self, model: str, stale_instance: str | None = None, allowed: list[str] | None = None
-    ) -> WorkerClient:
-        """The client of the worker serving `model` (id, alias, or "" for the default), loading it if needed;
-        a model outside `allowed` (when given) is refused by the supervisor with `model_not_allowed`.
+        self,
+        model: str,
+        stale_instance: str | None = None,
+        allowed: list[str] | None = None,
+        preset: str | None = None,
+    ) -> tuple[WorkerClient, SamplingDefaults]:
+        """The client of the worker serving `model` (id, alias, or "" for the default), loading it if needed, and
+        the sampling defaults for that model with `preset`; a model outside `allowed` (when given) is refused by
+        the supervisor with `model_not_allowed`, an unknown preset with `invalid_request`.
 
         `stale_instance` names a worker the caller found gone, so the supervisor replaces it rather than
         handing it out again (the gateway can see a worker's socket close before the supervisor reaps it).
         """
         located = await self._supervisor.call(
-            lambda call_id: EnsureLoaded(call_id=call_id, model=model, stale_instance=stale_instance, allowed=allowed),
+            lambda call_id: EnsureLoaded(
+                call_id=call_id, model=model, stale_instance=stale_instance, allowed=allowed, preset=preset
+            ),
             self._settings.load_timeout,
         )
+        return self._client(located), located.defaults
+
+    def _client(self, located: Located) -> WorkerClient:
         current = self._clients.get(located.model_id)
         if current is not None and current.instance_id == located.instance_id:
             return current

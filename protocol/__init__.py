@@ -1,8 +1,8 @@
 """Wire protocol shared by the gateway, the supervisor and the workers: the only package they all import.
 
 One module per message family: `generation` (gateway <-> worker data plane), `control` (supervisor <-> worker),
-`ctl` (gateway and operator CLI -> supervisor). `codec` holds the base struct, the version and the decoders;
-`errors` the codes that cross process boundaries.
+`ctl` (gateway and operator CLI -> supervisor), `store` (the same, about the model store and pulls). `codec`
+holds the base struct, the version and the decoders; `errors` the codes that cross process boundaries.
 """
 
 from protocol.codec import PROTOCOL_VERSION, DecodeError, Message, decoder, encode, salvage_id

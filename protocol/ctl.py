@@ -10,6 +10,8 @@ import msgspec
 from protocol.codec import Message, decoder
 from protocol.control import MemoryReport, ModelType
 from protocol.errors import ErrorCode
+from protocol.generation import SamplingDefaults
+from protocol.store import STORE_CALLS, STORE_REPLIES
 
 
 class ModelState(StrEnum):
@@ -33,6 +35,9 @@ class EnsureLoaded(Message, tag="ensure_loaded"):
     # The models (ids or aliases) the calling service may use; None: any. Checked after `model` is resolved,
     # so an alias of an allowed model is allowed; another model fails with `model_not_allowed`.
     allowed: list[str] | None = None
+    # A named preset of the config's `presets:` the request selected; an unknown one fails with invalid_request
+    # before anything is loaded.
+    preset: str | None = None
 
 
 class Load(Message, tag="load"):
@@ -71,6 +76,9 @@ class Located(Message, tag="located"):
     endpoint: str
     instance_id: str
     evicted: list[str] = []  # models stopped to make room for this load (for the caller that waited on it)
+    # What the request may leave unset, for this model (and the preset asked for): the preset over the model's
+    # `defaults:` over the global ones. The gateway fills a request's unset fields with them.
+    defaults: SamplingDefaults = SamplingDefaults()
 
 
 class Unloaded(Message, tag="unloaded"):
@@ -120,6 +128,7 @@ class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):
     budget_bytes: int
     used_bytes: int  # charged by models whose worker process exists
     reserved_bytes: int  # granted to loads whose process is not started yet
+    host_memory_bytes: int = 0  # the host's physical memory, budget or not
 
     @property
     def free_bytes(self) -> int:
@@ -142,6 +151,39 @@ class StatusReport(Message, tag="status_report"):
     memory: BudgetInfo | None = None
 
 
+class AddAlias(Message, tag="add_alias"):
+    """Name a configured model by one more alias (a wildcard pattern too), kept across restarts; an alias added
+    before is pointed at the new model."""
+
+    call_id: str
+    alias: str
+    model: str  # an id or alias of a configured model
+
+
+class RemoveAlias(Message, tag="remove_alias"):
+    """Remove an alias added at run time (those in the config file stay)."""
+
+    call_id: str
+    alias: str
+
+
+class ListAliases(Message, tag="list_aliases"):
+    call_id: str
+
+
+class AliasEntry(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    model: str  # the id of the model it names
+    runtime: bool = False  # added at run time (AddAlias), not in the config file
+
+
+class AliasTable(Message, tag="alias_table"):
+    """Every alias, the config's and those added at run time (the answer to each alias call)."""
+
+    call_id: str
+    aliases: list[AliasEntry]
+
+
 class CallFailed(Message, tag="call_failed"):
     call_id: str
     code: ErrorCode
@@ -149,8 +191,9 @@ class CallFailed(Message, tag="call_failed"):
     retryable: bool = False
 
 
-# Every call a supervisor answers (supervisor/ctl/ holds a handler for each).
-CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status)
+# Every call a supervisor answers (supervisor/ctl/ holds a handler for each), and every reply.
+CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status, AddAlias, RemoveAlias, ListAliases, *STORE_CALLS)
+REPLIES = (Located, Unloaded, Pinned, ModelList, StatusReport, AliasTable, *STORE_REPLIES, CallFailed)
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:
@@ -158,4 +201,4 @@ def call_decoder() -> msgspec.msgpack.Decoder:
 
 
 def reply_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(Located, Unloaded, Pinned, ModelList, StatusReport, CallFailed)
+    return decoder(*REPLIES)

@@ -19,6 +19,8 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     INTERNAL = "internal_error"
     OVERLOADED = "overloaded"  # a bounded queue is full: retry shortly
+    CONFLICT = "conflict"  # the store or alias table is not in a state that allows it (a model in use, a name taken)
+    PULL_FAILED = "pull_failed"  # a download from the hub (or its conversion) did not complete
     # The gateway's edge: who is calling and what they may do.
     INVALID_API_KEY = "invalid_api_key"  # no key, an unknown key, or a bad, expired or tampered token
     PERMISSION_DENIED = "permission_denied"  # an admin endpoint called with a service's key

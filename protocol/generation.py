@@ -71,6 +71,25 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     top_logprobs: int = 0  # alternatives per token, with logprobs
 
 
+class SamplingDefaults(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The settings a request may leave to the server: the config's `defaults:` (global and per model) and its named
+    `presets:`, and what a request set itself of them. None: not set at this level; `over` layers two levels."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    system_prompt: str | None = None  # a system message for chat requests that bring none
+
+    def over(self, lower: SamplingDefaults) -> SamplingDefaults:
+        """These settings where set, `lower`'s elsewhere."""
+        mine = msgspec.structs.asdict(self)
+        return SamplingDefaults(**{f: v if v is not None else getattr(lower, f) for f, v in mine.items()})
+
+
 class GenerateRequest(Message, tag="generate"):
     request_id: str
     # Exactly one of the two: chat messages (the worker applies the tokenizer's chat template) or a raw prompt.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from protocol.launch import DEFAULT_RUN_DIR, LOG_LEVEL_ENV, RUN_DIR_ENV, ctl_endpoint
 from supervisor.ctl import COMMANDS
+from supervisor.ctl.format import show, styled
 from supervisor.ctl_client import CtlClient, CtlError, SupervisorUnreachable
 
 DEFAULT_CONFIG = os.environ.get("MLX_SERVER_CONFIG", "configs/models.yaml")
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.ctl_command].run(client, args, sys.stdout)
     except CtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        show(sys.stderr, styled("failed", f"error: {exc}"))
         return 1
     except SupervisorUnreachable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        show(sys.stderr, styled("failed", f"error: {exc}"))
         return 3
 
 

@@ -6,17 +6,37 @@ instead of surfacing at the first request.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from pathlib import Path
 
 import msgspec
 import yaml
 
+from protocol import ErrorCode
 from protocol.control import MODEL_TYPES
+from protocol.generation import SamplingDefaults
 from protocol.launch import EngineSettings
+from supervisor.model_names import CLAUDE_TIERS, RUNTIME_ALIASES_FILE, ModelNames, NameRefused
 
 GB = 1024**3
+
+
+class Defaults(SamplingDefaults, forbid_unknown_fields=True):
+    """`defaults:` (global, and per model) and each of `presets:`, checked as a request's own fields are."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "temperature": lambda v: 0 <= v <= 2,
+            "top_p": lambda v: 0 < v <= 1,
+            "top_k": lambda v: v >= 0,
+            "min_p": lambda v: 0 <= v <= 1,
+            "repetition_penalty": lambda v: v > 0,
+            "max_tokens": lambda v: v >= 1,
+        }
+        for field, ok in checks.items():
+            value = getattr(self, field)
+            if value is not None and not ok(value):
+                raise ValueError(f"{field} {value} is out of range")
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -37,6 +57,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # It must share the model's tokenizer; it is loaded into the same worker and counts in its memory.
     draft_model: str | None = None
     engine: EngineSettings = EngineSettings()  # handed to the worker as it is, in its WorkerLaunch
+    defaults: Defaults = Defaults()  # sampling a request leaves unset; over the global `defaults:`
 
     def __post_init__(self) -> None:
         if self.type not in MODEL_TYPES:
@@ -67,8 +88,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     crash_limit: int = 3
     crash_window_seconds: float = 300.0
     # Claude model names (claude-*-haiku-*, claude-sonnet-4-5, ...) served by local models: tier -> model id or
-    # alias. A Claude name whose tier has no entry here, and that no alias matches, is not found.
+    # alias. A Claude name that no alias or wildcard matches and whose tier has no entry here is not found.
     claude_tiers: dict[str, str] = {}
+    # For a name that leads to no model (no id, alias, wildcard or tier): this model answers instead. Off by
+    # default, so an unknown name stays a 404 for OpenAI clients.
+    fallback_model: str | None = None
+    # Sampling for requests that leave a field unset: `defaults:` here for every model, a model's own over them,
+    # and named `presets:` a request selects with "preset" (over both). A request's own fields always win.
+    defaults: Defaults = Defaults()
+    presets: dict[str, Defaults] = {}
     # Read by the gateway (gateway/config/file.py), which validates them; the supervisor only lets them through.
     services: list[dict] = []
     gateway: dict = {}
@@ -81,12 +109,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(f"claude_tiers: unknown tier(s) {sorted(unknown)} (tiers: {', '.join(CLAUDE_TIERS)})")
 
 
-CLAUDE_TIERS = ("haiku", "sonnet", "opus")
-WILDCARDS = "*?["
-
-
 class Config:
-    """Settings plus what they imply: the store location and the id/alias lookup table."""
+    """Settings plus what they imply: the store location, and the names (model_names.py) that lead to each model."""
 
     def __init__(self, settings: Settings, base_dir: Path):
         self.settings = settings
@@ -95,59 +119,59 @@ class Config:
         store = Path(env_store).expanduser() if env_store else base_dir / Path(settings.model_store).expanduser()
         self.store = store.resolve()
         self.base_dir = base_dir
-        self.models: dict[str, ModelSpec] = {}
-        self._names: dict[str, str] = {}
-        self._patterns: list[tuple[str, str]] = []  # (wildcard alias, model id), most specific first
+        if not settings.models:
+            raise ValueError("the config lists no models")
+        self.models: dict[str, ModelSpec] = {spec.id: spec for spec in settings.models}
+        if len(self.models) != len(settings.models):
+            raise ValueError("a model id is used twice in the config")
+        self.names = ModelNames(
+            {spec.id: spec.aliases for spec in settings.models},
+            settings.claude_tiers,
+            self.store / RUNTIME_ALIASES_FILE,
+        )
         for spec in settings.models:
-            for name in (spec.id, *spec.aliases):
-                if name in self._names or any(name == p for p, _ in self._patterns):
-                    raise ValueError(f"model name {name!r} is used twice in the config")
-                if name != spec.id and any(c in name for c in WILDCARDS):
-                    self._patterns.append((name, spec.id))
-                else:
-                    self._names[name] = spec.id
-            self.models[spec.id] = spec
             if spec.memory_gb is None and is_hub_id(spec.source):
                 raise ValueError(f"model {spec.id!r}: set memory_gb (hub weights are not on disk to measure)")
-        # The longest pattern is taken as the most specific: `claude-3-*` wins over `claude-*`.
-        self._patterns.sort(key=lambda entry: -len(entry[0]))
-        for tier, target in settings.claude_tiers.items():
-            if target not in self._names:
-                raise ValueError(f"claude_tiers.{tier}: {target!r} is not a configured model id or alias")
         for spec in settings.models:  # once every name is known: a draft may name a model listed after it
             if spec.memory_gb is None and spec.draft_model and is_hub_id(self.draft_source_of(spec)):
                 raise ValueError(f"model {spec.id!r}: set memory_gb (its draft's weights are not on disk to measure)")
-        if not settings.models:
-            raise ValueError("the config lists no models")
-        self.default_model = settings.default_model or settings.models[0].id
-        if self.default_model not in self._names:
-            raise ValueError(f"default_model {self.default_model!r} is not a configured model")
+        self.default_model = self._configured("default_model", settings.default_model or settings.models[0].id)
+        self.fallback_model = settings.fallback_model and self._configured("fallback_model", settings.fallback_model)
 
-    def resolve(self, name: str) -> ModelSpec | None:
-        """A model by id or alias, else a Claude tier, else a wildcard alias; the empty name is the default."""
-        model_id = self._names.get(name or self.default_model)
-        if model_id is None and (tier := claude_tier(name)) in self.settings.claude_tiers:
-            model_id = self._names[self.settings.claude_tiers[tier]]
+    def _configured(self, setting: str, name: str) -> str:
+        model_id = self.names.configured(name)
         if model_id is None:
-            model_id = next((m for pattern, m in self._patterns if fnmatch.fnmatchcase(name, pattern)), None)
+            raise ValueError(f"{setting} {name!r} is not a configured model")
+        return model_id
+
+    def resolve(self, name: str, fallback: bool = False) -> ModelSpec | None:
+        """The model `name` leads to (model_names.py), the empty name the default; with `fallback`, the
+        fallback model (if configured) for a name that leads nowhere."""
+        model_id = self.names.resolve(name or self.default_model)
+        if model_id is None and fallback:
+            model_id = self.fallback_model
         return None if model_id is None else self.models[model_id]
 
     def why_unknown(self, name: str, allowed: list[str] | None = None) -> str:
         """Why `name` resolves to no model, for the error a client reads (naming only models it may use)."""
-        tier = claude_tier(name)
-        if tier is not None:
-            configured = ", ".join(sorted(self.settings.claude_tiers)) or "none"
-            return f"no local model serves the Claude {tier} tier (configured tiers: {configured})"
-        if name.startswith("claude"):
-            return f"'{name}' names no Claude tier ({', '.join(CLAUDE_TIERS)}) and no alias matches it"
-        known = [i for i, spec in self.models.items() if self.allows(spec, allowed)]
-        return f"the model '{name}' does not exist (known: {', '.join(sorted(known))})"
+        return self.names.why_unknown(name, [i for i, spec in self.models.items() if self.allows(spec, allowed)])
 
     def allows(self, spec: ModelSpec, allowed: list[str] | None) -> bool:
         """Whether `spec` is among `allowed` (ids or aliases, resolved like request names; None: any model)."""
         if allowed is None:
             return True
         return any((other := self.resolve(name)) is not None and other.id == spec.id for name in allowed if name)
+
+    def defaults_for(self, model_id: str, preset: str | None = None) -> SamplingDefaults:
+        """What a request for `model_id` may leave unset: the preset over the model's defaults over the global ones."""
+        layered = self.models[model_id].defaults.over(self.settings.defaults)
+        return self.preset(preset).over(layered) if preset else layered
+
+    def preset(self, name: str) -> SamplingDefaults:
+        if name not in self.settings.presets:
+            known = ", ".join(sorted(self.settings.presets)) or "none are configured"
+            raise NameRefused(ErrorCode.INVALID_REQUEST, f"unknown preset '{name}' (presets: {known})")
+        return self.settings.presets[name]
 
     def source_of(self, spec: ModelSpec) -> str:
         """What the worker loads: an absolute directory, or a hub repo id left for mlx-lm to fetch."""
@@ -166,14 +190,6 @@ class Config:
             path = Path(source).expanduser()
             return str(path if path.is_absolute() else (self.base_dir / path).resolve())
         return str(self.store / source)
-
-
-def claude_tier(name: str) -> str | None:
-    """haiku, sonnet or opus for a Claude model name (claude-3-5-haiku-20241022, claude-sonnet-4-5, ...)."""
-    if not name.startswith("claude-"):
-        return None
-    parts = name.split("-")
-    return next((tier for tier in CLAUDE_TIERS if tier in parts), None)
 
 
 def is_hub_id(source: str) -> bool:

@@ -29,7 +29,9 @@ from protocol.run_dir import bind_private, private_run_dir
 from supervisor.config import Config
 from supervisor.ctl import HANDLERS
 from supervisor.fleet import Fleet, FleetError
+from supervisor.model_names import NameRefused
 from supervisor.orphans import WorkerRegistry
+from supervisor.pulls import Pulls
 from supervisor.worker_process import WorkerProcess
 
 log = logging.getLogger("supervisor")
@@ -43,6 +45,7 @@ class Supervisor:
         self.registry = WorkerRegistry(run_dir)
         self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry)
         self.fleet.pinger = self._ping
+        self.pulls = Pulls(config)  # downloads into the model store (`ctl pull`), one child process each
         self.started = time.monotonic()
         self._ctx = zmq.asyncio.Context()
         self._pending_pings: dict[str, asyncio.Future[Pong]] = {}
@@ -73,7 +76,7 @@ class Supervisor:
         self._spawn(self.fleet.auto_load())
         await self._stopping.wait()
         log.info("stopping: unloading every model")
-        await self.fleet.stop_all()
+        await asyncio.gather(self.fleet.stop_all(), self.pulls.stop_all())
         for task in loops:
             task.cancel()
         self._ctl.close()
@@ -110,6 +113,8 @@ class Supervisor:
             reply = await HANDLERS[type(call)](self, call)
         except FleetError as exc:
             reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc), retryable=exc.retryable)
+        except NameRefused as exc:
+            reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc))
         except Exception as exc:
             log.exception("ctl call %r failed", call)
             reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=str(exc))

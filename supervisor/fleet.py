@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from protocol import ErrorCode
 from protocol.control import ModelType, Pong
+from protocol.ctl import ModelInfo
 from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
 from supervisor.config import GB, Config
 from supervisor.memory_budget import MemoryBudget
@@ -61,9 +62,14 @@ class Fleet:
         self.closing = False  # the supervisor is stopping: no new loads
         self._changed = asyncio.Event()  # set (and replaced) whenever memory may have been freed
 
-    def slot(self, name: str, allowed: list[str] | None = None) -> ModelSlot:
-        """The slot of the model `name` resolves to; a caller limited to `allowed` models gets only those."""
+    def slot(self, name: str, allowed: list[str] | None = None, fallback: bool = False) -> ModelSlot:
+        """The slot of the model `name` resolves to; a caller limited to `allowed` models gets only those. With
+        `fallback`, a name that leads nowhere gets the fallback model (if configured and allowed)."""
         spec = self.config.resolve(name)
+        spare = self.config.resolve(name, fallback=True) if spec is None and fallback else None
+        if spare is not None and self.config.allows(spare, allowed):  # else: not found, as without a fallback
+            log.info("'%s' names no model: the fallback model %s answers", name, spare.id)
+            spec = spare
         if spec is not None and not self.config.allows(spec, allowed):
             raise FleetError(
                 ErrorCode.MODEL_NOT_ALLOWED,
@@ -74,6 +80,10 @@ class Fleet:
             raise FleetError(ErrorCode.MODEL_NOT_FOUND, reason[0].upper() + reason[1:])
         return self.slots[spec.id]
 
+    def info(self, slot: ModelSlot, **more) -> ModelInfo:
+        """A slot's ModelInfo, with every alias of its model (those added at run time too)."""
+        return slot.info(aliases=self.config.names.aliases_of(slot.spec.id), **more)
+
     async def ensure_loaded(
         self,
         name: str,
@@ -81,9 +91,10 @@ class Fleet:
         retry_failed: bool = False,
         stale_instance: str | None = None,
         allowed: list[str] | None = None,
+        fallback: bool = False,
     ) -> tuple[WorkerProcess, list[str]]:
-        """The ready worker for `name`, and the models evicted by the load this call waited for (if any)."""
-        slot = self.slot(name, allowed)
+        """The ready worker for `name` (see `slot`), and the models evicted by the load this call waited for."""
+        slot = self.slot(name, allowed, fallback)
         evicted: list[str] = []
         while True:
             if self.closing:

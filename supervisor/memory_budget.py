@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import psutil
+
 from protocol.control import MemoryReport
 from protocol.ctl import BudgetInfo
 from supervisor.config import GB, ModelSpec
@@ -152,4 +154,9 @@ class MemoryBudget:
 
     def report(self) -> BudgetInfo:
         reserved = sum(c.bytes for c in self._charges.values() if c.reserved)
-        return BudgetInfo(budget_bytes=self.total, used_bytes=self.committed() - reserved, reserved_bytes=reserved)
+        return BudgetInfo(
+            budget_bytes=self.total,
+            used_bytes=self.committed() - reserved,
+            reserved_bytes=reserved,
+            host_memory_bytes=psutil.virtual_memory().total,
+        )

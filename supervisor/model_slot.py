@@ -120,12 +120,15 @@ class ModelSlot:
             self.crashes.popleft()
         return len(self.crashes)
 
-    def info(self, alive: bool | None = None, ping_ms: float | None = None) -> ModelInfo:
+    def info(
+        self, alive: bool | None = None, ping_ms: float | None = None, aliases: list[str] | None = None
+    ) -> ModelInfo:
+        """What a ctl reply says of it; `aliases`: all its names (those added at run time too), else the config's."""
         worker = self.worker
         memory = worker.memory.resident_bytes if worker and worker.memory else 0
         return ModelInfo(
             id=self.spec.id,
-            aliases=list(self.spec.aliases),
+            aliases=list(self.spec.aliases) if aliases is None else aliases,
             type=ModelType(self.spec.type),
             source=self.spec.source,
             state=self.state,

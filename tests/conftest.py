@@ -11,6 +11,7 @@ from openai import OpenAI
 from supervisor.model_import import import_model
 from tests import harness
 from tests.harness import LOG_ARCHIVE, RedisServer, Server, write_config
+from tests.hub_server import HubServer
 from tests.thinking_model import build_thinking_copy
 from tests.tiny_vlm import build_tiny_qwen2_vl
 from tests.tools import require_tool
@@ -113,6 +114,44 @@ def tight_server(tmp_path_factory, model_store):
     srv = Server(config)
     srv.env["GATEWAY_KEEPALIVE_SECONDS"] = "0.5"
     srv.env["MLX_SERVER_CPU_TUNING"] = "off"
+    yield srv.start()
+    srv.stop()
+
+
+# -- the managed store: pulls from a local hub, presets and defaults, a fallback model, aliases ----------------
+
+PULLED = "smollm2-pulled"  # what the pull tests name the bundled model pulled back from the local hub
+
+
+@pytest.fixture(scope="session")
+def hub():
+    """A local Hugging Face hub (tests/hub_server.py); HF_ENDPOINT points a store server's pulls at it."""
+    server = HubServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def store_server(tmp_path_factory, model_store, hub):
+    """A store of its own that pulls from the local hub, `pulled` configured before it is pulled, sampling
+    defaults (greedy everywhere, 6 tokens for smollm2) and presets, and `other` as the fallback model."""
+    store = tmp_path_factory.mktemp("pull-store")
+    bundled = {"source": str(model_store / MODEL), "context_length": CONTEXT, "memory_gb": 0.3}
+    config = write_config(
+        tmp_path_factory.mktemp("store-config") / "models.yaml",
+        store,
+        [
+            {"id": "smollm2", "aliases": ["tiny"], **bundled, "defaults": {"max_tokens": 6}},
+            {"id": "other", **bundled},
+            {"id": "pulled", "source": PULLED, "context_length": CONTEXT, "memory_gb": 0.3},
+        ],
+        fallback_model="other",
+        defaults={"temperature": 0},
+        presets={"brief": {"max_tokens": 3}, "terse": {"system_prompt": "Answer in one word."}},
+    )
+    srv = Server(config)
+    srv.env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(store / ".hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    srv.store = store
     yield srv.start()
     srv.stop()
 

@@ -169,6 +169,12 @@ class Server:
         self.stop()
         raise RuntimeError(f"server did not become ready within 60s; its log ends:\n{tail}")
 
+    def restart(self) -> Server:
+        """Stop every process and start again on the same port and run directory: what survives is on disk."""
+        self.stop()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self.start()
+
     def ctl(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "supervisor", "ctl", *args],

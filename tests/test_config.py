@@ -46,6 +46,11 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
         ("models:\n  - {id: a, source: x, draft_model: org/small}\n", "its draft"),
         ("models:\n  - {id: a, source: x, engine: {num_draft_tokens: 0}}\n", "num_draft_tokens"),
         ("models:\n  - {id: a, source: x, type: embedding, draft_model: b}\n", "llm only"),
+        ("fallback_model: nope\nmodels:\n  - {id: a, source: x}\n", "fallback_model"),
+        ("defaults: {temperature: 3}\nmodels:\n  - {id: a, source: x}\n", "temperature 3"),
+        ("presets: {p: {max_tokens: 0}}\nmodels:\n  - {id: a, source: x}\n", "max_tokens 0"),
+        ("presets: {p: {temprature: 1}}\nmodels:\n  - {id: a, source: x}\n", "temprature"),
+        ("models:\n  - {id: a, source: x, defaults: {top_p: 0}}\n", "top_p 0"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(tmp_path, text, complaint):
@@ -53,24 +58,37 @@ def test_bad_configs_are_refused_with_the_reason(tmp_path, text, complaint):
         load_config(write(tmp_path, text))
 
 
-def test_claude_tiers_and_wildcard_aliases(tmp_path):
+def test_names_resolve_in_the_seeds_order_alias_wildcard_tier(tmp_path):
     config = load_config(
         write(
             tmp_path,
             "claude_tiers: {haiku: small, sonnet: b}\nmodels:\n"
             "  - {id: a, aliases: [small, 'gpt-*'], source: x}\n"
             "  - {id: b, aliases: ['claude-3-*'], source: y}\n"
-            "  - {id: c, aliases: ['claude-*'], source: z}\n",
+            "  - {id: c, aliases: ['claude-opus-*', 'claude-3-5-haiku-20241022'], source: z}\n",
         )
     )
-    assert config.resolve("claude-3-5-haiku-20241022").id == "a"  # a tier, by the alias it names
-    assert config.resolve("claude-haiku-4-5").id == "a"
+    assert config.resolve("claude-3-5-haiku-20241022").id == "c"  # an alias first
+    assert config.resolve("claude-3-haiku-20240307").id == "b"  # then a wildcard, before the haiku tier
+    assert config.resolve("claude-haiku-4-5").id == "a"  # then a tier, by the alias it names
     assert config.resolve("claude-sonnet-4-5-20250929").id == "b"
-    assert config.resolve("claude-3-opus-20240229").id == "b"  # no opus tier: the longest pattern matches
     assert config.resolve("claude-opus-4-1").id == "c"
     assert config.resolve("gpt-4o").id == "a"
     assert config.resolve("gpt") is None and config.resolve("llama") is None
     assert "known: a, b, c" in config.why_unknown("llama")
+
+
+def test_the_fallback_model_answers_unknown_names_only_when_asked(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            "fallback_model: second\nmodels:\n  - {id: a, source: x}\n  - {id: b, aliases: [second], source: y}\n",
+        )
+    )
+    assert config.resolve("llama") is None
+    assert config.resolve("llama", fallback=True).id == "b"
+    assert config.resolve("a", fallback=True).id == "a"
+    assert config.allows(config.models["a"], ["llama"]) is False  # an allowed list never falls back
 
 
 def test_an_unrouted_claude_tier_says_which_tiers_exist(tmp_path):

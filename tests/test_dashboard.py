@@ -1,8 +1,8 @@
 """The dashboard in headless Chromium (Debian's, driven by Playwright), against the real server.
 
 An operator enters a key, loads the model from the page, chats with streamed output, and sees the model's
-memory. The screenshot goes to DASHBOARD_SCREENSHOT when set (docs/dashboard.png in the README comes from it),
-else next to the test's temporary files.
+memory; pulls a model from the hub and watches it arrive. The screenshot goes to DASHBOARD_SCREENSHOT when set
+(docs/dashboard.png in the README comes from it), else next to the test's temporary files.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import MODEL
+from tests.tiny_llama import build_tiny_llama
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.needs_tool("chromium")
@@ -92,5 +94,27 @@ def test_operator_loads_a_model_chats_and_sees_its_memory(server, browser, tmp_p
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert sent_keys == {f"Bearer {KEY}"}, f"every call carries the key, got {sent_keys}"
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.timeout(240)
+def test_operator_pulls_a_model_from_the_page_and_watches_it_arrive(store_server, hub, browser, model_store, tmp_path):
+    from playwright.sync_api import expect
+
+    build_tiny_llama(tmp_path / "dash-llama", model_store / MODEL)
+    hub.add_repo("test-org/dash-llama", tmp_path / "dash-llama")
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(store_server.url)
+    page.fill("#pull-repo", "test-org/dash-llama")
+    page.click("#pull-start")
+    expect(page.locator("#pull-state")).to_contain_text("dash-llama: done", timeout=180_000)
+    weights = page.locator('#pull-files li[data-file="model.safetensors"]')
+    expect(weights).to_contain_text("model.safetensors")
+    assert weights.locator(".used").evaluate("e => e.style.width") == "100%"
+    assert (store_server.store / "dash-llama" / "model.safetensors").is_file()
+    expect(page.locator("#pull-error")).to_have_text("")
     assert errors == []
     page.close()

@@ -60,6 +60,8 @@ ENDPOINTS = [
     ("GET", "/api/v1/models/memory/usage"),
     ("POST", "/api/v1/models/{id}/load"),
     ("POST", "/api/v1/models/{id}/unload"),
+    ("GET", "/api/v1/models/pulls"),
+    ("GET", "/api/v1/aliases"),  # not POST: an alias a fuzzed admin call added would stay in the shared store
     ("POST", "/api/v1/sessions"),
     ("GET", "/api/v1/sessions"),
     ("GET", "/api/v1/sessions/{id}"),

@@ -8,29 +8,14 @@ downloaded checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 
 import mlx.core as mx
 import pytest
 
+from protocol.store import ConvertOptions
 from supervisor.model_import import import_model
 from tests.conftest import MODEL
-
-TINY = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": 49152,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": True,
-    "torch_dtype": "float32",
-}
-
+from tests.tiny_llama import build_tiny_llama
 
 TOKENS = mx.array([[1, 520, 2000, 33, 9000, 77, 12, 345]])
 
@@ -38,18 +23,9 @@ TOKENS = mx.array([[1, 520, 2000, 33, 9000, 77, 12, 345]])
 @pytest.fixture
 def hf_model(tmp_path, model_store):
     """(the directory in the Hugging Face layout, the model it holds)"""
-    from mlx.utils import tree_flatten
-    from mlx_lm.models.llama import Model, ModelArgs
-
     mx.random.seed(0)
-    model = Model(ModelArgs.from_dict(TINY))
     path = tmp_path / "tiny-llama-hf"
-    path.mkdir()
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (path / "config.json").write_text(json.dumps(TINY))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(model_store / MODEL / name, path / name)
-    return path, model
+    return path, build_tiny_llama(path, model_store / MODEL)
 
 
 def test_safetensors_directory_imports_with_the_same_logits(hf_model, tmp_path):
@@ -67,7 +43,7 @@ def test_safetensors_directory_imports_quantized_with_logits_close_to_the_source
     from mlx_lm import load
 
     source, model = hf_model
-    out = import_model(str(source), "tiny", tmp_path / "store", quantize=True, q_bits=4)
+    out = import_model(str(source), "tiny", tmp_path / "store", convert=ConvertOptions(quantize=True, q_bits=4))
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"]["bits"] == 4
     imported, _ = load(str(out))

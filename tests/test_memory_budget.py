@@ -156,8 +156,9 @@ def test_admin_endpoints_load_unload_and_report_memory(budget_server):
     usage = httpx.get(f"{base}/memory/usage").json()
     assert usage["budget_gb"] == BUDGET_GB
     assert set(usage["models_loaded"]) == {"c", *({"a", "b"} - set(loaded.json()["evicted"]))}
-    assert usage["total_gb"] == round(sum(usage["models_loaded"].values()), 3)
-    assert abs(usage["available_gb"] - (usage["budget_gb"] - usage["total_gb"])) < 0.002
+    assert usage["used_gb"] == round(sum(usage["models_loaded"].values()), 3)
+    assert abs(usage["available_gb"] - (usage["budget_gb"] - usage["used_gb"])) < 0.002
+    assert usage["total_gb"] == round(psutil.virtual_memory().total / 1024**3, 3)  # the host's, as in the seed
     unloaded = httpx.post(f"{base}/c/unload", timeout=60).json()
     assert unloaded["status"] == "unloaded" and unloaded["pid"] > 0
     assert httpx.post(f"{base}/c/unload", timeout=60).json()["status"] == "not_loaded"

@@ -17,7 +17,18 @@ from protocol.control import (
     from_worker_decoder,
     to_worker_decoder,
 )
-from protocol.ctl import CallFailed, EnsureLoaded, Located, ModelInfo, ModelList, call_decoder, reply_decoder
+from protocol.ctl import (
+    AddAlias,
+    AliasEntry,
+    AliasTable,
+    CallFailed,
+    EnsureLoaded,
+    Located,
+    ModelInfo,
+    ModelList,
+    call_decoder,
+    reply_decoder,
+)
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import (
     Abort,
@@ -25,6 +36,7 @@ from protocol.generation import (
     Finished,
     GenerateRequest,
     GenerationError,
+    SamplingDefaults,
     SamplingParams,
     TextChunk,
     TokenLogprob,
@@ -36,6 +48,7 @@ from protocol.generation import (
     worker_inbound_decoder,
     worker_outbound_decoder,
 )
+from protocol.store import ConvertOptions, FileProgress, Pull, PullProgress, Pulls, StoredModel, StoreList
 
 MEMORY_FIELDS = dict(mlx_active_bytes=1, mlx_peak_bytes=2, mlx_cache_bytes=3, rss_bytes=4)
 MEMORY = MemoryReport(**MEMORY_FIELDS)
@@ -171,6 +184,38 @@ ROUND_TRIPS = [
         ),
     ),
     (reply_decoder(), CallFailed(call_id="c", code="model_not_found", message="no such model")),
+    (call_decoder(), EnsureLoaded(call_id="c", model="tiny", preset="brief")),
+    (
+        reply_decoder(),
+        Located(
+            call_id="c",
+            model_id="m",
+            endpoint="ipc://x",
+            instance_id="i",
+            defaults=SamplingDefaults(temperature=0.0, max_tokens=3, stop=["END"], system_prompt="Be brief."),
+        ),
+    ),
+    (call_decoder(), AddAlias(call_id="c", alias="gpt-4*", model="tiny")),
+    (reply_decoder(), AliasTable(call_id="c", aliases=[AliasEntry(alias="gpt-4*", model="m", runtime=True)])),
+    (call_decoder(), Pull(call_id="c", repo="org/x", revision="v1", convert=ConvertOptions(quantize=True, q_bits=8))),
+    (
+        reply_decoder(),
+        Pulls(
+            call_id="c",
+            pulls=[
+                PullProgress(
+                    pull_id="pull-1",
+                    repo="org/x",
+                    revision="main",
+                    name="x",
+                    state="downloading",
+                    commit="a" * 40,
+                    files=[FileProgress(path="model.safetensors", size=9, done=4)],
+                )
+            ],
+        ),
+    ),
+    (reply_decoder(), StoreList(call_id="c", store="/s", models=[StoredModel(name="x", size_bytes=9, partial=True)])),
 ]
 
 

@@ -22,6 +22,7 @@ from gateway.auth import route_model
 from gateway.config import GatewaySettings
 from gateway.core.caller import Caller, Event, Observer, ObserverFactory
 from gateway.errors import APIError
+from gateway.sampling_defaults import Asked, settle
 from gateway.worker_client import RequestStream, WorkerClient, WorkerPool
 from protocol import ErrorCode
 from protocol.audio import SpeechRequest, TranscribeRequest
@@ -95,27 +96,30 @@ class GenerationCore:
         self.settings = settings
         self.observers = list(observers)
 
-    async def start(self, caller: Caller, request: WorkerRequest, model: str) -> Generation:
+    async def start(self, caller: Caller, request: WorkerRequest, model: str, asked: Asked | None = None) -> Generation:
         """Send `request` to the worker serving `model` and wait for its first event (see the module's docstring).
 
         `model` is what the request named ("" for none): the service's default model stands in for none, and the
         supervisor refuses a model the service may not use (after resolving aliases) with a 403.
+        `asked`: what a GenerateRequest set itself of the fields the server may default (sampling_defaults.py);
+        the rest is filled from the model's defaults and the preset once the model is known.
         Raises APIError, or ClientGone if the caller leaves meanwhile (the generation is aborted).
         """
         if request.trace_id is None and caller.trace_id:
             request = msgspec.structs.replace(request, trace_id=caller.trace_id)
         if caller.priority and hasattr(request, "priority"):
             request = msgspec.structs.replace(request, priority=caller.priority)
-        generation = await self._send(caller, request, model, stale_instance=None)
+        generation = await self._send(caller, request, model, asked, stale_instance=None)
         if isinstance(generation.first, GenerationError) and generation.first.code in _REPLACEABLE:
-            generation = await self._send(caller, request, model, stale_instance=generation._client.instance_id)
+            stale = generation._client.instance_id
+            generation = await self._send(caller, request, model, asked, stale_instance=stale)
         if isinstance(generation.first, GenerationError):
             raise APIError.from_event(generation.first)
         return generation
 
-    async def answer(self, caller: Caller, request: GenerateRequest, model: str) -> Answer:
+    async def answer(self, caller: Caller, request: GenerateRequest, model: str, asked: Asked | None = None) -> Answer:
         """Run `request` to its end. Raises APIError, or ClientGone (the generation is aborted)."""
-        generation = await self.start(caller, request, model)
+        generation = await self.start(caller, request, model, asked)
         try:
             return await caller.unless_gone(collect(generation))
         finally:
@@ -129,9 +133,14 @@ class GenerationCore:
         generation.release()  # the result was the request's last event: this only forgets the stream
         return generation.model_id, generation.first
 
-    async def _send(self, caller: Caller, request: WorkerRequest, model: str, stale_instance: str | None):
+    async def _send(
+        self, caller: Caller, request: WorkerRequest, model: str, asked: Asked | None, stale_instance: str | None
+    ):
         name, allowed = route_model(caller.service, model)
-        client = await self.workers.acquire(name, stale_instance, allowed)
+        preset = asked.preset if asked else None
+        client, defaults = await self.workers.acquire(name, stale_instance, allowed, preset)
+        if asked is not None:
+            request = settle(request, asked, defaults, client.model_id)
         stream = await client.open(request, self.settings.connect_timeout)
         observers = [o for make in (*self.observers, *caller.observers) if (o := make(caller, client.model_id))]
         if observers:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from gateway.core.caller import Caller, ClientGone
 from gateway.core.generation import Answer, Generation, GenerationCore, WorkerRequest
 from gateway.errors import APIError
+from gateway.sampling_defaults import Asked
 from gateway.sse import KEEPALIVE, EventStreamResponse
 from gateway.telemetry import record_of
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
@@ -51,12 +52,12 @@ def core_of(request: Request) -> GenerationCore:
     return request.app.state.core
 
 
-async def start(request: Request, gen: WorkerRequest, model: str) -> Generation:
-    return await core_of(request).start(caller_of(request), gen, model)
+async def start(request: Request, gen: WorkerRequest, model: str, asked: Asked | None = None) -> Generation:
+    return await core_of(request).start(caller_of(request), gen, model, asked)
 
 
-async def answer(request: Request, gen: GenerateRequest, model: str) -> Answer:
-    return await core_of(request).answer(caller_of(request), gen, model)
+async def answer(request: Request, gen: GenerateRequest, model: str, asked: Asked | None = None) -> Answer:
+    return await core_of(request).answer(caller_of(request), gen, model, asked)
 
 
 async def call(
@@ -65,10 +66,12 @@ async def call(
     return await core_of(request).call(caller_of(request), message, model)
 
 
-async def stream(request: Request, gen: GenerateRequest, model: str, render: Render, wire: StreamWire):
+async def stream(
+    request: Request, gen: GenerateRequest, model: str, render: Render, wire: StreamWire, asked: Asked | None = None
+):
     """A streamed answer (an EventStreamResponse); raises APIError for an error found at admission in time."""
     interval = core_of(request).settings.keepalive_seconds
-    starting = asyncio.ensure_future(start(request, gen, model))
+    starting = asyncio.ensure_future(start(request, gen, model, asked))
     done, _ = await asyncio.wait({starting}, timeout=interval)
     if done:
         generation = starting.result()

@@ -65,10 +65,10 @@ async function refreshModels() {
 
 function renderModels(memory) {
   const budget = memory.budget_gb || 1;
-  $("memory-used").style.width = `${(100 * memory.total_gb) / budget}%`;
+  $("memory-used").style.width = `${(100 * memory.used_gb) / budget}%`;
   $("memory-reserved").style.width = `${(100 * memory.reserved_gb) / budget}%`;
   $("memory-text").textContent =
-    `used ${memory.total_gb.toFixed(2)} GB + reserved ${memory.reserved_gb.toFixed(2)} GB ` +
+    `used ${memory.used_gb.toFixed(2)} GB + reserved ${memory.reserved_gb.toFixed(2)} GB ` +
     `of ${budget.toFixed(2)} GB budget — ${memory.available_gb.toFixed(2)} GB free`;
   const tbody = $("models").querySelector("tbody");
   tbody.replaceChildren(...models.map((m) => {
@@ -292,33 +292,15 @@ async function sendChat() {
         max_tokens: Number($("chat-max-tokens").value), temperature: Number($("chat-temperature").value),
       }),
     });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(`${response.status}: ${body.error ? body.error.message : response.statusText}`);
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-          const chunk = JSON.parse(line.slice(6));
-          if (chunk.error) throw new Error(chunk.error.message);
-          if (chunk.usage) usage = chunk.usage;
-          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-          if (delta && delta.content) {
-            firstAt = firstAt || performance.now();
-            reply += delta.content;
-            $("chat-output").textContent = reply;
-          }
-        }
+    if (!response.ok) throw await failure(response);
+    for await (const { data: chunk } of sseEvents(response)) {
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) {
+        firstAt = firstAt || performance.now();
+        reply += delta.content;
+        $("chat-output").textContent = reply;
       }
     }
     chatHistory.push({ role: "assistant", content: reply });
@@ -439,6 +421,10 @@ curl ${base}/v1/audio/speech ${auth} -H 'Content-Type: application/json' \\
   -d '{"model": "kokoro", "input": "Hello there.", "response_format": "mp3"}' -o hello.mp3`],
     ["Models and memory", `curl ${base}/v1/models ${auth}\ncurl ${base}/api/v1/models/memory/usage ${auth}`],
     ["Load / unload a model", `curl -X POST ${base}/api/v1/models/${model}/load ${auth}\ncurl -X POST ${base}/api/v1/models/${model}/unload ${auth}`],
+    ["Pull a model from the hub", `curl -N ${base}/api/v1/models/pull ${auth} -H 'Content-Type: application/json' -d '{
+  "repo": "mlx-community/Qwen3-0.6B-4bit", "name": "qwen3-0.6b"
+}'`],
+    ["Aliases", `curl -X POST ${base}/api/v1/aliases ${auth} -H 'Content-Type: application/json' -d '{"alias": "gpt-4*", "model": "${model}"}'\ncurl ${base}/api/v1/aliases ${auth}`],
     ["Health", `curl ${base}/api/v1/health          # liveness\ncurl ${base}/api/v1/health/ready    # readiness: supervisor, worker pings, Redis`],
     ["Metrics and system", `curl ${base}/metrics                # Prometheus text format\ncurl ${base}/system/stats ${auth}`],
     ["Activity log", `curl ${base}/api/activity-logs?limit=20 ${auth}\ncurl -X DELETE ${base}/api/activity-logs ${auth}   # admin key`],

@@ -15,7 +15,9 @@ How to add one (gateway/dialects/responses/ is the latest):
    `generation.model_id` are known before it starts; `gateway/sse.py` frames events) and `wire` (a
    core.http.StreamWire) says how a late error and a keepalive look on your wire: it ends the stream with the
    error when the events raise APIError, so a renderer never handles one. Reuse `openai_common` if you
-   speak an OpenAI dialect.
+   speak an OpenAI dialect. Leave the sampling fields a request may leave unset out of the GenerateRequest and
+   pass what the request set of them as `asked` (a sampling_defaults.Asked; `openai_common.asked` builds one):
+   the core fills the rest from the model's defaults and the request's preset, and logs the result.
 2. Declare `DIALECT = Dialect(name=..., routes=[Route(...), ...])`, with `error_shape` (an APIError -> body)
    and `error_scope` if your errors are not OpenAI's: every error on those paths, the middleware's 401/413/429
    and 404s included, then takes your shape.

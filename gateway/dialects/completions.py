@@ -23,8 +23,8 @@ from gateway.dialects.openai_common import (
     OPENAI_WIRE,
     SYSTEM_FINGERPRINT,
     OpenAIRequest,
+    asked,
     include_usage,
-    sampling,
     usage,
     whole_only,
 )
@@ -32,13 +32,16 @@ from gateway.errors import APIError
 from gateway.request_body import decode_request
 from gateway.sse import sse
 from protocol import ErrorCode
-from protocol.generation import Finished, GenerateRequest, TextChunk
+from protocol.generation import Finished, GenerateRequest, SamplingDefaults, SamplingParams, TextChunk
 
 
 class CompletionRequest(OpenAIRequest, kw_only=True):
     prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1)] | None = 16  # OpenAI's default for completions
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None  # None: the model's default, else OpenAI's 16
     echo: bool = False
+
+
+BUILTIN = SamplingDefaults(max_tokens=16)  # OpenAI's default for completions, where the config sets none
 
 
 def to_generate_request(req: CompletionRequest) -> GenerateRequest:
@@ -50,13 +53,14 @@ def to_generate_request(req: CompletionRequest) -> GenerateRequest:
     return GenerateRequest(
         request_id=f"cmpl-{uuid.uuid4().hex}",
         prompt=prompt,
-        sampling=sampling(req, req.max_tokens),
+        sampling=SamplingParams(seed=req.seed),  # the rest: asked(), then the model's defaults
     )
 
 
 async def completions(request: Request) -> Response:
     req = decode_request(await request.body(), CompletionRequest)
     gen = to_generate_request(req)
+    fields = asked(req, req.max_tokens, BUILTIN)
     echo = gen.prompt if req.echo else ""
     base = _base(gen)
     if req.stream:
@@ -64,8 +68,8 @@ async def completions(request: Request) -> Response:
         def render(generation):
             return _chunks(generation, base | {"model": generation.model_id}, echo, include_usage(req.stream_options))
 
-        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
-    return JSONResponse(_whole(await core.answer(request, gen, req.model or ""), base, echo))
+        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE, fields)
+    return JSONResponse(_whole(await core.answer(request, gen, req.model or "", fields), base, echo))
 
 
 def _base(gen: GenerateRequest) -> dict:
@@ -83,7 +87,7 @@ async def batch_line(state, caller: Caller, body: bytes) -> dict:
     req = decode_request(body, CompletionRequest)
     whole_only(req.stream)
     gen = to_generate_request(req)
-    done = await state.core.answer(caller, gen, req.model or "")
+    done = await state.core.answer(caller, gen, req.model or "", asked(req, req.max_tokens, BUILTIN))
     return _whole(done, _base(gen), gen.prompt if req.echo else "")
 
 

@@ -1,5 +1,5 @@
 """What the OpenAI dialects share (chat completions, completions, the Responses API): the common request fields and
-their sampling parameters, the usage dict, the fingerprint, how a stream ends or fails on OpenAI's wire, and how
+what they ask of sampling, the usage dict, the fingerprint, how a stream ends or fails on OpenAI's wire, and how
 thinking is asked for and named. Not a dialect itself: it declares no routes."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from msgspec import Meta
 
 from gateway.core.http import StreamWire
 from gateway.errors import APIError, openai_error_body
+from gateway.sampling_defaults import Asked
 from gateway.sse import sse
 from protocol import ErrorCode
-from protocol.generation import Finished, SamplingParams
+from protocol.generation import Finished, SamplingDefaults
 
 SYSTEM_FINGERPRINT = "mlx-llm-server"
 DONE = b"data: [DONE]\n\n"  # the last event of an OpenAI stream
@@ -26,15 +27,17 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 class Sampling(msgspec.Struct, kw_only=True):
-    """The sampling fields every OpenAI dialect takes (top_k, min_p, repetition_penalty beyond OpenAI)."""
+    """The sampling fields every OpenAI dialect takes (top_k, min_p, repetition_penalty, preset beyond OpenAI). One
+    left out (or null) is the server's to fill: the model's defaults or the preset (gateway/sampling_defaults.py)."""
 
     model: str | None = None  # None: the server's default model
-    temperature: Annotated[float, Meta(ge=0, le=2)] = 1.0
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
     seed: int | None = None
-    top_k: Annotated[int, Meta(ge=0)] = 0
-    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
+    preset: Annotated[str, Meta(min_length=1, max_length=64)] | None = None  # one of the config's `presets:`
     stream: bool = False
 
 
@@ -60,20 +63,20 @@ def template_kwargs(kwargs: dict | None, effort: str | None) -> dict:
     return out
 
 
-def sampling(req: Sampling, max_tokens: int | None, **more) -> SamplingParams:
-    """The worker's sampling parameters from the shared fields (`more`: a dialect's own, such as logprobs)."""
+def asked(req: Sampling, max_tokens: int | None, builtin: SamplingDefaults | None = None) -> Asked:
+    """What the request set itself of the fields the server may default, and its preset (`builtin`: the dialect's
+    own values where neither the request nor the config says)."""
     stop = getattr(req, "stop", None)
-    return SamplingParams(
+    own = SamplingDefaults(
         temperature=req.temperature,
         top_p=req.top_p,
-        max_tokens=max_tokens,
-        stop=[stop] if isinstance(stop, str) else (stop or []),
-        seed=req.seed,
         top_k=req.top_k,
         min_p=req.min_p,
         repetition_penalty=req.repetition_penalty,
-        **more,
+        max_tokens=max_tokens,
+        stop=[stop] if isinstance(stop, str) else stop,
     )
+    return Asked(own=own, preset=req.preset, builtin=builtin or SamplingDefaults())
 
 
 def include_usage(options: StreamOptions | None) -> bool:

@@ -2,9 +2,10 @@
 
 POST /api/v1/models/{model_id}/load     load it (evicting idle models if needed) and wait until it serves
 POST /api/v1/models/{model_id}/unload   drain its requests and stop its worker
-GET  /api/v1/models/memory/usage        the memory budget and what each loaded model holds
+GET  /api/v1/models/memory/usage        the host's memory, the budget, and what each loaded model holds
 
 Loading and unloading need an admin service (`admin: true` in the config; keyless development mode is one).
+Pulls and aliases are in pulls.py and aliases.py.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ async def memory_usage(request: Request) -> JSONResponse:
     loaded = [m for m in reply.models if m.pid is not None]
     return JSONResponse(
         {
-            "total_gb": _gb(memory.used_bytes),
+            "total_gb": _gb(memory.host_memory_bytes),  # the host's, as in the seed's example
+            "used_gb": _gb(memory.used_bytes),  # charged by models whose worker runs
             "budget_gb": _gb(memory.budget_bytes),
             "reserved_gb": _gb(memory.reserved_bytes),
             "available_gb": _gb(memory.free_bytes),

@@ -5,23 +5,32 @@
 - `run(client, args, out) -> int`: the operator's side, against a CtlClient (or a fake one in tests): it sends
   the call and prints the reply; returns the exit code;
 - `REQUEST` and `async execute(supervisor, call) -> reply`: the supervisor's side, for the call type it sends
-  (the types live in protocol/ctl.py, as gateways send some of them). A call raises FleetError to fail
-  with a code; the daemon turns that into CallFailed.
+  (the types live in protocol/ctl.py and protocol/store.py, as gateways send some of them). A call raises
+  FleetError (or NameRefused) to fail with a code; the daemon turns that into CallFailed.
 
 Commands that send a call another module answers (`unpin` sends Pin, `ps` sends Status, `memory` sends
-ListModels) have no `execute`; calls only gateways send (EnsureLoaded, ListModels) have a module with no CLI
-part. The daemon dispatches each decoded call by its type through HANDLERS.
+ListModels) have no `execute`, nor has `import`, which works on the store without a supervisor; calls only
+gateways send (EnsureLoaded, ListModels) have a module with no CLI part. The daemon dispatches each decoded
+call by its type through HANDLERS. How they print (rich tables, plain text, --json) is format.py's.
 """
 
 from supervisor.ctl import (
+    alias,
+    aliases,
+    cancel_pull,
     ensure_loaded,
     import_model,
     list_models,
     load,
     memory,
+    models,
     pin,
     ps,
+    pull,
+    pulls,
+    rm,
     status,
+    unalias,
     unload,
     unpin,
 )
@@ -35,8 +44,18 @@ COMMANDS = {
     "ps": ps,
     "memory": memory,
     "status": status,
+    "pull": pull,
+    "pulls": pulls,
+    "cancel-pull": cancel_pull,
+    "models": models,
+    "rm": rm,
     "import": import_model,
+    "alias": alias,
+    "unalias": unalias,
+    "aliases": aliases,
 }
 
 # Call type -> the supervisor's handler for it.
-HANDLERS = {module.REQUEST: module.execute for module in (ensure_loaded, list_models, load, unload, pin, status)}
+SERVED = (ensure_loaded, list_models, load, unload, pin, status, alias, unalias, aliases, pull, pulls, cancel_pull,
+          models, rm)  # fmt: skip
+HANDLERS = {module.REQUEST: module.execute for module in SERVED}

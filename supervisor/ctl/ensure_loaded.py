@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from protocol.ctl import EnsureLoaded, Located
+from protocol.generation import SamplingDefaults
 
 if TYPE_CHECKING:
     from supervisor.daemon import Supervisor
@@ -15,11 +16,18 @@ REQUEST = EnsureLoaded
 
 
 async def execute(supervisor: Supervisor, call: EnsureLoaded) -> Located:
-    found = await supervisor.fleet.ensure_loaded(call.model, stale_instance=call.stale_instance, allowed=call.allowed)
-    return located(call, *found)
+    """A request's model, by the name it gave (the fallback model for an unknown one, where configured), with the
+    sampling defaults for it and the preset the request selected (checked before anything loads)."""
+    config = supervisor.fleet.config
+    if call.preset:
+        config.preset(call.preset)  # an unknown one fails here, before a load
+    found = await supervisor.fleet.ensure_loaded(
+        call.model, stale_instance=call.stale_instance, allowed=call.allowed, fallback=True
+    )
+    return located(call, *found, defaults=config.defaults_for(found[0].model_id, call.preset))
 
 
-def located(call, worker: WorkerProcess, evicted: list[str]) -> Located:
+def located(call, worker: WorkerProcess, evicted: list[str], defaults: SamplingDefaults | None = None) -> Located:
     """The reply to a call that got a model served: where its worker is, and what was evicted to load it."""
     return Located(
         call_id=call.call_id,
@@ -27,4 +35,5 @@ def located(call, worker: WorkerProcess, evicted: list[str]) -> Located:
         endpoint=worker.endpoint,
         instance_id=worker.instance_id,
         evicted=evicted,
+        defaults=defaults or SamplingDefaults(),
     )

@@ -4,6 +4,7 @@ directory, or `bundled:<name>` for a model shipped as a Python package. Works wi
 import os
 from pathlib import Path
 
+from supervisor.ctl.convert_options import add_convert_arguments, convert_options
 from supervisor.model_import import BUNDLED, ModelImportError, import_model
 
 
@@ -16,8 +17,7 @@ def add_arguments(parser) -> None:
         help="model store directory (default: $MLX_MODEL_STORE or ./models)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing model of that name")
-    parser.add_argument("--quantize", action="store_true", help="quantize a safetensors model while converting")
-    parser.add_argument("--q-bits", type=int, default=4)
+    add_convert_arguments(parser)  # for a safetensors directory
 
 
 def run(client, args, out) -> int:
@@ -26,8 +26,7 @@ def run(client, args, out) -> int:
         print("error: give a NAME for the imported model", file=out)
         return 2
     try:
-        dst = import_model(args.source, name, Path(args.store), force=args.force, quantize=args.quantize,
-                           q_bits=args.q_bits)  # fmt: skip
+        dst = import_model(args.source, name, Path(args.store), force=args.force, convert=convert_options(args))
     except ModelImportError as exc:
         print(f"error: {exc}", file=out)
         return 1

@@ -15,5 +15,5 @@ REQUEST = ListModels
 
 async def execute(supervisor: Supervisor, call: ListModels) -> ModelList:
     fleet = supervisor.fleet
-    models = [s.info() for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
+    models = [fleet.info(s) for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
     return ModelList(call_id=call.call_id, models=models, memory=fleet.budget.report())

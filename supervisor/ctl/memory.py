@@ -2,27 +2,16 @@
 budget charges it (its estimate while loading, then the larger of estimate and resident), what it holds."""
 
 from protocol.ctl import ListModels
-from supervisor.ctl.format import budget_line, gigabytes, table
+from supervisor.ctl.format import json_flag, memory_view, print_json, show
 
 
 def add_arguments(parser) -> None:
-    pass
+    json_flag(parser)
 
 
 def run(client, args, out) -> int:
     reply = client.call(lambda call_id: ListModels(call_id=call_id))  # answered by list_models.py
-    print(budget_line(reply.memory), file=out)
-    rows = [
-        [
-            m.id,
-            m.state,
-            gigabytes(m.charged_bytes),
-            gigabytes(m.memory_bytes),
-            gigabytes(m.memory_estimate_bytes),
-            "yes" if m.pinned else "no",
-            str(m.priority),
-        ]
-        for m in reply.models
-    ]
-    print(table(["MODEL", "STATE", "CHARGED", "RESIDENT", "ESTIMATE", "PINNED", "PRIORITY"], rows), file=out)
+    if args.json:
+        return print_json(reply, out)
+    show(out, *memory_view(reply))
     return 0

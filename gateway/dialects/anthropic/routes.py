@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.core import http as core
 from gateway.dialects.anthropic.render import ANTHROPIC_WIRE, error_body, events, message
 from gateway.dialects.anthropic.schema import CountTokensRequest, MessagesRequest
-from gateway.dialects.anthropic.translate import to_generate_request
+from gateway.dialects.anthropic.translate import asked_of, to_generate_request
 from gateway.dialects.dialect import Dialect, post
 from gateway.request_body import decode_request
 
@@ -25,14 +25,14 @@ async def messages(request: Request) -> Response:
         def render(generation):
             return events(generation, start | {"model": generation.model_id})
 
-        return await core.stream(request, gen, req.model, render, ANTHROPIC_WIRE)
-    return JSONResponse(message(await core.answer(request, gen, req.model), start))
+        return await core.stream(request, gen, req.model, render, ANTHROPIC_WIRE, asked_of(req))
+    return JSONResponse(message(await core.answer(request, gen, req.model, asked_of(req)), start))
 
 
 async def count_tokens(request: Request) -> Response:
     req = decode_request(await request.body(), CountTokensRequest)
     gen = to_generate_request(req, request.app.state.settings)
-    generation = await core.start(request, gen, req.model)
+    generation = await core.start(request, gen, req.model, asked_of(req))
     generation.release()
     return JSONResponse({"input_tokens": generation.first.usage.prompt_tokens})
 

@@ -84,6 +84,7 @@ class ThinkingConfig(msgspec.Struct, kw_only=True):
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
     model: str
+    preset: Annotated[str, Meta(min_length=1, max_length=64)] | None = None  # one of the config's `presets:`
     messages: Annotated[list[MessageIn], Meta(min_length=1)]
     system: str | list[TextBlock] | None = None
     tools: list[ToolDef] | None = None
@@ -94,9 +95,10 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
 class MessagesRequest(CountTokensRequest, kw_only=True):
     max_tokens: Annotated[int, Meta(ge=1)]
     stop_sequences: list[str] | None = None
-    temperature: Annotated[float, Meta(ge=0, le=1)] = 1.0
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Meta(ge=0)] = 0
+    # Left out: the server's to fill (the model's defaults, the preset); the SDK sends them in extra_body.
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
     stream: bool = False
     metadata: dict | None = None
     output_config: OutputConfig | None = None

@@ -26,8 +26,9 @@ from gateway.dialects.anthropic.schema import (
 )
 from gateway.errors import APIError
 from gateway.images import check_image
+from gateway.sampling_defaults import Asked
 from protocol import ErrorCode
-from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
+from protocol.generation import ChatMessage, GenerateRequest, SamplingDefaults, ToolCall, ToolChoice, ToolSpec
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's own limit per image
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -139,13 +140,18 @@ def to_generate_request(req: CountTokensRequest, settings: GatewaySettings) -> G
         tools=tools,
         tool_choice=tool_choice,
         json_schema=output.schema if output else None,
-        sampling=SamplingParams(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            max_tokens=req.max_tokens,
-            stop=req.stop_sequences or [],
-        ),
         chat_template_kwargs=template,
         reasoning_budget=budget,
     )
+
+
+def asked_of(req: CountTokensRequest) -> Asked:
+    """The sampling fields the request set itself (the rest: the model's defaults, the preset); count_tokens
+    asks nothing but a preset, whose system prompt counts."""
+    if not isinstance(req, MessagesRequest):
+        return Asked(preset=req.preset)
+    own = SamplingDefaults(
+        temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, max_tokens=req.max_tokens,
+        stop=req.stop_sequences,
+    )  # fmt: skip
+    return Asked(own=own, preset=req.preset)

@@ -12,7 +12,7 @@ from gateway.core.caller import Caller
 from gateway.dialects.chat.render import chunks, completion
 from gateway.dialects.chat.schema import ChatCompletionRequest
 from gateway.dialects.chat.session_turn import SessionTurn
-from gateway.dialects.chat.translate import images_of, to_generate_request, validate
+from gateway.dialects.chat.translate import asked_of, images_of, to_generate_request, validate
 from gateway.dialects.dialect import Dialect, post
 from gateway.dialects.openai_common import (
     OPENAI_WIRE,
@@ -44,8 +44,8 @@ async def chat_completions(request: Request) -> Response:
             body = base | {"model": generation.model_id}
             return chunks(turn.around(generation), body, include_usage(req.stream_options), keys)
 
-        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE)
-    answer = await core.answer(request, gen, req.model or "")
+        return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE, asked_of(req))
+    answer = await core.answer(request, gen, req.model or "", asked_of(req))
     await turn.complete(answer.text, answer.reasoning)
     return JSONResponse(completion(answer, base, req.logprobs, keys))
 
@@ -57,7 +57,7 @@ async def batch_line(state, caller: Caller, body: bytes) -> dict:
     if req.session_id is not None:
         raise APIError(ErrorCode.INVALID_REQUEST, "A batch line cannot continue a session", param="session_id")
     gen = to_generate_request(req, await images_of(req, state.settings))
-    answer = await state.core.answer(caller, gen, req.model or "")
+    answer = await state.core.answer(caller, gen, req.model or "", asked_of(req))
     return completion(answer, _base(gen), req.logprobs, reasoning_keys(caller.service))
 
 

@@ -1,5 +1,6 @@
 """OpenAI Chat Completions -> the worker's GenerateRequest: messages (with their images, and a session's stored
-history first), tools and tool_choice, response_format (enforced by constrained decoding), sampling."""
+history first), tools and tool_choice, response_format (enforced by constrained decoding); and the sampling
+fields it set itself (`asked_of`: the core fills the others from the model's defaults and the preset)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from gateway.dialects.chat.schema import (
     NamedToolChoice,
     text_of,
 )
-from gateway.dialects.openai_common import sampling, template_kwargs
+from gateway.dialects.openai_common import asked, template_kwargs
 from gateway.errors import APIError
 from gateway.images import image_bytes
+from gateway.sampling_defaults import Asked
 from protocol import ErrorCode
-from protocol.generation import ChatMessage, GenerateRequest, ToolCall, ToolChoice, ToolSpec
+from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
 
 
 async def images_of(req: ChatCompletionRequest, settings) -> dict[int, list[bytes]]:
@@ -103,10 +105,13 @@ def to_generate_request(
         tools=tools,
         tool_choice=tool_choice,
         json_schema=json_schema,
-        sampling=sampling(
-            req, req.max_completion_tokens or req.max_tokens, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0
-        ),
+        sampling=SamplingParams(seed=req.seed, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0),
         trim_history=history is not None,
         chat_template_kwargs=template_kwargs(req.chat_template_kwargs, req.reasoning_effort),
         reasoning_budget=req.reasoning_budget,
     )
+
+
+def asked_of(req: ChatCompletionRequest) -> Asked:
+    """The sampling fields the request set itself (the rest: the model's defaults, the preset)."""
+    return asked(req, req.max_completion_tokens or req.max_tokens)

@@ -18,7 +18,14 @@ from gateway.dialects.openai_common import whole_only
 from gateway.dialects.responses.render import ResponseBuilder
 from gateway.dialects.responses.schema import MessageItem, NamedFunction, ResponsesRequest, decode_items
 from gateway.dialects.responses.store import ResponseStore, not_found, using
-from gateway.dialects.responses.translate import listed, new_id, to_generate_request, to_messages, validate
+from gateway.dialects.responses.translate import (
+    asked_of,
+    listed,
+    new_id,
+    to_generate_request,
+    to_messages,
+    validate,
+)
 from gateway.errors import APIError
 from gateway.pagination import page
 from gateway.request_body import decode_request
@@ -111,8 +118,9 @@ async def create(request: Request) -> Response:
             turn.builder.base["model"] = generation.model_id
             return turn.builder.events(generation, turn.keep)
 
-        return await core.stream(request, gen, req.model or "", render, StreamWire(error=turn.builder.fail))
-    return JSONResponse(await turn.whole(await core.answer(request, gen, req.model or "")))
+        wire = StreamWire(error=turn.builder.fail)
+        return await core.stream(request, gen, req.model or "", render, wire, asked_of(req))
+    return JSONResponse(await turn.whole(await core.answer(request, gen, req.model or "", asked_of(req))))
 
 
 async def batch_line(state, caller: Caller, body: bytes) -> dict:
@@ -121,7 +129,7 @@ async def batch_line(state, caller: Caller, body: bytes) -> dict:
     whole_only(req.stream)
     turn = _Turn(state, caller.service.name, req)
     gen = await turn.prepare(state.settings)
-    return await turn.whole(await state.core.answer(caller, gen, req.model or ""))
+    return await turn.whole(await state.core.answer(caller, gen, req.model or "", asked_of(req)))
 
 
 async def _found(request: Request) -> tuple[dict, list[dict]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 
 from gateway.config import GatewaySettings
-from gateway.dialects.openai_common import sampling, template_kwargs
+from gateway.dialects.openai_common import asked, template_kwargs
 from gateway.dialects.responses.schema import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -30,8 +30,9 @@ from gateway.dialects.responses.schema import (
 )
 from gateway.errors import APIError
 from gateway.images import image_bytes
+from gateway.sampling_defaults import Asked
 from protocol import ErrorCode
-from protocol.generation import ChatMessage, GenerateRequest, ToolCall, ToolChoice, ToolSpec
+from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
 
 
 def new_id(prefix: str) -> str:
@@ -160,6 +161,11 @@ def validate(req: ResponsesRequest) -> None:
         raise _invalid("Background responses are not supported: leave out background", "background")
 
 
+def asked_of(req: ResponsesRequest) -> Asked:
+    """The sampling fields the request set itself (the rest: the model's defaults, the preset)."""
+    return asked(req, req.max_output_tokens)
+
+
 def to_generate_request(req: ResponsesRequest, response_id: str, messages: list[ChatMessage]) -> GenerateRequest:
     tools, tool_choice = _tools(req)
     json_schema = _json_schema(req)
@@ -172,7 +178,7 @@ def to_generate_request(req: ResponsesRequest, response_id: str, messages: list[
         tools=tools,
         tool_choice=tool_choice,
         json_schema=json_schema,
-        sampling=sampling(req, req.max_output_tokens),
+        sampling=SamplingParams(seed=req.seed),  # the rest: asked_of, then the model's defaults and the preset
         # "auto": the oldest turns of a conversation too long for the context are dropped instead of refusing it.
         trim_history=req.truncation == "auto",
         chat_template_kwargs=template_kwargs(req.chat_template_kwargs, effort),

@@ -1,0 +1,54 @@
+"""Aliases added at run time (admin): the supervisor resolves names, so it keeps them (in the model store, across
+restarts); these routes are its ctl calls over HTTP.
+
+GET    /api/v1/aliases            every alias: {"aliases": [{"alias", "model", "runtime"}]} (the config's too)
+POST   /api/v1/aliases            {"alias", "model"}: name a configured model one more way (201); re-points one
+DELETE /api/v1/aliases/{alias}    remove an alias added at run time
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.auth import require_admin
+from gateway.request_body import decode_request
+from protocol.ctl import AddAlias, ListAliases, RemoveAlias
+
+
+class NewAlias(msgspec.Struct, kw_only=True):
+    alias: Annotated[str, Meta(min_length=1, max_length=128)]
+    model: Annotated[str, Meta(min_length=1)]
+
+
+def _table(reply) -> dict:
+    return {"aliases": msgspec.to_builtins(reply.aliases)}
+
+
+async def list_aliases(request: Request) -> JSONResponse:
+    require_admin(request, "manage aliases")
+    state = request.app.state
+    reply = await state.supervisor.call(lambda call_id: ListAliases(call_id=call_id), state.settings.connect_timeout)
+    return JSONResponse(_table(reply))
+
+
+async def add_alias(request: Request) -> JSONResponse:
+    require_admin(request, "manage aliases")
+    state, new = request.app.state, decode_request(await request.body(), NewAlias)
+    reply = await state.supervisor.call(
+        lambda call_id: AddAlias(call_id=call_id, alias=new.alias, model=new.model), state.settings.connect_timeout
+    )
+    added = next(e for e in reply.aliases if e.alias == new.alias and e.runtime)
+    return JSONResponse(msgspec.to_builtins(added), status_code=201)
+
+
+async def remove_alias(request: Request) -> JSONResponse:
+    require_admin(request, "manage aliases")
+    state, alias = request.app.state, request.path_params["alias"]
+    remove = lambda call_id: RemoveAlias(call_id=call_id, alias=alias)  # noqa: E731
+    await state.supervisor.call(remove, state.settings.connect_timeout)
+    return JSONResponse({"alias": alias, "deleted": True})
