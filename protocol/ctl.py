@@ -1,5 +1,7 @@
 """Calls to the supervisor from gateways and the operator CLI. Every call carries `call_id`; the reply
-(a result or CallFailed) carries the same id and resolves exactly one waiting future."""
+(a result or CallFailed) carries the same id and resolves exactly one waiting future. Every call also carries
+the caller's `protocol_version`, as a worker's Hello does: a supervisor refuses a call from a peer speaking
+another version with CallFailed(protocol_mismatch) instead of guessing at what it meant."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from enum import StrEnum
 
 import msgspec
 
-from protocol.codec import Message, decoder
+from protocol.codec import PROTOCOL_VERSION, Message, decoder
 from protocol.control import MemoryReport, ModelType
 from protocol.errors import ErrorCode
 
@@ -22,10 +24,17 @@ class ModelState(StrEnum):
     FAILED = "failed"
 
 
-class EnsureLoaded(Message, tag="ensure_loaded"):
-    """Where does `model` (id or alias) live? Loads it first if needed; one load serves every caller."""
+class Call(Message, omit_defaults=False, kw_only=True):
+    """Base of every call. Its fields are always encoded (no omitted defaults), so `protocol_version` is on the
+    wire even when it is this version: a peer of another version sees it and refuses."""
 
     call_id: str
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class EnsureLoaded(Call, tag="ensure_loaded"):
+    """Where does `model` (id or alias) live? Loads it first if needed; one load serves every caller."""
+
     model: str
     # The instance the caller was last given and found gone (its connection dropped): the supervisor
     # waits to see that process exit and starts a new one instead of handing the dead one out again.
@@ -35,34 +44,43 @@ class EnsureLoaded(Message, tag="ensure_loaded"):
     allowed: list[str] | None = None
 
 
-class Load(Message, tag="load"):
-    call_id: str
+class Load(Call, tag="load"):
     model: str
 
 
-class Unload(Message, tag="unload"):
-    call_id: str
+class Unload(Call, tag="unload"):
     model: str
 
 
-class Pin(Message, tag="pin"):
+class Pin(Call, tag="pin"):
     """Pin (or unpin) a model: a pinned model is never evicted to make room for another."""
 
-    call_id: str
     model: str
     pinned: bool = True
 
 
-class ListModels(Message, tag="list_models"):
-    call_id: str
+class ListModels(Call, tag="list_models"):
     allowed: list[str] | None = None  # only these models (ids or aliases, as in EnsureLoaded); None: all
 
 
-class Status(Message, tag="status"):
+class Status(Call, tag="status"):
     """Supervisor status; pings every live worker (through its generation loop) before answering."""
 
-    call_id: str
     ping_timeout: float = 2.0
+
+
+class Heartbeat(Call, tag="heartbeat"):
+    """Sent by each gateway to each host about once a second: a host that stops answering is down for it."""
+
+    gateway: str = ""  # who is asking, for the supervisor's log
+
+
+class Plan(Call, tag="plan"):
+    """What would serving `model` (id or alias) take on this host? Answered from the memory budget's plan,
+    without acting: gateways ask every host and load where the most budget is left."""
+
+    model: str
+    allowed: list[str] | None = None  # as in EnsureLoaded
 
 
 class Located(Message, tag="located"):
@@ -130,6 +148,7 @@ class ModelList(Message, tag="model_list"):
     call_id: str
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
+    host: str = ""  # the answering host's name in a fleet ("" for a single host)
 
 
 class StatusReport(Message, tag="status_report"):
@@ -140,6 +159,32 @@ class StatusReport(Message, tag="status_report"):
     memory_budget_bytes: int
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
+    host: str = ""
+
+
+class HostAlive(Message, tag="host_alive"):
+    """The answer to a Heartbeat."""
+
+    call_id: str
+    host: str  # "" for a single host
+    protocol_version: int
+    pid: int
+    uptime_seconds: float
+
+
+class LoadPlan(Message, tag="load_plan"):
+    """The answer to a Plan: whether the model may run here, its state here, and the room a load would leave."""
+
+    call_id: str
+    model_id: str
+    here: bool  # the config allows it on this host (its `hosts`, or none listed)
+    hosts: list[str] = []  # the hosts the config allows it on; []: any
+    state: ModelState = ModelState.STOPPED
+    in_flight: int = 0
+    exceeds: bool = False  # larger than this host's whole budget
+    fits: bool = False  # fits now, after evicting the idle models in `evict`
+    free_after_bytes: int = 0  # the budget left once it is loaded (after those evictions); < 0: short by that
+    evict: list[str] = []
 
 
 class CallFailed(Message, tag="call_failed"):
@@ -150,7 +195,7 @@ class CallFailed(Message, tag="call_failed"):
 
 
 # Every call a supervisor answers (supervisor/ctl/ holds a handler for each).
-CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status)
+CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status, Heartbeat, Plan)
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:
@@ -158,4 +203,4 @@ def call_decoder() -> msgspec.msgpack.Decoder:
 
 
 def reply_decoder() -> msgspec.msgpack.Decoder:
-    return decoder(Located, Unloaded, Pinned, ModelList, StatusReport, CallFailed)
+    return decoder(Located, Unloaded, Pinned, ModelList, StatusReport, HostAlive, LoadPlan, CallFailed)
