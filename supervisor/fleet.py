@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from protocol import ErrorCode
 from protocol.control import ModelType, Pong
 from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
-from supervisor.config import GB, Config
+from supervisor.config import GB, Config, ModelSpec
+from supervisor.host import Host
 from supervisor.memory_budget import MemoryBudget
 from supervisor.model_slot import IllegalTransition, ModelSlot, State
 from supervisor.orphans import WorkerRegistry
@@ -43,15 +44,18 @@ Pinger = Callable[[WorkerProcess, float], Awaitable[Pong | None]]
 
 
 class Fleet:
-    def __init__(self, config: Config, run_dir: str, workers_endpoint: str, registry: WorkerRegistry):
+    def __init__(
+        self, config: Config, run_dir: str, workers_endpoint: str, registry: WorkerRegistry, host: Host | None = None
+    ):
         self.config = config
         self.settings = config.settings
         self.run_dir = run_dir
         self.workers_endpoint = workers_endpoint
         self.registry = registry
-        self.budget = MemoryBudget(int(self.settings.memory_budget_gb * GB))
-        self.slots: dict[str, ModelSlot] = {}
-        for spec in self.settings.models:
+        self.host = host  # in a fleet: workers bind on its TCP address, as CURVE servers
+        self.budget = MemoryBudget(int(config.memory_budget_gb * GB))
+        self.slots: dict[str, ModelSlot] = {}  # the models this host serves
+        for spec in filter(config.runs_here, self.settings.models):
             slot = ModelSlot(spec, config.source_of(spec), self.budget.open(spec.id), config.draft_source_of(spec))
             self.budget.estimate(slot.charge, spec, slot.source, slot.draft_source)
             self.slots[spec.id] = slot
@@ -61,8 +65,9 @@ class Fleet:
         self.closing = False  # the supervisor is stopping: no new loads
         self._changed = asyncio.Event()  # set (and replaced) whenever memory may have been freed
 
-    def slot(self, name: str, allowed: list[str] | None = None) -> ModelSlot:
-        """The slot of the model `name` resolves to; a caller limited to `allowed` models gets only those."""
+    def resolve(self, name: str, allowed: list[str] | None = None) -> ModelSpec:
+        """The model `name` resolves to, for a caller limited to `allowed` models; FleetError if there is none or
+        the caller may not use it. The same answer on every host of a fleet: they share the config's names."""
         spec = self.config.resolve(name)
         if spec is not None and not self.config.allows(spec, allowed):
             raise FleetError(
@@ -72,6 +77,14 @@ class Fleet:
         if spec is None:
             reason = self.config.why_unknown(name, allowed)
             raise FleetError(ErrorCode.MODEL_NOT_FOUND, reason[0].upper() + reason[1:])
+        return spec
+
+    def slot(self, name: str, allowed: list[str] | None = None) -> ModelSlot:
+        """The slot of the model `name` resolves to (see resolve), if it runs on this host."""
+        spec = self.resolve(name, allowed)
+        if spec.id not in self.slots:
+            here = f"host {self.host.name}" if self.host else "this host"
+            raise FleetError(ErrorCode.MODEL_NOT_FOUND, f"{spec.id} does not run on {here} (its hosts: {spec.hosts})")
         return self.slots[spec.id]
 
     async def ensure_loaded(
@@ -201,7 +214,8 @@ class Fleet:
             context_length=slot.spec.context_length,
             draft_source=slot.draft_source,
             engine=slot.spec.engine,
-            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id),
+            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id, self.host and self.host.data_address),
+            curve=self.host and self.host.worker_curve(),
             supervisor_endpoint=self.workers_endpoint,
             shutdown_grace=self.settings.shutdown_grace_seconds,
             exit_with_stdin=True,
@@ -332,7 +346,7 @@ class Fleet:
                 self._begin_stop(slot, f"idle for {now - slot.last_used:.0f}s: unloading")
 
     async def auto_load(self) -> None:
-        specs = [s for s in self.settings.models if s.auto_load or s.pinned]
+        specs = [s.spec for s in self.slots.values() if s.spec.auto_load or s.spec.pinned]
         await asyncio.gather(*(_quietly(self.ensure_loaded(s.id)) for s in specs))
 
     async def stop_all(self) -> None:

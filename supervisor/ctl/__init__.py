@@ -9,17 +9,21 @@
   with a code; the daemon turns that into CallFailed.
 
 Commands that send a call another module answers (`unpin` sends Pin, `ps` sends Status, `memory` sends
-ListModels) have no `execute`; calls only gateways send (EnsureLoaded, ListModels) have a module with no CLI
-part. The daemon dispatches each decoded call by its type through HANDLERS.
+ListModels) have no `execute`; calls only gateways send (EnsureLoaded, ListModels, Heartbeat, Plan) have a
+module with no CLI part; `import` and `keygen` need no supervisor. The daemon dispatches each decoded call by
+its type through HANDLERS.
 """
 
 from supervisor.ctl import (
     ensure_loaded,
+    heartbeat,
     import_model,
+    keygen,
     list_models,
     load,
     memory,
     pin,
+    plan,
     ps,
     status,
     unload,
@@ -36,7 +40,14 @@ COMMANDS = {
     "memory": memory,
     "status": status,
     "import": import_model,
+    "keygen": keygen,
 }
 
+# Commands that show one host: with a fleet they take --all (every host in turn), as every command takes --host.
+PER_HOST_VIEWS = ("ps", "memory", "status")
+
 # Call type -> the supervisor's handler for it.
-HANDLERS = {module.REQUEST: module.execute for module in (ensure_loaded, list_models, load, unload, pin, status)}
+HANDLERS = {
+    module.REQUEST: module.execute
+    for module in (ensure_loaded, list_models, load, unload, pin, status, heartbeat, plan)
+}
