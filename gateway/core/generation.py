@@ -28,7 +28,9 @@ from protocol.audio import SpeechRequest, TranscribeRequest
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import TERMINAL, Finished, GenerateRequest, GenerationError, TextChunk, TokenLogprob, ToolCall
 
-_REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
+# A worker that died, was stopping, or whose host went down before it produced anything: nothing reached the
+# client, so the request goes to a replacement (on another host, if its host is down).
+_REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN, ErrorCode.WORKER_UNAVAILABLE)
 WorkerRequest = GenerateRequest | EmbedRequest | RerankRequest | TranscribeRequest | SpeechRequest
 
 
@@ -131,7 +133,7 @@ class GenerationCore:
 
     async def _send(self, caller: Caller, request: WorkerRequest, model: str, stale_instance: str | None):
         name, allowed = route_model(caller.service, model)
-        client = await self.workers.acquire(name, stale_instance, allowed)
+        client = await self.workers.acquire(name, stale_instance, allowed, caller.affinity)
         stream = await client.open(request, self.settings.connect_timeout)
         observers = [o for make in (*self.observers, *caller.observers) if (o := make(caller, client.model_id))]
         if observers:
