@@ -24,9 +24,12 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-# This process's own key pair: a key file (`supervisor ctl keygen`'s NAME.key_secret), or the secret key itself.
+# A client's own key pair (a gateway's, an operator's): a key file (`supervisor ctl keygen`'s NAME.key_secret), or
+# the secret key itself. A host's supervisor reads its own from HOST_KEY_ENV (a file its workers read too), so
+# a machine that runs both a host and a gateway holds the two apart.
 KEY_FILE_ENV = "MLX_FLEET_KEY"
 SECRET_KEY_ENV = "MLX_FLEET_SECRET_KEY"
+HOST_KEY_ENV = "MLX_HOST_KEY"
 Z85_KEY_LENGTH = 40
 REFUSAL_LOG_SECONDS = 60.0  # a refused client reconnects every few hundred ms: one line per key per minute
 
@@ -77,7 +80,7 @@ def key_pair_from_file(path: str | os.PathLike) -> KeyPair:
 
 
 def own_key_pair(environ=os.environ) -> KeyPair | None:
-    """This process's key pair from the environment: $MLX_FLEET_SECRET_KEY (Z85) or the file $MLX_FLEET_KEY."""
+    """A client's key pair from the environment: $MLX_FLEET_SECRET_KEY (Z85) or the file $MLX_FLEET_KEY."""
     secret = environ.get(SECRET_KEY_ENV)
     if secret:
         if not is_z85_key(secret):

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from protocol.curve import KEY_FILE_ENV, own_key_pair, public_key
+from protocol.curve import HOST_KEY_ENV, KEY_FILE_ENV, own_key_pair, public_key
 from protocol.launch import DEFAULT_RUN_DIR, LOG_LEVEL_ENV, RUN_DIR_ENV, ctl_endpoint
 from supervisor.ctl import COMMANDS, PER_HOST_VIEWS
 from supervisor.ctl_client import CtlClient, CtlError, SupervisorUnreachable
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the supervisor daemon")
     run.add_argument("--config", default=argparse.SUPPRESS, help="models config ($MLX_SERVER_CONFIG)")
     run.add_argument("--host", default=os.environ.get(HOST_ENV), help=f"which of the config's hosts (${HOST_ENV})")
-    run.add_argument("--key", default=os.environ.get(KEY_FILE_ENV), help=f"the host's key pair file (${KEY_FILE_ENV})")
+    run.add_argument("--key", default=os.environ.get(HOST_KEY_ENV), help=f"the host's key pair file (${HOST_KEY_ENV})")
     ctl = sub.add_parser("ctl", help="operator commands against a running supervisor")
     ctl_sub = ctl.add_subparsers(dest="ctl_command", required=True)
     for name, module in COMMANDS.items():

@@ -83,8 +83,8 @@ class Fleet:
         """The slot of the model `name` resolves to (see resolve), if it runs on this host."""
         spec = self.resolve(name, allowed)
         if spec.id not in self.slots:
-            here = f"host {self.host.name}" if self.host else "this host"
-            raise FleetError(ErrorCode.MODEL_NOT_FOUND, f"{spec.id} does not run on {here} (its hosts: {spec.hosts})")
+            here, hosts = self.config.host.name, ", ".join(spec.hosts)
+            raise FleetError(ErrorCode.MODEL_NOT_FOUND, f"{spec.id} does not run on host {here} (only on {hosts})")
         return self.slots[spec.id]
 
     async def ensure_loaded(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from protocol.curve import KEY_FILE_ENV, KeyPair, fingerprint, key_pair_from_file, public_key
+from protocol.curve import HOST_KEY_ENV, KeyPair, fingerprint, key_pair_from_file, public_key
 from protocol.launch import CurveServer, tcp_host_of
 from supervisor.config import Config
 
@@ -47,7 +47,7 @@ def host_of(config: Config, key_file: str | None) -> Host | None:
             )
         return None
     if not key_file:
-        raise ValueError(f"host {spec.name} needs its key pair file: --key or ${KEY_FILE_ENV} (see `ctl keygen`)")
+        raise ValueError(f"host {spec.name} needs its key pair file: --key or ${HOST_KEY_ENV} (see `ctl keygen`)")
     keys = key_pair_from_file(key_file)
     expected = public_key(spec.public_key, config.base_dir)
     if keys.public != expected:

@@ -42,7 +42,7 @@ class FleetHost:
     def start(self) -> FleetHost:
         env = self.fleet.env | {
             "MLX_SERVER_RUN_DIR": str(self.run_dir),
-            "MLX_FLEET_KEY": str(self.fleet.keys / f"{self.name}.key_secret"),
+            "MLX_HOST_KEY": str(self.fleet.keys / f"{self.name}.key_secret"),
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -108,7 +108,8 @@ class Fleet:
             root / "models.yaml", store, models, hosts=hosts, host_clients=["keys/gateway.key"], **settings
         )
         self.port = free_port()
-        unset = ("SUPERVISOR_ENDPOINT", "MLX_MODEL_STORE", "API_KEYS", "REDIS_URL", "JWT_SECRET", "MLX_FLEET_KEY")
+        unset = ("SUPERVISOR_ENDPOINT", "MLX_MODEL_STORE", "API_KEYS", "REDIS_URL", "JWT_SECRET")
+        unset += ("MLX_FLEET_KEY", "MLX_FLEET_SECRET_KEY", "MLX_HOST_KEY", "MLX_SERVER_HOST")
         self.env = {k: v for k, v in os.environ.items() if k not in unset} | {
             "MLX_SERVER_CONFIG": str(self.config),
             "MLX_SERVER_CPU_TUNING": "off",  # 4-bit weights as loaded: resident stays under the 0.3 GB estimates

@@ -55,7 +55,6 @@ def run(launch: WorkerLaunch) -> int:
     generation = GenerationThread(ctx, model, launch.engine, launch.instance_id, inbox, drain, halt)
     transport.start()
     generation.start()
-    log.info("serving %s at %s (pid %d)", launch.model_id, launch.data_endpoint, os.getpid())
 
     deadline = None
     while generation.is_alive():

@@ -74,6 +74,7 @@ class Transport(threading.Thread):
         data.bind(self._data_endpoint)
         # A tcp://host:* endpoint got a port of the system's choosing: the Hello says which.
         hello = msgspec.structs.replace(self._hello, endpoint=data.getsockopt_string(zmq.LAST_ENDPOINT))
+        log.info("serving %s at %s%s (pid %d)", hello.model_id, hello.endpoint, " (CURVE)" * bool(allow), hello.pid)
         control = None
         poller = zmq.Poller()
         poller.register(data, zmq.POLLIN)

@@ -1,6 +1,6 @@
 """Make a CURVE key pair for a fleet: a host's (its supervisor and workers serve with it) or a client's (a
 gateway or an operator calls the hosts with it). Writes NAME.key (the public key, for the config's `hosts` or
-`host_clients`) and NAME.key_secret (0600, for $MLX_FLEET_KEY on the machine that uses it); prints the public
+`host_clients`) and NAME.key_secret (0600: a host's $MLX_HOST_KEY, a client's $MLX_FLEET_KEY); prints the public
 key and the two paths, never the secret. Works without a running supervisor."""
 
 from protocol.curve import make_key_pair, public_key
