@@ -144,7 +144,7 @@ def test_loads_unloads_crashes_and_host_failures_keep_every_host_within_its_budg
                 assert set(host.worker_pids()) <= {m.pid for m in reply.models if m.pid is not None}
 
     FleetMachine.TestCase.settings = settings(
-        max_examples=2,
+        max_examples=3,
         stateful_step_count=5,
         deadline=None,
         database=None,
