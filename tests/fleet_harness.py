@@ -1,6 +1,6 @@
 """A fleet for tests: two supervisors on this machine as hosts `a` and `b` (each on a loopback TCP port of its
 own, with its own run directory and key pair, serving over CURVE) and a gateway in front of both, every one a
-real process started and stopped by its pid."""
+real process, held as a psutil process (tests/harness.py's `track`) and stopped by it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,19 @@ import psutil
 from protocol.ctl import Heartbeat, HostAlive, ListModels, ModelList
 from protocol.curve import KeyPair, key_pair_from_file, make_key_pair, public_key
 from supervisor.ctl_client import CtlClient, SupervisorUnreachable
-from tests.harness import LOG_ARCHIVE, ROOT, Gateway, free_port, short_run_dir, terminate, wait_until, write_config
+from tests.harness import (
+    LOG_ARCHIVE,
+    ROOT,
+    Gateway,
+    free_port,
+    gone,
+    kill,
+    short_run_dir,
+    terminate,
+    track,
+    wait_until,
+    write_config,
+)
 
 HOSTS = ("a", "b")
 
@@ -29,7 +41,7 @@ class FleetHost:
         self.run_dir = short_run_dir()
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
-        self._workers_seen: set[int] = set()
+        self._workers_seen: list[psutil.Process] = []
 
     @property
     def endpoint(self) -> str:
@@ -49,6 +61,7 @@ class FleetHost:
                 [sys.executable, "-m", "supervisor", "run", "--config", str(self.fleet.config), "--host", self.name],
                 env=env, cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
+        track(self.proc.pid)
         if not wait_until(self.answers, timeout=60):
             raise RuntimeError(f"host {self.name} did not answer within 60s:\n{self.log_text()[-3000:]}")
         return self
@@ -67,29 +80,43 @@ class FleetHost:
     def models(self) -> ModelList:
         return self.client().call(lambda call_id: ListModels(call_id=call_id))
 
-    def worker_pids(self) -> list[int]:
+    def worker_processes(self) -> list[psutil.Process]:
+        """Its live workers (its children), remembered so `stop` can check on them."""
         if self.proc is None or self.proc.poll() is not None:
             return []
         try:
-            pids = [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+            children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:  # killed meanwhile
             return []
-        self._workers_seen.update(pids)
-        return pids
+        for child in children:
+            if child not in self._workers_seen:
+                self._workers_seen.append(track(child))
+        return [c for c in children if not gone(c)]
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.worker_processes()]
+
+    def signal_worker(self, model_id: str, sig: int) -> psutil.Process | None:
+        """Send `sig` to the worker of `model_id`, if it has one (psutil checks the pid is still that process)."""
+        pid = next((m.pid for m in self.models().models if m.id == model_id), None)
+        process = next((p for p in self.worker_processes() if p.pid == pid), None)
+        if process is not None:
+            process.send_signal(sig)
+        return process
 
     def kill(self) -> None:
         """SIGKILL the supervisor: no chance to clean up (its workers go when their lifeline closes)."""
-        self.worker_pids()
+        self.worker_processes()
         self.proc.kill()
         self.proc.wait()
 
     def stop(self) -> None:
-        self.worker_pids()
+        self.worker_processes()
         if self.proc is not None:
             terminate(self.proc, grace=20)
-        for pid in self._workers_seen:  # no worker outlives the test session
-            if psutil.pid_exists(pid):
-                psutil.Process(pid).kill()
+        for process in self._workers_seen:  # workers exit with their supervisor (their lifeline closes)
+            if not wait_until(lambda p=process: gone(p), timeout=10):
+                kill(process)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -116,6 +143,7 @@ class Fleet:
             "LOG_LEVEL": "INFO",
         }
         self.gateway: Gateway | None = None
+        self.gateway_run_dir = short_run_dir()
 
     @property
     def url(self) -> str:
@@ -129,7 +157,7 @@ class Fleet:
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "MLX_FLEET_KEY": str(self.keys / "gateway.key_secret"),
-            "MLX_SERVER_RUN_DIR": str(self.root / "gateway-run"),
+            "MLX_SERVER_RUN_DIR": str(self.gateway_run_dir),
             "HOST_HEARTBEAT_SECONDS": "0.5",
             "HOST_DOWN_AFTER_SECONDS": "2",
         }
@@ -175,5 +203,5 @@ class Fleet:
         with LOG_ARCHIVE.open("a", errors="replace") as archive:  # checked for secrets at the session's end
             for path in sorted(self.root.glob("*.log")):
                 archive.write(path.read_text(errors="replace"))
-        for host in self.hosts.values():
-            shutil.rmtree(host.run_dir, ignore_errors=True)
+        for run_dir in (self.gateway_run_dir, *(host.run_dir for host in self.hosts.values())):
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -5,7 +5,6 @@ with workers and whole hosts killed on the way."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -123,11 +122,9 @@ def test_loads_unloads_crashes_and_host_failures_keep_every_host_within_its_budg
                 if command == "load":
                     break  # half the time the load stays
 
-        @rule(host=HOSTS)
-        def crash_a_worker(self, host):
-            pids = [m.pid for m in fleet.hosts[host].models().models if m.pid]
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
+        @rule(model=FLEET_MODELS, host=HOSTS)
+        def crash_a_worker(self, model, host):
+            fleet.hosts[host].signal_worker(model, signal.SIGKILL)  # if it runs there
 
         @rule(host=HOSTS)
         def kill_and_restart_the_host(self, host):

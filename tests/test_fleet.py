@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 
 import httpx
 import msgspec
@@ -171,7 +170,7 @@ def test_a_host_killed_mid_stream_ends_its_streams_and_its_models_move_then_it_r
     for name in HOSTS:
         assert fleet.ctl("load", "chat", "--host", name).returncode == 0
     # Two streams at once: placement gives each replica one (the fewest in flight, ties in turn).
-    lines: list[list[tuple[float, str]]] = [[], []]
+    lines: list[list[str]] = [[], []]
     started = [threading.Event(), threading.Event()]
     stop = threading.Event()
 
@@ -179,7 +178,7 @@ def test_a_host_killed_mid_stream_ends_its_streams_and_its_models_move_then_it_r
         body = {"model": "chat", "messages": STORY, "max_tokens": 300, "temperature": 0, "stream": True}
         with httpx.stream("POST", f"{fleet.url}/v1/chat/completions", json=body, timeout=300) as response:
             for line in response.iter_lines():
-                lines[i].append((time.monotonic(), line))
+                lines[i].append(line)
                 if '"content":"' in line and '"content":""' not in line:
                     started[i].set()
                 if stop.is_set():
@@ -190,18 +189,16 @@ def test_a_host_killed_mid_stream_ends_its_streams_and_its_models_move_then_it_r
         reader.start()
     try:
         assert all(event.wait(180) for event in started)
-        killed = time.monotonic()
         fleet.hosts["b"].kill()
-        assert wait_until(lambda: any('"error"' in line for stream in lines for _, line in stream), timeout=10)
+        assert wait_until(lambda: any('"error"' in line for stream in lines for line in stream), timeout=30)
     finally:
         stop.set()
         for reader in readers:
             reader.join()
-    errors = [(at, line) for stream in lines for at, line in stream if '"error"' in line]
+    errors = [line for stream in lines for line in stream if '"error"' in line]
     assert len(errors) == 1, errors  # b's stream ended; a's went on until we stopped reading
-    at, error = errors[0]
-    assert '"code":"worker_unavailable"' in error and "host b is down" in error
-    assert at - killed < 3.0
+    # Ended by the closed connection itself, not after a heartbeat timeout or the gateway's silence timeout.
+    assert '"code":"worker_unavailable"' in errors[0] and "host b is down: its connection closed" in errors[0]
 
     ready = httpx.get(f"{fleet.url}/api/v1/health/ready", timeout=30)
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"
