@@ -60,13 +60,11 @@ class WorkerClient:
         ctx: zmq.asyncio.Context,
         located: Located,
         silence_timeout: float,
-        host: str = "",
         curve: tuple[KeyPair, bytes] | None = None,
     ):
         self.model_id = located.model_id
         self.endpoint = located.endpoint
         self.instance_id = located.instance_id
-        self.host = host
         self._silence = silence_timeout
         self._sock = ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -196,7 +194,7 @@ class WorkerPool:
             current.mark_dead("the worker was replaced")
             current.close()
         curve = link.curve if located.endpoint.startswith("tcp://") else None
-        client = WorkerClient(self._ctx, located, self._settings.silence_timeout, link.name, curve)
+        client = WorkerClient(self._ctx, located, self._settings.silence_timeout, curve)
         self._clients[key] = client
         return client
 

@@ -16,14 +16,13 @@ from protocol.curve import HOST_KEY_ENV, KEY_FILE_ENV, own_key_pair, public_key
 from protocol.launch import DEFAULT_RUN_DIR, LOG_LEVEL_ENV, RUN_DIR_ENV, ctl_endpoint
 from supervisor.ctl import COMMANDS, PER_HOST_VIEWS
 from supervisor.ctl_client import CtlClient, CtlError, SupervisorUnreachable
+from supervisor.host import HOST_ENV
 
 DEFAULT_CONFIG = os.environ.get("MLX_SERVER_CONFIG", "configs/models.yaml")
 OFFLINE = ("import", "keygen")  # commands that need no supervisor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from supervisor.host import HOST_ENV
-
     parser = argparse.ArgumentParser(prog="supervisor", description="MLX LLM Server supervisor")
     parser.add_argument(
         "--run-dir", default=os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR), help=f"sockets and pid file (${RUN_DIR_ENV})"

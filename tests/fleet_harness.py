@@ -21,12 +21,12 @@ from tests.harness import (
     ROOT,
     Gateway,
     free_port,
-    gone,
-    kill,
+    reap,
     short_run_dir,
     terminate,
     track,
     wait_until,
+    workers_of,
     write_config,
 )
 
@@ -82,16 +82,7 @@ class FleetHost:
 
     def worker_processes(self) -> list[psutil.Process]:
         """Its live workers (its children), remembered so `stop` can check on them."""
-        if self.proc is None or self.proc.poll() is not None:
-            return []
-        try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:  # killed meanwhile
-            return []
-        for child in children:
-            if child not in self._workers_seen:
-                self._workers_seen.append(track(child))
-        return [c for c in children if not gone(c)]
+        return workers_of(self.proc, self._workers_seen)
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.worker_processes()]
@@ -114,9 +105,7 @@ class FleetHost:
         self.worker_processes()
         if self.proc is not None:
             terminate(self.proc, grace=20)
-        for process in self._workers_seen:  # workers exit with their supervisor (their lifeline closes)
-            if not wait_until(lambda p=process: gone(p), timeout=10):
-                kill(process)
+        reap(self._workers_seen)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
