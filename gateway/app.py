@@ -1,5 +1,5 @@
 """The Starlette application: the API dialects' routes (gateway/dialects/) and the server's own, middleware, error
-handlers, and what it holds for its lifetime: ZeroMQ clients of the supervisor and workers, the generation core
+handlers, and what it holds for its lifetime: ZeroMQ clients of the supervisors and workers, the generation core
 (gateway/core/) with its app-wide observers, the session store and rate limiter (in Redis or in memory)."""
 
 from __future__ import annotations
@@ -160,9 +160,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
         app.state.responses = make_response_store(settings.redis_url, transport.responses.ttl_seconds)
         app.state.services = keyring.services  # by name: a batch resumed after a restart runs as its service
+        # The supervisors: this machine's, or a fleet's hosts (hosts.links[i].client is one's ctl client).
         app.state.hosts = Hosts(ctx, config, settings, own_keys, host_keys)
-        # This machine's supervisor (a fleet's first host): calls that concern every host go through hosts.
-        app.state.supervisor = app.state.hosts.links[0].client
         app.state.workers = WorkerPool(ctx, app.state.hosts, settings)
         # Observers every generation feeds, app-wide (each request adds its own telemetry record: core/http.py).
         app.state.core = GenerationCore(app.state.workers, settings, observers=[limiter.token_charger])
