@@ -1,5 +1,5 @@
 """The Starlette application: the API dialects' routes (gateway/dialects/) and the server's own, middleware, error
-handlers, and what it holds for its lifetime: ZeroMQ clients of the supervisor and workers, the generation core
+handlers, and what it holds for its lifetime: ZeroMQ clients of the supervisors and workers, the generation core
 (gateway/core/) with its app-wide observers, the session store and rate limiter (in Redis or in memory)."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from gateway.core.generation import GenerationCore
 from gateway.dialects.dialect import BASE_PATHS
 from gateway.dialects.responses.store import make_response_store
 from gateway.errors import APIError
+from gateway.hosts import Hosts, fleet_keys
 from gateway.middleware.auth import Auth
 from gateway.middleware.body_limit import BodyLimit
 from gateway.middleware.cors import JSONCORSMiddleware
@@ -43,7 +44,6 @@ from gateway.routes.health import health, ready
 from gateway.routes.models import list_models
 from gateway.routes.sessions import create_session, delete_session, get_session, list_sessions, session_messages
 from gateway.sessions import make_session_store
-from gateway.supervisor_client import SupervisorClient
 from gateway.telemetry import Telemetry
 from gateway.worker_client import WorkerPool
 from protocol import ErrorCode
@@ -136,6 +136,7 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         config = config or load_gateway_config(settings.config_path)
         keyring = KeyRing(config, os.environ)
         tokens = TokenIssuer(settings.jwt_secret, config.transport.token_ttl_seconds, keyring)
+        own_keys, host_keys = fleet_keys(config, os.environ)
     except ValueError as exc:
         raise RefusedToStart(str(exc)) from None
     if keyring.keyless:
@@ -165,8 +166,9 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
         app.state.responses = make_response_store(settings.redis_url, transport.responses.ttl_seconds)
         app.state.services = keyring.services  # by name: a batch resumed after a restart runs as its service
-        app.state.supervisor = SupervisorClient(ctx, settings.supervisor_endpoint)
-        app.state.workers = WorkerPool(ctx, app.state.supervisor, settings)
+        # The supervisors: this machine's, or a fleet's hosts (hosts.links[i].client is one's ctl client).
+        app.state.hosts = Hosts(ctx, config, settings, own_keys, host_keys)
+        app.state.workers = WorkerPool(ctx, app.state.hosts, settings)
         # Observers every generation feeds, app-wide (each request adds its own telemetry record: core/http.py).
         app.state.core = GenerationCore(app.state.workers, settings, observers=[limiter.token_charger])
         app.state.activity = activity
@@ -176,11 +178,12 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.batches.start()
         system.prime()
         log.info(
-            "gateway on %s://%s:%d, supervisor at %s; sessions and rate limits in %s",
+            "gateway on %s://%s:%d, %s at %s; sessions and rate limits in %s",
             "https" if settings.tls_certfile or transport.tls.certfile else "http",
             settings.host,
             settings.port,
-            settings.supervisor_endpoint,
+            "hosts" if config.hosts else "supervisor",
+            ", ".join(f"{h.name} {h.endpoint}" for h in config.hosts) or settings.supervisor_endpoint,
             "Redis" if settings.redis_url else "memory",
         )
         try:
@@ -189,7 +192,7 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
             await app.state.batches.close()  # first: their lines are aborted while the workers' sockets are open
             await app.state.batch_store.close()
             app.state.workers.close()
-            app.state.supervisor.close()
+            app.state.hosts.close()
             ctx.term()
             await app.state.sessions.close()
             await app.state.responses.close()

@@ -6,7 +6,8 @@ prometheus-client then keeps each process's values in files there and any gatewa
 Without it each process reports only its own requests, and each must be scraped on its own port.
 
 The supervisor's figures (memory, budget, loads, evictions, crashes, queue depth per worker) are one value per
-host, not per gateway: they are fetched with a ListModels call when /metrics is scraped and exposed once.
+host, not per gateway: they are fetched with a ListModels call to every host when /metrics is scraped and
+exposed once, each with a `host` label (the config's host name in a fleet, "local" on a single host).
 """
 
 from __future__ import annotations
@@ -100,47 +101,61 @@ def observe(record) -> None:
         GENERATION_ERRORS.labels(model, record.error).inc()
 
 
-def _supervisor_families(reply: ModelList | None) -> list:
-    up = GaugeMetricFamily(f"{NS}_supervisor_up", "1 if the supervisor answered this scrape")
-    up.add_metric([], 0 if reply is None else 1)
-    if reply is None:
-        return [up]
-    families = [up]
-    if reply.memory is not None:
-        for name, value, text in (
-            ("budget", reply.memory.budget_bytes, "Memory the models may hold"),
-            ("used", reply.memory.used_bytes, "Charged to models whose worker runs"),
-            ("reserved", reply.memory.reserved_bytes, "Granted to loads whose worker is not started yet"),
-            ("free", reply.memory.free_bytes, "Budget left"),
-        ):
-            family = GaugeMetricFamily(f"{NS}_memory_{name}_bytes", text)
-            family.add_metric([], value)
-            families.append(family)
-    state = GaugeMetricFamily(f"{NS}_model_state", "1 for the state each model is in", labels=["model", "state"])
+def _supervisor_families(answers: list[tuple[str, ModelList | None]]) -> list:
+    """The hosts' figures, from each host's ListModels reply (None: it did not answer)."""
+    up = GaugeMetricFamily(f"{NS}_supervisor_up", "1 if the host's supervisor answered this scrape", labels=["host"])
+    memory_kinds = (
+        ("budget", "Memory the models may hold"),
+        ("used", "Charged to models whose worker runs"),
+        ("reserved", "Granted to loads whose worker is not started yet"),
+        ("free", "Budget left"),
+    )
+    budget = {
+        name: GaugeMetricFamily(f"{NS}_memory_{name}_bytes", text, labels=["host"]) for name, text in memory_kinds
+    }
+    state = GaugeMetricFamily(
+        f"{NS}_model_state", "1 for the state each model is in", labels=["host", "model", "state"]
+    )
     memory = GaugeMetricFamily(
         f"{NS}_worker_memory_bytes",
         "Per model: charged (to the budget), resident, and the worker's MLX/KV/prompt-cache figures",
-        labels=["model", "kind"],
+        labels=["host", "model", "kind"],
     )
-    in_flight = GaugeMetricFamily(f"{NS}_worker_in_flight", "Requests generating or queued", labels=["model"])
-    queued = GaugeMetricFamily(f"{NS}_worker_queue_depth", "Requests waiting to start generating", labels=["model"])
-    loads = CounterMetricFamily(f"{NS}_model_loads", "Workers that became ready", labels=["model"])
-    evictions = CounterMetricFamily(f"{NS}_model_evictions", "Models evicted to make room", labels=["model"])
-    crashes = CounterMetricFamily(f"{NS}_worker_crashes", "Workers that exited unasked", labels=["model"])
-    for m in reply.models:
-        state.add_metric([m.id, m.state], 1)
-        if m.pid is not None:
-            memory.add_metric([m.id, "charged"], m.charged_bytes)
-            memory.add_metric([m.id, "resident"], m.memory_bytes)
-            if m.worker_memory is not None:  # rss, mlx_active/peak/cache, kv_cache, prompt_cache
-                for field, value in msgspec.structs.asdict(m.worker_memory).items():
-                    memory.add_metric([m.id, field.removesuffix("_bytes")], value)
-            in_flight.add_metric([m.id], m.in_flight)
-            queued.add_metric([m.id], m.queued)
-        loads.add_metric([m.id], m.loads)
-        evictions.add_metric([m.id], m.evictions)
-        crashes.add_metric([m.id], m.crashes)
-    return [*families, state, memory, in_flight, queued, loads, evictions, crashes]
+    in_flight = GaugeMetricFamily(f"{NS}_worker_in_flight", "Requests generating or queued", labels=["host", "model"])
+    queued = GaugeMetricFamily(
+        f"{NS}_worker_queue_depth", "Requests waiting to start generating", labels=["host", "model"]
+    )
+    loads = CounterMetricFamily(f"{NS}_model_loads", "Workers that became ready", labels=["host", "model"])
+    evictions = CounterMetricFamily(f"{NS}_model_evictions", "Models evicted to make room", labels=["host", "model"])
+    crashes = CounterMetricFamily(f"{NS}_worker_crashes", "Workers that exited unasked", labels=["host", "model"])
+    for host, reply in answers:
+        up.add_metric([host], 0 if reply is None else 1)
+        if reply is None:
+            continue
+        if reply.memory is not None:
+            for name, value in (
+                ("budget", reply.memory.budget_bytes),
+                ("used", reply.memory.used_bytes),
+                ("reserved", reply.memory.reserved_bytes),
+                ("free", reply.memory.free_bytes),
+            ):
+                budget[name].add_metric([host], value)
+        for m in reply.models:
+            state.add_metric([host, m.id, m.state], 1)
+            if m.pid is not None:
+                memory.add_metric([host, m.id, "charged"], m.charged_bytes)
+                memory.add_metric([host, m.id, "resident"], m.memory_bytes)
+                if m.worker_memory is not None:  # rss, mlx_active/peak/cache, kv_cache, prompt_cache
+                    for field, value in msgspec.structs.asdict(m.worker_memory).items():
+                        memory.add_metric([host, m.id, field.removesuffix("_bytes")], value)
+                in_flight.add_metric([host, m.id], m.in_flight)
+                queued.add_metric([host, m.id], m.queued)
+            loads.add_metric([host, m.id], m.loads)
+            evictions.add_metric([host, m.id], m.evictions)
+            crashes.add_metric([host, m.id], m.crashes)
+    if all(reply is None for _, reply in answers):
+        return [up]
+    return [up, *budget.values(), state, memory, in_flight, queued, loads, evictions, crashes]
 
 
 class _Fixed:
@@ -163,13 +178,11 @@ def _own_registry() -> CollectorRegistry:
 
 async def metrics(request: Request) -> Response:
     """GET /metrics: the Prometheus text format."""
-    state = request.app.state
-    try:
-        reply = await state.supervisor.call(lambda call_id: ListModels(call_id=call_id), 2.0)
-    except APIError:
-        reply = None  # reported as mlx_server_supervisor_up 0; the gateway's own metrics still count
+    answers = await request.app.state.hosts.ask_all(lambda call_id: ListModels(call_id=call_id), 2.0)
+    # A host that did not answer is reported as mlx_server_supervisor_up 0; the gateway's own metrics still count.
+    answers = [(link.name, None if isinstance(reply, APIError) else reply) for link, reply in answers]
     host = CollectorRegistry()
-    host.register(_Fixed(_supervisor_families(reply)))
+    host.register(_Fixed(_supervisor_families(answers)))
     body = generate_latest(_own_registry()) + generate_latest(host)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -2,6 +2,8 @@
 
 A socket monitor watches each connection: when the worker process dies its socket closes, and every request
 still streaming from it gets a `worker_crashed` event at once instead of waiting for tokens that never come.
+When a fleet's host goes down (gateway/hosts.py), every request streaming from its workers gets
+`worker_unavailable`. Workers on a fleet's host are reached over TCP as CURVE clients, with the host's key.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from gateway.config import GatewaySettings
-from gateway.supervisor_client import SupervisorClient
+from gateway.hosts import HostLink, Hosts
+from gateway.placement import Placement
+from gateway.supervisor_client import HostDown
 from protocol import DecodeError, ErrorCode, encode
 from protocol.ctl import EnsureLoaded, Located
+from protocol.curve import KeyPair, secure_client
 from protocol.generation import TERMINAL, Abort, GenerateRequest, SamplingDefaults, failure, worker_outbound_decoder
 
 log = logging.getLogger("gateway.worker")
@@ -50,13 +55,21 @@ class RequestStream:
 
 
 class WorkerClient:
-    def __init__(self, ctx: zmq.asyncio.Context, located: Located, silence_timeout: float):
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        located: Located,
+        silence_timeout: float,
+        curve: tuple[KeyPair, bytes] | None = None,
+    ):
         self.model_id = located.model_id
         self.endpoint = located.endpoint
         self.instance_id = located.instance_id
         self._silence = silence_timeout
         self._sock = ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            secure_client(self._sock, *curve)
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._sock.connect(self.endpoint)
         self._streams: dict[str, RequestStream] = {}
@@ -108,11 +121,15 @@ class WorkerClient:
                 self.mark_dead(f"the worker for {self.model_id} exited during the request")
                 return
 
-    def mark_dead(self, reason: str) -> None:
-        """No more events will come from this worker: every open stream ends with `worker_crashed`."""
+    @property
+    def in_flight(self) -> int:
+        return 0 if self.dead else len(self._streams)
+
+    def mark_dead(self, reason: str, code: ErrorCode = ErrorCode.WORKER_CRASHED) -> None:
+        """No more events will come from this worker: every open stream ends with `code` (worker_crashed)."""
         self.dead = True
         for request_id, stream in list(self._streams.items()):
-            stream.put(failure(request_id, ErrorCode.WORKER_CRASHED, reason))
+            stream.put(failure(request_id, code, reason))
 
     def close(self) -> None:
         for task in self._tasks:
@@ -123,46 +140,74 @@ class WorkerClient:
 
 
 class WorkerPool:
-    """Finds the worker for a model through the supervisor; one client per live worker instance."""
+    """Finds the worker for a model: placement picks the host, whose supervisor loads it if needed; one client
+    per live worker instance, per host."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, supervisor: SupervisorClient, settings: GatewaySettings):
+    def __init__(self, ctx: zmq.asyncio.Context, hosts: Hosts, settings: GatewaySettings):
         self._ctx = ctx
-        self._supervisor = supervisor
         self._settings = settings
-        self._clients: dict[str, WorkerClient] = {}  # by model id
+        self._clients: dict[tuple[str, str], WorkerClient] = {}  # by (host, model id)
+        self.hosts = hosts
+        self.placement = Placement(hosts, self.in_flight)
+        for link in hosts.links:
+            link.on_down.append(self._host_down)
+
+    def in_flight(self, host: str, model_id: str) -> int:
+        client = self._clients.get((host, model_id))
+        return client.in_flight if client is not None else 0
 
     async def acquire(
         self,
         model: str,
         stale_instance: str | None = None,
         allowed: list[str] | None = None,
+        affinity: str | None = None,
         preset: str | None = None,
     ) -> tuple[WorkerClient, SamplingDefaults]:
-        """The client of the worker serving `model` (id, alias, or "" for the default), loading it if needed, and
+        """The client of a worker serving `model` (id, alias, or "" for the default), loading it if needed, and
         the sampling defaults for that model with `preset`; a model outside `allowed` (when given) is refused by
         the supervisor with `model_not_allowed`, an unknown preset with `invalid_request`.
 
         `stale_instance` names a worker the caller found gone, so the supervisor replaces it rather than
         handing it out again (the gateway can see a worker's socket close before the supervisor reaps it).
+        `affinity` (a session) keeps a conversation on one replica. A host that goes down meanwhile is
+        left for the next one placement picks.
         """
-        located = await self._supervisor.call(
-            lambda call_id: EnsureLoaded(
-                call_id=call_id, model=model, stale_instance=stale_instance, allowed=allowed, preset=preset
-            ),
-            self._settings.load_timeout,
-        )
-        return self._client(located), located.defaults
+        failed: set[str] = set()
+        while True:
+            link = await self.placement.place(model, allowed, affinity, failed)
+            try:
+                located = await link.client.call(
+                    lambda call_id: EnsureLoaded(
+                        call_id=call_id, model=model, stale_instance=stale_instance, allowed=allowed, preset=preset
+                    ),
+                    self._settings.load_timeout,
+                )
+            except HostDown:
+                if not self.hosts.fleet:
+                    raise
+                failed.add(link.name)
+                continue
+            return self._client(link, located), located.defaults
 
-    def _client(self, located: Located) -> WorkerClient:
-        current = self._clients.get(located.model_id)
+    def _client(self, link: HostLink, located: Located) -> WorkerClient:
+        key = (link.name, located.model_id)
+        current = self._clients.get(key)
         if current is not None and current.instance_id == located.instance_id:
             return current
         if current is not None:
             current.mark_dead("the worker was replaced")
             current.close()
-        client = WorkerClient(self._ctx, located, self._settings.silence_timeout)
-        self._clients[located.model_id] = client
+        curve = link.curve if located.endpoint.startswith("tcp://") else None
+        client = WorkerClient(self._ctx, located, self._settings.silence_timeout, curve)
+        self._clients[key] = client
         return client
+
+    def _host_down(self, link: HostLink, reason: str) -> None:
+        for key in [key for key in self._clients if key[0] == link.name]:
+            client = self._clients.pop(key)
+            client.mark_dead(f"host {link.name} is down: {reason}", ErrorCode.WORKER_UNAVAILABLE)
+            client.close()
 
     def close(self) -> None:
         for client in self._clients.values():

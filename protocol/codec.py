@@ -19,6 +19,14 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_
     """Base of every wire message; subclasses set `tag=` to their stable wire name."""
 
 
+class Call(Message, omit_defaults=False, kw_only=True):
+    """Base of every call a supervisor answers. Its fields are always encoded (no omitted defaults), so
+    `protocol_version` is on the wire even when it is this version: a peer of another version sees it and refuses."""
+
+    call_id: str
+    protocol_version: int = PROTOCOL_VERSION
+
+
 _encoder = msgspec.msgpack.Encoder()
 
 

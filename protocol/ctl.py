@@ -1,5 +1,7 @@
 """Calls to the supervisor from gateways and the operator CLI. Every call carries `call_id`; the reply
-(a result or CallFailed) carries the same id and resolves exactly one waiting future."""
+(a result or CallFailed) carries the same id and resolves exactly one waiting future. Every call also carries
+the caller's `protocol_version`, as a worker's Hello does: a supervisor refuses a call from a peer speaking
+another version with CallFailed(protocol_mismatch) instead of guessing at what it meant."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from enum import StrEnum
 
 import msgspec
 
-from protocol.codec import Message, decoder
+from protocol.codec import Call, Message, decoder
 from protocol.control import MemoryReport, ModelType
 from protocol.errors import ErrorCode
 from protocol.generation import SamplingDefaults
@@ -24,10 +26,9 @@ class ModelState(StrEnum):
     FAILED = "failed"
 
 
-class EnsureLoaded(Message, tag="ensure_loaded"):
+class EnsureLoaded(Call, tag="ensure_loaded"):
     """Where does `model` (id or alias) live? Loads it first if needed; one load serves every caller."""
 
-    call_id: str
     model: str
     # The instance the caller was last given and found gone (its connection dropped): the supervisor
     # waits to see that process exit and starts a new one instead of handing the dead one out again.
@@ -40,34 +41,43 @@ class EnsureLoaded(Message, tag="ensure_loaded"):
     preset: str | None = None
 
 
-class Load(Message, tag="load"):
-    call_id: str
+class Load(Call, tag="load"):
     model: str
 
 
-class Unload(Message, tag="unload"):
-    call_id: str
+class Unload(Call, tag="unload"):
     model: str
 
 
-class Pin(Message, tag="pin"):
+class Pin(Call, tag="pin"):
     """Pin (or unpin) a model: a pinned model is never evicted to make room for another."""
 
-    call_id: str
     model: str
     pinned: bool = True
 
 
-class ListModels(Message, tag="list_models"):
-    call_id: str
+class ListModels(Call, tag="list_models"):
     allowed: list[str] | None = None  # only these models (ids or aliases, as in EnsureLoaded); None: all
 
 
-class Status(Message, tag="status"):
+class Status(Call, tag="status"):
     """Supervisor status; pings every live worker (through its generation loop) before answering."""
 
-    call_id: str
     ping_timeout: float = 2.0
+
+
+class Heartbeat(Call, tag="heartbeat"):
+    """Sent by each gateway to each host about once a second: a host that stops answering is down for it."""
+
+    gateway: str = ""  # who is asking, for the supervisor's log
+
+
+class Plan(Call, tag="plan"):
+    """What would serving `model` (id or alias) take on this host? Answered from the memory budget's plan,
+    without acting: gateways ask every host and load where the most budget is left."""
+
+    model: str
+    allowed: list[str] | None = None  # as in EnsureLoaded
 
 
 class Located(Message, tag="located"):
@@ -139,6 +149,7 @@ class ModelList(Message, tag="model_list"):
     call_id: str
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
+    host: str = ""  # the answering host's name in a fleet ("" for a single host)
 
 
 class StatusReport(Message, tag="status_report"):
@@ -149,26 +160,50 @@ class StatusReport(Message, tag="status_report"):
     memory_budget_bytes: int
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
+    host: str = ""
 
 
-class AddAlias(Message, tag="add_alias"):
+class HostAlive(Message, tag="host_alive"):
+    """The answer to a Heartbeat."""
+
+    call_id: str
+    host: str  # "" for a single host
+    protocol_version: int
+    pid: int
+    uptime_seconds: float
+
+
+class LoadPlan(Message, tag="load_plan"):
+    """The answer to a Plan: whether the model may run here, its state here, and the room a load would leave."""
+
+    call_id: str
+    model_id: str
+    here: bool  # the config allows it on this host (its `hosts`, or none listed)
+    hosts: list[str] = []  # the hosts the config allows it on; []: any
+    state: ModelState = ModelState.STOPPED
+    in_flight: int = 0
+    exceeds: bool = False  # larger than this host's whole budget
+    fits: bool = False  # fits now, after evicting the idle models in `evict`
+    free_after_bytes: int = 0  # the budget left once it is loaded (after those evictions); < 0: short by that
+    evict: list[str] = []
+
+
+class AddAlias(Call, tag="add_alias"):
     """Name a configured model by one more alias (a wildcard pattern too), kept across restarts; an alias added
     before is pointed at the new model."""
 
-    call_id: str
     alias: str
     model: str  # an id or alias of a configured model
 
 
-class RemoveAlias(Message, tag="remove_alias"):
+class RemoveAlias(Call, tag="remove_alias"):
     """Remove an alias added at run time (those in the config file stay)."""
 
-    call_id: str
     alias: str
 
 
-class ListAliases(Message, tag="list_aliases"):
-    call_id: str
+class ListAliases(Call, tag="list_aliases"):
+    """Every alias: the config's and those added at run time."""
 
 
 class AliasEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,8 +227,10 @@ class CallFailed(Message, tag="call_failed"):
 
 
 # Every call a supervisor answers (supervisor/ctl/ holds a handler for each), and every reply.
-CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status, AddAlias, RemoveAlias, ListAliases, *STORE_CALLS)
-REPLIES = (Located, Unloaded, Pinned, ModelList, StatusReport, AliasTable, *STORE_REPLIES, CallFailed)
+CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status, Heartbeat, Plan, AddAlias, RemoveAlias, ListAliases,
+         *STORE_CALLS)  # fmt: skip
+REPLIES = (Located, Unloaded, Pinned, ModelList, StatusReport, HostAlive, LoadPlan, AliasTable, *STORE_REPLIES,
+           CallFailed)  # fmt: skip
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:

@@ -9,8 +9,10 @@ The worker decodes it with the typed decoder, so a launch with a wrong field sto
 field's path. `python -m worker --model-id X --source Y` (standalone) builds the same struct from flags whose
 defaults are the struct's.
 
-New fields get defaults, as on the wire. Endpoints are `ipc://` paths in the run directory, computed here
-only; a field holding a `tcp://` address works the same once something computes one.
+New fields get defaults, as on the wire. Endpoints are computed here only: `ipc://` paths in the run directory
+on a single host; on a host that serves other machines (a fleet's host, over TCP and CURVE) a worker binds its
+data plane on the host's TCP address with a port of the system's choosing, says in its Hello where it bound,
+and the supervisor hands gateways that address (`advertised`).
 """
 
 from __future__ import annotations
@@ -51,9 +53,23 @@ def workers_endpoint(run_dir: Path | str) -> str:
     return f"ipc://{run_dir}/{WORKERS_SOCKET}"
 
 
-def worker_endpoint(run_dir: Path | str, model_id: str) -> str:
-    """Where the worker serving `model_id` binds its data plane (gateways connect to it)."""
-    return f"ipc://{run_dir}/worker-{model_id}.sock"
+def worker_endpoint(run_dir: Path | str, model_id: str, tcp_host: str | None = None) -> str:
+    """Where the worker serving `model_id` binds its data plane (gateways connect to it): its socket in the run
+    directory, or, on a host serving over TCP, any free port on `tcp_host` (the worker reports the one it got)."""
+    return f"tcp://{tcp_host}:*" if tcp_host else f"ipc://{run_dir}/worker-{model_id}.sock"
+
+
+def tcp_host_of(endpoint: str) -> str:
+    """The address part of a tcp:// endpoint: tcp://10.0.0.5:7100 -> 10.0.0.5."""
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+
+
+def advertised(bound: str, public: str) -> str:
+    """What gateways connect to for a worker bound at `bound`: a wildcard address (0.0.0.0, *, ::) is replaced
+    by the address of the host's public ctl endpoint `public`, since clients reach the host there."""
+    if not bound.startswith("tcp://") or tcp_host_of(bound) not in ("0.0.0.0", "*", "[::]", "::"):
+        return bound
+    return f"tcp://{tcp_host_of(public)}:{bound.rsplit(':', 1)[1]}"
 
 
 def new_instance_id() -> str:
@@ -87,6 +103,14 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return self.prompt_cache_mb * MB
 
 
+class CurveServer(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker on a host that serves other machines: its data plane is a CURVE server with the host's keys, and
+    only the listed clients get in (protocol/curve.py)."""
+
+    key_file: str  # the host's key pair file (0600): the secret key itself never goes on a command line
+    allowed_clients: list[str] = []  # Z85 public keys of the gateways allowed to connect
+
+
 class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     """What one worker process serves, where, and how it ends. Built by the supervisor for each spawn."""
 
@@ -99,6 +123,7 @@ class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     draft_source: str | None = None  # a draft model for speculative decoding (llm only), loaded alongside
     engine: EngineSettings = EngineSettings()
     data_endpoint: str  # bound by the worker: requests from gateways
+    curve: CurveServer | None = None  # None: no CURVE (an ipc:// endpoint, or a standalone worker)
     supervisor_endpoint: str | None = None  # the supervisor's workers socket; None: standalone, no supervisor
     shutdown_grace: float = 10.0  # seconds to drain in-flight requests after SIGTERM
     # Exit when stdin reaches EOF: the supervisor holds the other end of that pipe, so the worker goes when its

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 import msgspec
 
-from protocol.codec import Message
+from protocol.codec import Call, Message
 
 
 class PullState(StrEnum):
@@ -36,10 +36,9 @@ class ConvertOptions(msgspec.Struct, frozen=True, kw_only=True):
         return self.quantize or self.dtype is not None
 
 
-class Pull(Message, tag="pull"):
+class Pull(Call, tag="pull"):
     """Download `repo` into the store (then convert it if asked); answered at once with the pull's progress."""
 
-    call_id: str
     repo: str  # org/name on the hub the supervisor reaches (HF_ENDPOINT in its environment)
     revision: str | None = None  # a branch, tag or commit; None: the repo's default branch
     name: str | None = None  # its directory in the store; None: the repo's name
@@ -47,13 +46,11 @@ class Pull(Message, tag="pull"):
     force: bool = False  # replace a model of that name
 
 
-class PullStatus(Message, tag="pull_status"):
-    call_id: str
+class PullStatus(Call, tag="pull_status"):
     pull_id: str | None = None  # None: every pull since the supervisor started, oldest first
 
 
-class CancelPull(Message, tag="cancel_pull"):
-    call_id: str
+class CancelPull(Call, tag="cancel_pull"):
     pull_id: str
 
 
@@ -93,8 +90,8 @@ class Pulls(Message, tag="pulls"):
     pulls: list[PullProgress]
 
 
-class ListStore(Message, tag="list_store"):
-    call_id: str
+class ListStore(Call, tag="list_store"):
+    """What the model store holds."""
 
 
 class StoredModel(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,10 +112,9 @@ class StoreList(Message, tag="store_list"):
     models: list[StoredModel]
 
 
-class RemoveStored(Message, tag="remove_stored"):
+class RemoveStored(Call, tag="remove_stored"):
     """Remove a model (or an unfinished pull) from the store; refused while a running model uses it."""
 
-    call_id: str
     name: str
 
 

@@ -1,5 +1,9 @@
 """configs/models.yaml: the models this host may serve, and the supervisor's settings.
 
+In a fleet the file lists `hosts:` (protocol/hosts.py) and may be shared by every host: each supervisor is
+told which host it is, serves only the models whose `hosts` include it (or that list none), and keeps every
+model's name, so any host resolves any name alike.
+
 Validated into typed structs at start-up, so a typo in the file stops the supervisor with the field's path
 instead of surfacing at the first request.
 """
@@ -15,6 +19,7 @@ import yaml
 from protocol import ErrorCode
 from protocol.control import MODEL_TYPES
 from protocol.generation import SamplingDefaults
+from protocol.hosts import HostSpec, check_hosts
 from protocol.launch import EngineSettings
 from supervisor.model_names import CLAUDE_TIERS, RUNTIME_ALIASES_FILE, ModelNames, NameRefused
 
@@ -58,6 +63,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     draft_model: str | None = None
     engine: EngineSettings = EngineSettings()  # handed to the worker as it is, in its WorkerLaunch
     defaults: Defaults = Defaults()  # sampling a request leaves unset; over the global `defaults:`
+    hosts: list[str] = []  # in a fleet: the hosts it may run on (whisper on the voice host); []: any host
 
     def __post_init__(self) -> None:
         if self.type not in MODEL_TYPES:
@@ -97,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # and named `presets:` a request selects with "preset" (over both). A request's own fields always win.
     defaults: Defaults = Defaults()
     presets: dict[str, Defaults] = {}
+    # A fleet: the hosts (protocol/hosts.py) and the public keys of the gateways and operators they let in.
+    hosts: list[HostSpec] = []
+    host_clients: list[str] = []
     # Read by the gateway (gateway/config/file.py), which validates them; the supervisor only lets them through.
     services: list[dict] = []
     gateway: dict = {}
@@ -112,7 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class Config:
     """Settings plus what they imply: the store location, and the names (model_names.py) that lead to each model."""
 
-    def __init__(self, settings: Settings, base_dir: Path):
+    def __init__(self, settings: Settings, base_dir: Path, host: str | None = None):
         self.settings = settings
         # The environment's store is relative to the working directory, the file's to the file.
         env_store = os.environ.get("MLX_MODEL_STORE")
@@ -137,6 +146,22 @@ class Config:
                 raise ValueError(f"model {spec.id!r}: set memory_gb (its draft's weights are not on disk to measure)")
         self.default_model = self._configured("default_model", settings.default_model or settings.models[0].id)
         self.fallback_model = settings.fallback_model and self._configured("fallback_model", settings.fallback_model)
+        check_hosts(settings.hosts)
+        self.hosts = {h.name: h for h in settings.hosts}
+        for spec in settings.models:
+            unknown = [h for h in spec.hosts if h not in self.hosts]
+            if unknown:
+                listed = ", ".join(self.hosts) or "none"
+                raise ValueError(f"model {spec.id!r}: hosts {unknown} are not in the config's hosts ({listed})")
+        if host is not None and host not in self.hosts:
+            raise ValueError(f"host {host!r} is not in the config's hosts ({', '.join(self.hosts) or 'none'})")
+        self.host = self.hosts[host] if host is not None else None  # the host this supervisor is, in a fleet
+        budget = self.host.memory_budget_gb if self.host and self.host.memory_budget_gb else None
+        self.memory_budget_gb = budget or settings.memory_budget_gb
+
+    def runs_here(self, spec: ModelSpec) -> bool:
+        """Whether this supervisor serves `spec`: any model on a single host, else those allowed on its host."""
+        return self.host is None or not spec.hosts or self.host.name in spec.hosts
 
     def _configured(self, setting: str, name: str) -> str:
         model_id = self.names.configured(name)
@@ -197,11 +222,12 @@ def is_hub_id(source: str) -> bool:
     return "/" in source and not source.startswith(("/", "~", "./", "../"))
 
 
-def load_config(path: str | os.PathLike) -> Config:
+def load_config(path: str | os.PathLike, host: str | None = None) -> Config:
+    """The config at `path`, for the supervisor of `host` when it is one of a fleet's."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
         settings = msgspec.convert(raw, Settings)
     except (OSError, yaml.YAMLError, msgspec.ValidationError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    return Config(settings, path.parent.resolve())
+    return Config(settings, path.parent.resolve(), host)

@@ -1,9 +1,11 @@
 """`supervisor run`: the long-lived process that owns the fleet.
 
-Two ROUTER sockets on one asyncio loop: the ctl socket (gateways and the operator CLI send calls, each answered
+ROUTER sockets on one asyncio loop: the ctl socket (gateways and the operator CLI send calls, each answered
 with the same call_id) and the workers socket (each worker's DEALER, identified by its instance id, sends
 Hello/Ready/LoadFailed/Pong and receives Welcome/Refused/Ping). Both live in the private run directory; a
-malformed or wrong-length multipart message on either is dropped with a log line and never stops its loop.
+malformed or wrong-length multipart message on any socket is dropped with a log line and never stops its loop.
+A fleet's host (supervisor/host.py) also serves ctl calls on TCP, as a CURVE server that lets in only the
+config's host_clients; its ipc:// ctl socket stays for the operator on the machine itself.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import zmq.asyncio
 from protocol import PROTOCOL_VERSION, DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, LoadFailed, Ping, Pong, Ready, Refused, Welcome, from_worker_decoder
 from protocol.ctl import CallFailed, call_decoder
-from protocol.launch import ctl_endpoint, workers_endpoint
+from protocol.curve import AllowList, secure_server
+from protocol.launch import advertised, ctl_endpoint, workers_endpoint
 from protocol.launcher import exit_with_launcher
 from protocol.run_dir import bind_private, private_run_dir
 from supervisor.config import Config
 from supervisor.ctl import HANDLERS
 from supervisor.fleet import Fleet, FleetError
+from supervisor.host import Host
 from supervisor.model_names import NameRefused
 from supervisor.orphans import WorkerRegistry
 from supervisor.pulls import Pulls
@@ -38,12 +42,14 @@ log = logging.getLogger("supervisor")
 
 
 class Supervisor:
-    def __init__(self, config: Config, run_dir: Path):
+    def __init__(self, config: Config, run_dir: Path, host: Host | None = None):
         self.config = config
         self.run_dir = run_dir
+        self.host = host
+        self.host_name = host.name if host else ""
         self.ctl_endpoint, self.workers_endpoint = ctl_endpoint(run_dir), workers_endpoint(run_dir)
         self.registry = WorkerRegistry(run_dir)
-        self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry)
+        self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry, host)
         self.fleet.pinger = self._ping
         self.pulls = Pulls(config)  # downloads into the model store (`ctl pull`), one child process each
         self.started = time.monotonic()
@@ -60,16 +66,24 @@ class Supervisor:
         exit_with_launcher()  # a SIGTERM to this process once whatever launched the stack is gone
         for pid in self.registry.sweep():
             log.warning("stopped orphan worker pid %d left by a previous supervisor", pid)
-        self._ctl = self._ctx.socket(zmq.ROUTER)
+        ctl = self._ctx.socket(zmq.ROUTER)
         self._workers = self._ctx.socket(zmq.ROUTER)
-        for sock in (self._ctl, self._workers):
+        sockets = [ctl, self._workers]
+        allow = None
+        if self.host is not None:
+            allow = AllowList(self._ctx, self.host.allowed, f"host {self.host.name}")
+            sockets.append(remote := self._ctx.socket(zmq.ROUTER))
+            secure_server(remote, self.host.keys)
+            remote.bind(self.host.bind)
+        for sock in sockets:
             sock.setsockopt(zmq.LINGER, 500)
         bind_private(self._workers, self.workers_endpoint)
-        bind_private(self._ctl, self.ctl_endpoint)
-        log.info("supervisor pid %d: ctl at %s, %d models configured", os.getpid(), self.ctl_endpoint,
+        bind_private(ctl, self.ctl_endpoint)
+        where = f"host {self.host.name}, ctl at {self.host.bind} (CURVE) and " if self.host else "ctl at "
+        log.info("supervisor pid %d: %s%s, %d models here", os.getpid(), where, self.ctl_endpoint,
                  len(self.fleet.slots))  # fmt: skip
         loops = [
-            asyncio.create_task(self._serve_ctl()),
+            *(asyncio.create_task(self._serve_ctl(sock)) for sock in sockets if sock is not self._workers),
             asyncio.create_task(self._serve_workers()),
             asyncio.create_task(self._heartbeat()),
         ]
@@ -79,8 +93,10 @@ class Supervisor:
         await asyncio.gather(self.fleet.stop_all(), self.pulls.stop_all())
         for task in loops:
             task.cancel()
-        self._ctl.close()
-        self._workers.close()
+        for sock in sockets:
+            sock.close()
+        if allow is not None:
+            allow.stop()
         self._ctx.term()
 
     def _spawn(self, coro) -> None:
@@ -90,10 +106,10 @@ class Supervisor:
 
     # -- ctl calls ---------------------------------------------------------------------------------------
 
-    async def _serve_ctl(self) -> None:
+    async def _serve_ctl(self, sock: zmq.asyncio.Socket) -> None:
         decoder = call_decoder()
         while True:
-            frames = await self._ctl.recv_multipart()
+            frames = await sock.recv_multipart()
             if len(frames) != 2:
                 log.error("malformed ctl message dropped: %d frames, expected 2", len(frames))
                 continue
@@ -103,11 +119,20 @@ class Supervisor:
             except DecodeError as exc:
                 call_id = salvage_id(frame, "call_id") or ""
                 reply = CallFailed(call_id=call_id, code=ErrorCode.MALFORMED_FRAME, message=str(exc))
-                await self._ctl.send_multipart([identity, encode(reply)])
+                await sock.send_multipart([identity, encode(reply)])
                 continue
-            self._spawn(self._answer(identity, call))  # a long load must not hold up other calls
+            if call.protocol_version != PROTOCOL_VERSION:
+                await sock.send_multipart([identity, encode(self._mismatch(call))])
+                continue
+            self._spawn(self._answer(sock, identity, call))  # a long load must not hold up other calls
 
-    async def _answer(self, identity: bytes, call) -> None:
+    def _mismatch(self, call) -> CallFailed:
+        who = f"host {self.host_name}'s supervisor" if self.host_name else "this supervisor"
+        text = f"the caller speaks protocol version {call.protocol_version}, {who} speaks {PROTOCOL_VERSION}"
+        log.warning("refused a %s call: %s", type(call).__name__, text)
+        return CallFailed(call_id=call.call_id, code=ErrorCode.PROTOCOL_MISMATCH, message=text)
+
+    async def _answer(self, sock: zmq.asyncio.Socket, identity: bytes, call) -> None:
         """Run the call's handler (supervisor/ctl/<command>.py) and send its reply, or the failure as data."""
         try:
             reply = await HANDLERS[type(call)](self, call)
@@ -118,7 +143,7 @@ class Supervisor:
         except Exception as exc:
             log.exception("ctl call %r failed", call)
             reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=str(exc))
-        await self._ctl.send_multipart([identity, encode(reply)])
+        await sock.send_multipart([identity, encode(reply)])
 
     # -- workers ----------------------------------------------------------------------------------------
 
@@ -167,6 +192,8 @@ class Supervisor:
             log.warning("hello from unknown worker %s (pid %d) ignored", hello.instance_id, hello.pid)
             return
         worker.identity = identity
+        # Where it bound (a tcp port of the system's choosing on a fleet host), as gateways reach it.
+        worker.endpoint = advertised(hello.endpoint, self.host.endpoint) if self.host else hello.endpoint
         await self._workers.send_multipart([identity, encode(Welcome(instance_id=hello.instance_id))])
 
     async def _ping(self, worker: WorkerProcess, timeout: float) -> Pong | None:
@@ -206,10 +233,10 @@ def hold_pidfile(run_dir: Path) -> int:
     return fd
 
 
-def run(config: Config, run_dir: Path) -> None:
+def run(config: Config, run_dir: Path, host: Host | None = None) -> None:
     try:
         private_run_dir(run_dir)
     except PermissionError as exc:
         raise SystemExit(f"supervisor: {exc}") from None
     hold_pidfile(run_dir)
-    asyncio.run(Supervisor(config, run_dir).serve())
+    asyncio.run(Supervisor(config, run_dir, host).serve())

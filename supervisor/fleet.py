@@ -20,7 +20,8 @@ from protocol import ErrorCode
 from protocol.control import ModelType, Pong
 from protocol.ctl import ModelInfo
 from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
-from supervisor.config import GB, Config
+from supervisor.config import GB, Config, ModelSpec
+from supervisor.host import Host
 from supervisor.memory_budget import MemoryBudget
 from supervisor.model_slot import IllegalTransition, ModelSlot, State
 from supervisor.orphans import WorkerRegistry
@@ -44,15 +45,18 @@ Pinger = Callable[[WorkerProcess, float], Awaitable[Pong | None]]
 
 
 class Fleet:
-    def __init__(self, config: Config, run_dir: str, workers_endpoint: str, registry: WorkerRegistry):
+    def __init__(
+        self, config: Config, run_dir: str, workers_endpoint: str, registry: WorkerRegistry, host: Host | None = None
+    ):
         self.config = config
         self.settings = config.settings
         self.run_dir = run_dir
         self.workers_endpoint = workers_endpoint
         self.registry = registry
-        self.budget = MemoryBudget(int(self.settings.memory_budget_gb * GB))
-        self.slots: dict[str, ModelSlot] = {}
-        for spec in self.settings.models:
+        self.host = host  # in a fleet: workers bind on its TCP address, as CURVE servers
+        self.budget = MemoryBudget(int(config.memory_budget_gb * GB))
+        self.slots: dict[str, ModelSlot] = {}  # the models this host serves
+        for spec in filter(config.runs_here, self.settings.models):
             slot = ModelSlot(spec, config.source_of(spec), self.budget.open(spec.id), config.draft_source_of(spec))
             self.budget.estimate(slot.charge, spec, slot.source, slot.draft_source)
             self.slots[spec.id] = slot
@@ -62,9 +66,10 @@ class Fleet:
         self.closing = False  # the supervisor is stopping: no new loads
         self._changed = asyncio.Event()  # set (and replaced) whenever memory may have been freed
 
-    def slot(self, name: str, allowed: list[str] | None = None, fallback: bool = False) -> ModelSlot:
-        """The slot of the model `name` resolves to; a caller limited to `allowed` models gets only those. With
-        `fallback`, a name that leads nowhere gets the fallback model (if configured and allowed)."""
+    def resolve(self, name: str, allowed: list[str] | None = None, fallback: bool = False) -> ModelSpec:
+        """The model `name` resolves to, for a caller limited to `allowed` models; FleetError if there is none or
+        the caller may not use it. With `fallback`, a name that leads nowhere gets the fallback model (if
+        configured and allowed). The same answer on every host of a fleet: they share the config's names."""
         spec = self.config.resolve(name)
         spare = self.config.resolve(name, fallback=True) if spec is None and fallback else None
         if spare is not None and self.config.allows(spare, allowed):  # else: not found, as without a fallback
@@ -78,6 +83,14 @@ class Fleet:
         if spec is None:
             reason = self.config.why_unknown(name, allowed)
             raise FleetError(ErrorCode.MODEL_NOT_FOUND, reason[0].upper() + reason[1:])
+        return spec
+
+    def slot(self, name: str, allowed: list[str] | None = None, fallback: bool = False) -> ModelSlot:
+        """The slot of the model `name` resolves to (see resolve), if it runs on this host."""
+        spec = self.resolve(name, allowed, fallback)
+        if spec.id not in self.slots:
+            here, hosts = self.config.host.name, ", ".join(spec.hosts)
+            raise FleetError(ErrorCode.MODEL_NOT_FOUND, f"{spec.id} does not run on host {here} (only on {hosts})")
         return self.slots[spec.id]
 
     def info(self, slot: ModelSlot, **more) -> ModelInfo:
@@ -212,7 +225,8 @@ class Fleet:
             context_length=slot.spec.context_length,
             draft_source=slot.draft_source,
             engine=slot.spec.engine,
-            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id),
+            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id, self.host and self.host.data_address),
+            curve=self.host and self.host.worker_curve(),
             supervisor_endpoint=self.workers_endpoint,
             shutdown_grace=self.settings.shutdown_grace_seconds,
             exit_with_stdin=True,
@@ -343,7 +357,7 @@ class Fleet:
                 self._begin_stop(slot, f"idle for {now - slot.last_used:.0f}s: unloading")
 
     async def auto_load(self) -> None:
-        specs = [s for s in self.settings.models if s.auto_load or s.pinned]
+        specs = [s.spec for s in self.slots.values() if s.spec.auto_load or s.spec.pinned]
         await asyncio.gather(*(_quietly(self.ensure_loaded(s.id)) for s in specs))
 
     async def stop_all(self) -> None:

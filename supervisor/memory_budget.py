@@ -137,6 +137,15 @@ class MemoryBudget:
                 return victims
         return None
 
+    def preview(self, charge: Charge, slots: Iterable[ModelSlot]) -> tuple[list[ModelSlot] | None, int]:
+        """`plan` for `charge`, and the budget that load would leave: after its evictions when it fits, else
+        (negative) how far it falls short even with every idle model evicted. Changes nothing: other hosts'
+        plans are weighed against it (a gateway loads where the most is left)."""
+        slots = list(slots)
+        victims = self.plan(charge, slots)
+        freed = victims if victims is not None else [s for s in slots if s.evictable]
+        return victims, self.total - self.committed() + sum(v.charge.bytes for v in freed) - charge.estimate
+
     def grant(self, charge: Charge) -> None:
         """Room is made (by the plan the caller has just carried out): the estimate counts from now."""
         charge.granted = True

@@ -10,6 +10,7 @@ from openai import OpenAI
 
 from supervisor.model_import import import_model
 from tests import harness
+from tests.fleet_harness import Fleet
 from tests.harness import LOG_ARCHIVE, RedisServer, Server, write_config
 from tests.hub_server import HubServer
 from tests.thinking_model import build_thinking_copy
@@ -290,3 +291,30 @@ def secure_server(secure_config, keys, redis_server):
     }
     yield srv.start()
     srv.stop()
+
+
+# -- a fleet: hosts a and b over TCP + CURVE, one gateway in front of both ------------------------------------
+
+FLEET_BUDGET_GB = 0.75  # per host: two of the 0.3 GB models, not three
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory, model_store):
+    """Two supervisors on this machine as hosts a and b, one gateway. `chat` and `spare` may run on either host,
+    `minilm` on b only (as whisper on the voice host)."""
+    fleet = Fleet(
+        tmp_path_factory.mktemp("fleet"),
+        model_store,
+        [
+            {"id": "chat", "aliases": ["tiny"], **SHARED},
+            {"id": "spare", **SHARED},
+            {"id": "minilm", "source": EMBEDDER, "type": "embedding", "memory_gb": 0.3, "hosts": ["b"]},
+        ],
+        memory_budget_gb=FLEET_BUDGET_GB,
+        heartbeat_seconds=0.5,
+        max_wait_seconds=60,
+        crash_limit=100,
+    )
+    TEST_SECRETS.extend(fleet.secrets())  # no host's or gateway's secret key may appear in any log
+    yield fleet.start()
+    fleet.stop()

@@ -73,6 +73,27 @@ def kill(process: psutil.Process) -> None:
         pass
 
 
+def workers_of(supervisor: subprocess.Popen | None, seen: list[psutil.Process]) -> list[psutil.Process]:
+    """The live worker processes of a supervisor (its children), each tracked and remembered in `seen`."""
+    if supervisor is None or supervisor.poll() is not None:
+        return []
+    try:
+        children = psutil.Process(supervisor.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for child in children:
+        if child not in seen:
+            seen.append(track(child))
+    return [c for c in children if not gone(c)]
+
+
+def reap(workers: list[psutil.Process]) -> None:
+    """After their supervisor stopped: workers exit with it, and one that does not (a SIGSTOPped one) is killed."""
+    for process in workers:
+        if not wait_until(lambda p=process: gone(p), timeout=10):
+            kill(process)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,16 +208,7 @@ class Server:
 
     def worker_processes(self) -> list[psutil.Process]:
         """Live worker processes of this supervisor (its children), remembered so `stop` can check on them."""
-        if self.supervisor is None or self.supervisor.poll() is not None:
-            return []
-        try:
-            children = psutil.Process(self.supervisor.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        for child in children:
-            if child not in self._workers_seen:
-                self._workers_seen.append(track(child))
-        return [c for c in children if not gone(c)]
+        return workers_of(self.supervisor, self._workers_seen)
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.worker_processes()]
@@ -237,9 +249,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for process in self._workers_seen:  # workers exit with their supervisor; a stopped (SIGSTOP) one may not
-            if not wait_until(lambda p=process: gone(p), timeout=10):
-                kill(process)
+        reap(self._workers_seen)
         if self.log_path.exists():
             with LOG_ARCHIVE.open("a", errors="replace") as archive:
                 archive.write(self.log_text())

@@ -160,8 +160,8 @@ def test_every_command_has_help_from_its_docstring():
 
 
 class FakeSupervisor:
-    def __init__(self, fleet):
-        self.fleet, self.started = fleet, time.monotonic()
+    def __init__(self, fleet, host_name: str = ""):
+        self.fleet, self.started, self.host_name = fleet, time.monotonic(), host_name
 
 
 class Spawned:

@@ -82,7 +82,7 @@ def test_counters_move_by_what_the_requests_did(server, client):
     assert value(after, "mlx_server_memory_free_bytes") == 4 * 2**30 - used - value(
         after, "mlx_server_memory_reserved_bytes"
     )
-    assert ("mlx_server_worker_queue_depth", (("model", "smollm2"),)) in after
+    assert ("mlx_server_worker_queue_depth", (("host", "local"), ("model", "smollm2"))) in after  # a single host
 
 
 def test_activity_log_keeps_each_call_with_a_sanitised_preview(server, client):

@@ -50,12 +50,11 @@ def run(launch: WorkerLaunch) -> int:
         pid=os.getpid(),
         endpoint=launch.data_endpoint,
     )
-    transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt)
+    transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt, launch.curve)
     model = ModelToLoad(launch.source, launch.model_type, launch.context_length, launch.draft_source)
     generation = GenerationThread(ctx, model, launch.engine, launch.instance_id, inbox, drain, halt)
     transport.start()
     generation.start()
-    log.info("serving %s at %s (pid %d)", launch.model_id, launch.data_endpoint, os.getpid())
 
     deadline = None
     while generation.is_alive():

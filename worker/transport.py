@@ -1,6 +1,7 @@
 """The worker's socket thread: the only code that touches its ZeroMQ sockets.
 
 - data ROUTER (bound): requests (generate, embed, rerank) / Abort from gateways, events back to the gateway that asked;
+  on a host serving other machines, a CURVE server that lets in only the allowed gateways' keys;
 - control DEALER (connected to the supervisor): Hello/Ready/Pong out, Welcome/Refused/Ping in;
 - inproc PULL: what the generation thread emits, forwarded to the right peer.
 
@@ -15,11 +16,14 @@ import logging
 import queue
 import threading
 
+import msgspec
 import zmq
 
 from protocol import DecodeError, ErrorCode, encode, salvage_id
 from protocol.control import Hello, Refused, Welcome, to_worker_decoder
+from protocol.curve import AllowList, key_pair_from_file, secure_server
 from protocol.generation import Abort, failure, worker_inbound_decoder
+from protocol.launch import CurveServer
 from protocol.run_dir import bind_private
 
 log = logging.getLogger("worker.transport")
@@ -41,6 +45,7 @@ class Transport(threading.Thread):
         inbox: queue.Queue,
         hello: Hello,
         halt: threading.Event,
+        curve: CurveServer | None = None,
     ):
         super().__init__(name="worker-sockets", daemon=True)
         self._ctx = context
@@ -49,6 +54,7 @@ class Transport(threading.Thread):
         self._inbox = inbox
         self._hello = hello
         self._halt = halt  # set when the supervisor refuses this worker
+        self._curve = curve
         self.closing = threading.Event()  # set by the main thread once the generation thread is done
         self.refused: Refused | None = None
         self.events = context.socket(zmq.PULL)  # bound before the generation thread connects
@@ -65,7 +71,16 @@ class Transport(threading.Thread):
     def _run(self) -> None:
         data = self._ctx.socket(zmq.ROUTER)
         data.setsockopt(zmq.LINGER, 1000)
+        allow = None
+        if self._curve is not None:
+            keys = key_pair_from_file(self._curve.key_file)
+            allowed = [key.encode() for key in self._curve.allowed_clients]
+            allow = AllowList(self._ctx, allowed, f"worker {self._hello.model_id}")
+            secure_server(data, keys)
         bind_private(data, self._data_endpoint)
+        # A tcp://host:* endpoint got a port of the system's choosing: the Hello says which.
+        hello = msgspec.structs.replace(self._hello, endpoint=data.getsockopt_string(zmq.LAST_ENDPOINT))
+        log.info("serving %s at %s%s (pid %d)", hello.model_id, hello.endpoint, " (CURVE)" * bool(allow), hello.pid)
         control = None
         poller = zmq.Poller()
         poller.register(data, zmq.POLLIN)
@@ -74,7 +89,7 @@ class Transport(threading.Thread):
             control = self._ctx.socket(zmq.DEALER)
             control.setsockopt(zmq.LINGER, 1000)
             control.connect(self._supervisor_endpoint)
-            control.send(encode(self._hello))
+            control.send(encode(hello))
             poller.register(control, zmq.POLLIN)
         inbound, from_supervisor = worker_inbound_decoder(), to_worker_decoder()
         routes: dict[str, bytes] = {}  # request_id -> identity of the gateway socket that sent it
@@ -95,6 +110,8 @@ class Transport(threading.Thread):
             self.events.close()
             if control is not None:
                 control.close()
+            if allow is not None:
+                allow.stop()
 
     def _forward(self, data, control, routes: dict) -> None:
         kind, request_id, frame = self.events.recv_multipart()

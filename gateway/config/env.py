@@ -19,6 +19,9 @@ class GatewaySettings:
     silence_timeout: float = 600.0  # longest gap between two events of one generation before giving up
     connect_timeout: float = 10.0  # how long to wait for a worker socket to connect
     keepalive_seconds: float = 5.0  # a stream waiting for its model sends an SSE comment this often
+    # A fleet: how often each host gets a heartbeat, and how long one that does not answer stays up.
+    host_heartbeat_seconds: float = 1.0
+    host_down_after_seconds: float = 3.0
     log_level: str = "INFO"
     ready_ping_timeout: float = 2.0  # readiness: how long each ready worker has to answer its ping
     activity_log_size: int = 200  # requests the activity log keeps
@@ -55,6 +58,8 @@ class GatewaySettings:
             load_timeout=float(os.environ.get("GATEWAY_LOAD_TIMEOUT", cls.load_timeout)),
             silence_timeout=float(os.environ.get("GATEWAY_SILENCE_TIMEOUT", cls.silence_timeout)),
             keepalive_seconds=float(os.environ.get("GATEWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds)),
+            host_heartbeat_seconds=float(os.environ.get("HOST_HEARTBEAT_SECONDS", cls.host_heartbeat_seconds)),
+            host_down_after_seconds=float(os.environ.get("HOST_DOWN_AFTER_SECONDS", cls.host_down_after_seconds)),
             log_level=os.environ.get("LOG_LEVEL", cls.log_level).upper(),
             ready_ping_timeout=float(os.environ.get("READY_PING_TIMEOUT", cls.ready_ping_timeout)),
             activity_log_size=int(os.environ.get("ACTIVITY_LOG_SIZE", cls.activity_log_size)),

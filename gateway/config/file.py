@@ -1,5 +1,6 @@
 """The gateway's part of the config file: `services:` (who may call, with which keys, for which models, how
-often) and `gateway:` (transport settings). The supervisor reads the same file for the models.
+often), `gateway:` (transport settings) and, for a fleet, `hosts:` (protocol/hosts.py: where each host's
+supervisor is and its public key). The supervisor reads the same file for the models.
 
 Keys never appear in clear in the file: a service lists the sha256 of each of its keys, or names an
 environment variable that holds them. `API_KEYS` (comma-separated `service:key` pairs) adds keys without
@@ -15,6 +16,8 @@ from typing import Literal
 
 import msgspec
 import yaml
+
+from protocol.hosts import HostSpec, check_hosts
 
 DEFAULT_CONFIG = "configs/models.yaml"
 SHA256_HEX = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
@@ -81,15 +84,24 @@ class _File(msgspec.Struct, kw_only=True):
 
     services: list[ServiceSpec] = []
     gateway: TransportSettings = TransportSettings()
+    hosts: list[HostSpec] = []
 
 
 class GatewayConfig:
-    def __init__(self, services: list[ServiceSpec], transport: TransportSettings, base_dir: Path):
+    def __init__(
+        self,
+        services: list[ServiceSpec],
+        transport: TransportSettings,
+        base_dir: Path,
+        hosts: list[HostSpec] | None = None,
+    ):
         self.services = {s.name: s for s in services}
         if len(self.services) != len(services):
             raise ValueError("a service name is used twice in the config")
         self.transport = transport
         self.base_dir = base_dir
+        self.hosts = hosts or []  # none: this machine's supervisor alone, over ipc://
+        check_hosts(self.hosts)
 
     def path(self, value: str | None) -> str | None:
         """A file named in the config: relative to the config file's directory, ~ expanded."""
@@ -109,7 +121,7 @@ def load_gateway_config(path: str | os.PathLike | None = None) -> GatewayConfig:
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError("the config is not a mapping")
-        parsed = msgspec.convert({k: raw[k] for k in ("services", "gateway") if k in raw}, _File)
+        parsed = msgspec.convert({k: raw[k] for k in ("services", "gateway", "hosts") if k in raw}, _File)
+        return GatewayConfig(parsed.services, parsed.gateway, path.parent.resolve(), parsed.hosts)
     except (OSError, yaml.YAMLError, msgspec.ValidationError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    return GatewayConfig(parsed.services, parsed.gateway, path.parent.resolve())

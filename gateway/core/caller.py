@@ -1,9 +1,9 @@
 """Who asks for a generation, as the core sees it, and who watches it.
 
 A Caller is the calling service (for model routing), a trace id for the worker's log lines, the caller's own
-observers, a way to tell that it stopped listening, and its priority in the worker's queue. An HTTP request makes
-one with `gateway.core.http.caller_of`; a caller with no client to lose (a batch line) leaves `gone` as None and
-waits behind interactive requests (priority -1).
+observers, a way to tell that it stopped listening, its priority in the worker's queue, and an affinity key that
+keeps a conversation on one replica. An HTTP request makes one with `gateway.core.http.caller_of`; a caller with
+no client to lose (a batch line) leaves `gone` as None and waits behind interactive requests (priority -1).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class Caller:
     observers: Sequence[ObserverFactory] = ()  # this caller's own, after the core's app-wide ones
     gone: Callable[[], Awaitable[None]] | None = None  # returns when the caller stops listening
     priority: int = 0  # admission order in the worker's queue: higher first (batch lines: -1)
+    # Requests with the same key go to the same replica of a model, whose prompt cache holds their prefix
+    # (a chat session's id); None: the least busy replica.
+    affinity: str | None = None
 
     async def unless_gone(self, work: Awaitable[T]) -> T:
         """Await `work`, cancelling it if the caller leaves first (then raise ClientGone).

@@ -29,7 +29,9 @@ from protocol.audio import SpeechRequest, TranscribeRequest
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import TERMINAL, Finished, GenerateRequest, GenerationError, TextChunk, TokenLogprob, ToolCall
 
-_REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN)
+# A worker that died, was stopping, or whose host went down before it produced anything: nothing reached the
+# client, so the request goes to a replacement (on another host, if its host is down).
+_REPLACEABLE = (ErrorCode.WORKER_CRASHED, ErrorCode.SHUTTING_DOWN, ErrorCode.WORKER_UNAVAILABLE)
 WorkerRequest = GenerateRequest | EmbedRequest | RerankRequest | TranscribeRequest | SpeechRequest
 
 
@@ -138,7 +140,7 @@ class GenerationCore:
     ):
         name, allowed = route_model(caller.service, model)
         preset = asked.preset if asked else None
-        client, defaults = await self.workers.acquire(name, stale_instance, allowed, preset)
+        client, defaults = await self.workers.acquire(name, stale_instance, allowed, caller.affinity, preset)
         if asked is not None:
             request = settle(request, asked, defaults, client.model_id)
         stream = await client.open(request, self.settings.connect_timeout)

@@ -38,13 +38,15 @@ class StreamWire:
 
 
 def caller_of(request: Request) -> Caller:
-    """The request as the core's Caller: its service, its X-Request-ID, its telemetry record as an observer."""
+    """The request as the core's Caller: its service, its X-Request-ID, its telemetry record as an observer, and
+    its affinity (set by a dialect on `request.state`, e.g. a chat session's)."""
     record = record_of(request)
     return Caller(
         service=getattr(request.state, "service", None),
         trace_id=getattr(request.state, "request_id", None),
         observers=(record.observer,) if record is not None else (),
         gone=lambda: _disconnected(request),
+        affinity=getattr(request.state, "affinity", None),
     )
 
 

@@ -70,6 +70,11 @@ function renderModels(memory) {
   $("memory-text").textContent =
     `used ${memory.used_gb.toFixed(2)} GB + reserved ${memory.reserved_gb.toFixed(2)} GB ` +
     `of ${budget.toFixed(2)} GB budget — ${memory.available_gb.toFixed(2)} GB free`;
+  // Several hosts: each one's budget, or why it is down (a single host is "local" and says nothing more).
+  const hosts = Object.entries(memory.hosts || {}).filter(([name]) => name !== "local");
+  $("memory-hosts").textContent = hosts.map(([name, h]) => h.up
+    ? `${name}: ${h.total_gb.toFixed(2)} of ${h.budget_gb.toFixed(2)} GB used`
+    : `${name}: down (${h.error})`).join(" · ");
   const tbody = $("models").querySelector("tbody");
   tbody.replaceChildren(...models.map((m) => {
     const detail = memory.models[m.id] || {};
@@ -83,6 +88,7 @@ function renderModels(memory) {
       el("td", { textContent: m.id + (m.aliases.length ? ` (${m.aliases.join(", ")})` : "") }),
       el("td", { textContent: m.type }),
       el("td", { className: `state state-${m.state}`, textContent: m.state }),
+      el("td", { className: "hosts", textContent: Object.entries(m.hosts || {}).map(([h, st]) => `${h} ${st}`).join(", ") }),
       el("td", { className: "pid", textContent: detail.pid || "–" }),
       el("td", { className: "memory", textContent: memoryText }),
       el("td", { textContent: loaded ? detail.in_flight : "–" }),

@@ -29,19 +29,28 @@ def _table(reply) -> dict:
     return {"aliases": msgspec.to_builtins(reply.aliases)}
 
 
+async def every_host(state, make_call):
+    """A change of names goes to every host up (a fleet's hosts resolve names alike); this machine's reply, or
+    the first failure."""
+    answers = await state.hosts.ask_all(make_call, state.settings.connect_timeout)
+    for _, reply in answers:
+        if isinstance(reply, Exception):
+            raise reply
+    return answers[0][1]
+
+
 async def list_aliases(request: Request) -> JSONResponse:
     require_admin(request, "manage aliases")
     state = request.app.state
-    reply = await state.supervisor.call(lambda call_id: ListAliases(call_id=call_id), state.settings.connect_timeout)
+    home = state.hosts.home().client
+    reply = await home.call(lambda call_id: ListAliases(call_id=call_id), state.settings.connect_timeout)
     return JSONResponse(_table(reply))
 
 
 async def add_alias(request: Request) -> JSONResponse:
     require_admin(request, "manage aliases")
     state, new = request.app.state, decode_request(await request.body(), NewAlias)
-    reply = await state.supervisor.call(
-        lambda call_id: AddAlias(call_id=call_id, alias=new.alias, model=new.model), state.settings.connect_timeout
-    )
+    reply = await every_host(state, lambda call_id: AddAlias(call_id=call_id, alias=new.alias, model=new.model))
     added = next(e for e in reply.aliases if e.alias == new.alias and e.runtime)
     return JSONResponse(msgspec.to_builtins(added), status_code=201)
 
@@ -50,5 +59,5 @@ async def remove_alias(request: Request) -> JSONResponse:
     require_admin(request, "manage aliases")
     state, alias = request.app.state, request.path_params["alias"]
     remove = lambda call_id: RemoveAlias(call_id=call_id, alias=alias)  # noqa: E731
-    await state.supervisor.call(remove, state.settings.connect_timeout)
+    await every_host(state, remove)
     return JSONResponse({"alias": alias, "deleted": True})

@@ -12,6 +12,10 @@ GET /api/v1/health/ready: readiness, 200 or 503 with each component's verdict an
 - Redis answers PING, when REDIS_URL is configured.
 Models marked failed (too many crashes, or a failed load) make the status `degraded` but not 503: the other
 models still serve, so a load balancer should keep this gateway.
+
+In a fleet the supervisor's verdict is given per host under `hosts` (a host down is not asked: its error says
+why it is down), workers are keyed `model@host`, and the gateway is ready while one host is: hosts down make
+it `degraded`.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "pid": os.getpid(), "uptime_seconds": round(time.monotonic() - STARTED, 1)})
 
 
-async def _supervisor_and_workers(state) -> tuple[dict, dict, dict]:
+async def _supervisor_and_workers(state, link) -> tuple[dict, dict, dict]:
     timeout = state.settings.ready_ping_timeout
     started = time.perf_counter()
+    if state.hosts.fleet and not link.up:
+        return {"ok": False, "error": link.why_down, "endpoint": link.endpoint}, {}, {}
     try:
-        report = await state.supervisor.call(lambda call_id: Status(call_id=call_id, ping_timeout=timeout), timeout + 1)
+        report = await link.client.call(lambda call_id: Status(call_id=call_id, ping_timeout=timeout), timeout + 1)
     except APIError as exc:
         return {"ok": False, "error": exc.message, "response_ms": _ms(started)}, {}, {}
     supervisor = {
@@ -83,17 +89,30 @@ async def _redis(sessions, timeout: float) -> dict:
 
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
-    checks = [_supervisor_and_workers(state)]
+    links = state.hosts.links
+    checks = [_supervisor_and_workers(state, link) for link in links]
     if state.settings.redis_url:
         checks.append(_redis(state.sessions, state.settings.ready_ping_timeout))
     started = time.perf_counter()
-    (supervisor, workers, failed), *rest = await asyncio.gather(*checks)
-    components = {"supervisor": supervisor, "workers": workers}
+    results = await asyncio.gather(*checks)
+    hosts, rest = dict(zip((link.name for link in links), results[: len(links)], strict=True)), results[len(links) :]
+    if state.hosts.fleet:  # workers and failed models are told apart by host
+        components = {"hosts": {name: supervisor for name, (supervisor, _, _) in hosts.items()}, "workers": {}}
+        failed = {}
+        for name, (_, workers, failed_here) in hosts.items():
+            components["workers"] |= {f"{model}@{name}": check for model, check in workers.items()}
+            failed |= {f"{model}@{name}": error for model, error in failed_here.items()}
+        up = [supervisor["ok"] for supervisor in components["hosts"].values()]
+        ok, degraded = any(up), bool(failed) or not all(up)
+    else:
+        supervisor, workers, failed = next(iter(hosts.values()))
+        components = {"supervisor": supervisor, "workers": workers}
+        ok, degraded = supervisor["ok"], bool(failed)
     if rest:
         components["redis"] = rest[0]
-    ok = supervisor["ok"] and all(w["ok"] for w in workers.values()) and all(r["ok"] for r in rest)
+    ok = ok and all(w["ok"] for w in components["workers"].values()) and all(r["ok"] for r in rest)
     body = {
-        "status": "not_ready" if not ok else "degraded" if failed else "ready",
+        "status": "not_ready" if not ok else "degraded" if degraded else "ready",
         "response_ms": _ms(started),
         **components,
         "failed_models": failed,

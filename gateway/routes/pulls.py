@@ -43,6 +43,7 @@ class PullRequest(msgspec.Struct, kw_only=True):
     dtype: str | None = None
     force: bool = False
     stream: bool = True
+    host: str | None = None  # a fleet's host whose store it goes into; None: this machine's (the first host)
 
 
 def as_dict(progress: PullProgress) -> dict:
@@ -55,7 +56,8 @@ async def pull_model(request: Request) -> Response:
     repo, _, revision = body.repo.partition("@")
     options = ConvertOptions(quantize=body.quantize, q_bits=body.q_bits, q_group_size=body.q_group_size,
                              dtype=body.dtype)  # fmt: skip
-    supervisor, timeout = request.app.state.supervisor, request.app.state.settings.connect_timeout
+    supervisor = request.app.state.hosts.home(body.host).client
+    timeout = request.app.state.settings.connect_timeout
     revision = body.revision or revision or None
     call = lambda call_id: Pull(  # noqa: E731
         call_id=call_id, repo=repo, revision=revision, name=body.name, convert=options, force=body.force
@@ -93,14 +95,15 @@ async def pull_model(request: Request) -> Response:
 async def list_pulls(request: Request) -> JSONResponse:
     require_admin(request, "pull models")
     state = request.app.state
-    reply = await state.supervisor.call(lambda call_id: PullStatus(call_id=call_id), state.settings.connect_timeout)
+    supervisor = state.hosts.home(request.query_params.get("host")).client
+    reply = await supervisor.call(lambda call_id: PullStatus(call_id=call_id), state.settings.connect_timeout)
     return JSONResponse({"pulls": [as_dict(p) for p in reply.pulls]})
 
 
 async def cancel_pull(request: Request) -> JSONResponse:
     require_admin(request, "pull models")
     state, pull_id = request.app.state, request.path_params["pull_id"]
-    reply = await state.supervisor.call(
+    reply = await state.hosts.home(request.query_params.get("host")).client.call(
         lambda call_id: CancelPull(call_id=call_id, pull_id=pull_id), state.settings.connect_timeout
     )
     return JSONResponse(as_dict(reply.pulls[0]))

@@ -2,8 +2,9 @@
 MLX describes it, and each worker's MLX memory as it last reported it to the supervisor.
 
 MLX's memory counters are per process, so the gateway's own would say nothing: the workers' figures come from
-their heartbeats. A figure this host cannot give (no Metal or CUDA device, no load average) is null, and
-`absent` says why, rather than a made-up zero.
+their heartbeats. In a fleet the workers of every host up are listed as `model@host`, and `budget` is per
+host. A figure this host cannot give (no Metal or CUDA device, no load average) is null, and `absent` says why,
+rather than a made-up zero.
 """
 
 from __future__ import annotations
@@ -89,30 +90,37 @@ async def system_stats(request: Request) -> JSONResponse:
     state = request.app.state
     accelerator = await asyncio.to_thread(_accelerator)
     body = {"time": time.time(), **_host(state.settings.run_dir), "accelerator": accelerator}
-    try:
-        reply = await state.supervisor.call(lambda call_id: ListModels(call_id=call_id), 2.0)
-    except APIError as exc:
+    answers = await state.hosts.ask_all(lambda call_id: ListModels(call_id=call_id), 2.0)
+    replies = {link.name: reply for link, reply in answers if not isinstance(reply, APIError)}
+    if not replies:
         body["workers"] = body["budget"] = None
-        body["absent"] = {"workers": f"the supervisor did not answer: {exc.message}"}
+        body["absent"] = {"workers": f"the supervisor did not answer: {answers[0][1].message}"}
         return JSONResponse(body)
+    fleet = state.hosts.fleet
     body["workers"] = {
-        m.id: {
+        (f"{m.id}@{host}" if fleet else m.id): {
             "pid": m.pid,
             "state": m.state,
             "charged_bytes": m.charged_bytes,
+            **({"host": host} if fleet else {}),
             **(msgspec.structs.asdict(m.worker_memory) if m.worker_memory else {}),  # rss, mlx_*, caches
         }
+        for host, reply in replies.items()
         for m in reply.models
         if m.pid is not None
     }
-    memory = reply.memory
-    body["budget"] = memory and {
+    budgets = {host: _budget(reply.memory) for host, reply in replies.items()}
+    body["budget"] = budgets if fleet else next(iter(budgets.values()))
+    return JSONResponse(body)
+
+
+def _budget(memory) -> dict | None:
+    return memory and {
         "budget_bytes": memory.budget_bytes,
         "used_bytes": memory.used_bytes,
         "reserved_bytes": memory.reserved_bytes,
         "free_bytes": memory.free_bytes,
     }
-    return JSONResponse(body)
 
 
 def prime() -> None:

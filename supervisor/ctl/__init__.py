@@ -9,9 +9,9 @@
   FleetError (or NameRefused) to fail with a code; the daemon turns that into CallFailed.
 
 Commands that send a call another module answers (`unpin` sends Pin, `ps` sends Status, `memory` sends
-ListModels) have no `execute`, nor has `import`, which works on the store without a supervisor; calls only
-gateways send (EnsureLoaded, ListModels) have a module with no CLI part. The daemon dispatches each decoded
-call by its type through HANDLERS. How they print (rich tables, plain text, --json) is format.py's.
+ListModels) have no `execute`; calls only gateways send (EnsureLoaded, ListModels, Heartbeat, Plan) have a
+module with no CLI part; `import` and `keygen` need no supervisor. The daemon dispatches each decoded call by
+its type through HANDLERS. How they print (rich tables, plain text, --json) is format.py's.
 """
 
 from supervisor.ctl import (
@@ -19,12 +19,15 @@ from supervisor.ctl import (
     aliases,
     cancel_pull,
     ensure_loaded,
+    heartbeat,
     import_model,
+    keygen,
     list_models,
     load,
     memory,
     models,
     pin,
+    plan,
     ps,
     pull,
     pulls,
@@ -50,12 +53,16 @@ COMMANDS = {
     "models": models,
     "rm": rm,
     "import": import_model,
+    "keygen": keygen,
     "alias": alias,
     "unalias": unalias,
     "aliases": aliases,
 }
 
+# Commands that show one host: with a fleet they take --all (every host in turn), as every command takes --host.
+PER_HOST_VIEWS = ("ps", "memory", "status")
+
 # Call type -> the supervisor's handler for it.
-SERVED = (ensure_loaded, list_models, load, unload, pin, status, alias, unalias, aliases, pull, pulls, cancel_pull,
-          models, rm)  # fmt: skip
+SERVED = (ensure_loaded, list_models, load, unload, pin, status, heartbeat, plan, alias, unalias, aliases, pull, pulls,
+          cancel_pull, models, rm)  # fmt: skip
 HANDLERS = {module.REQUEST: module.execute for module in SERVED}

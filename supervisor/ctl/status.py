@@ -48,4 +48,5 @@ async def execute(supervisor: Supervisor, call: Status) -> StatusReport:
         memory_budget_bytes=fleet.budget.total,
         models=models,
         memory=fleet.budget.report(),
+        host=supervisor.host_name,
     )

@@ -38,6 +38,7 @@ class SessionTurn:
         history = await using_store(store.messages(service.name, req.session_id))
         if history is None:
             raise not_found(req.session_id)
+        request.state.affinity = f"session:{service.name}:{req.session_id}"  # its turns to one replica's cache
         return cls(store, service.name, req.session_id, history)
 
     def translate(self, req: ChatCompletionRequest, images: dict[int, list[bytes]]) -> GenerateRequest:
