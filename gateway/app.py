@@ -33,6 +33,7 @@ from gateway.errors import APIError
 from gateway.hosts import Hosts, fleet_keys
 from gateway.middleware.auth import Auth
 from gateway.middleware.body_limit import BodyLimit
+from gateway.middleware.browser_guard import BrowserGuard
 from gateway.middleware.cors import JSONCORSMiddleware
 from gateway.middleware.request_context import RequestContext
 from gateway.middleware.trusted_hosts import TrustedHosts
@@ -204,6 +205,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         Middleware(Telemetry, activity=activity),  # times and counts every answer, 401s and 429s too
         Middleware(TrustedHosts, hosts=transport.trusted_hosts),
     ]
+    if keyring.keyless:
+        middleware.append(Middleware(BrowserGuard))  # loopback Host headers and JSON POSTs only
     if transport.cors_origins:
         middleware.append(
             Middleware(

@@ -94,7 +94,11 @@ class KeyRing:
             if spec.key_env:
                 value = environ.get(spec.key_env, "")
                 if not value.strip():
-                    log.warning("service %s: %s is not set, so it has no keys from the environment", name, spec.key_env)
+                    # Fail closed: starting without them could fall back to keyless (admin) development mode.
+                    raise ValueError(
+                        f"service {name!r}: its key_env variable {spec.key_env} is unset or empty; set it to the "
+                        "service's keys (comma-separated) or remove key_env from the service in the config"
+                    )
                 for key in filter(None, (k.strip() for k in value.split(","))):
                     self._add(service, key, spec.key_env)
         for pair in filter(None, (p.strip() for p in environ.get("API_KEYS", "").split(","))):

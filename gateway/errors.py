@@ -33,6 +33,7 @@ _STATUS = {
     ErrorCode.MODEL_NOT_ALLOWED: (403, "permission_error"),
     ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorCode.REQUEST_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: (415, "invalid_request_error"),
     ErrorCode.INVALID_HOST: (400, "invalid_request_error"),
     ErrorCode.NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),

@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     MODEL_NOT_ALLOWED = "model_not_allowed"  # the model exists, but not for this service
     RATE_LIMITED = "rate_limit_exceeded"
     REQUEST_TOO_LARGE = "request_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # development mode: an API POST that is not JSON
     INVALID_HOST = "invalid_host"  # a Host header outside the trusted hosts
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"

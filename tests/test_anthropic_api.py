@@ -137,7 +137,9 @@ def test_bad_requests_are_anthropic_shaped_400s(server, body, where):
 def test_unknown_route_and_malformed_json_are_anthropic_shaped(server):
     response = httpx.post(f"{server.url}/anthropic/v1/nothing", json={}, timeout=30)
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
-    response = httpx.post(f"{server.url}/v1/messages/count_tokens", content=b"{", timeout=30)
+    response = httpx.post(
+        f"{server.url}/v1/messages/count_tokens", content=b"{", headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
 
 

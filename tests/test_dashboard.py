@@ -36,7 +36,7 @@ def browser():
 def test_operator_loads_a_model_chats_and_sees_its_memory(server, browser, tmp_path):
     from playwright.sync_api import expect
 
-    httpx.post(f"{server.url}/api/v1/models/smollm2/unload", timeout=60).raise_for_status()
+    httpx.post(f"{server.url}/api/v1/models/smollm2/unload", json={}, timeout=60).raise_for_status()
     page = browser.new_page(viewport={"width": 1280, "height": 1500})
     sent_keys, keyed = set(), []  # the Authorization of every API call made after the key was entered
 

@@ -16,6 +16,7 @@ from tests.harness import wait_until
 from tests.test_vision_api import IMAGE_TOKENS, ask, png
 
 CHAT = "/v1/chat/completions"
+JSON = {"Content-Type": "application/json"}
 
 
 class _Pictures(http.server.BaseHTTPRequestHandler):
@@ -66,7 +67,7 @@ def test_image_urls_are_fetched_by_a_gateway_that_allows_them(server, configured
 
 
 def test_log_format_text_writes_plain_lines_with_the_request_id(server, configured):
-    reply = httpx.post(f"{configured.url}{CHAT}", content=b"{", headers={"X-Request-ID": "text-log-check"})
+    reply = httpx.post(f"{configured.url}{CHAT}", content=b"{", headers=JSON | {"X-Request-ID": "text-log-check"})
     assert reply.status_code == 400
 
     def lines() -> list[str]:
@@ -83,7 +84,7 @@ def test_log_format_text_writes_plain_lines_with_the_request_id(server, configur
 
 def test_activity_log_size_bounds_the_log(configured):
     for _ in range(3):  # each a POST the activity log keeps
-        assert httpx.post(f"{configured.url}{CHAT}", content=b"{").status_code == 400
+        assert httpx.post(f"{configured.url}{CHAT}", content=b"{", headers=JSON).status_code == 400
     log = httpx.get(f"{configured.url}/api/activity-logs").json()
     assert log["capacity"] == 2
     assert len(log["data"]) == 2 and all(entry["status"] == 400 for entry in log["data"])

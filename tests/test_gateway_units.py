@@ -46,7 +46,7 @@ services:
 
 def ring(tmp_path, environ=None, key="vista_abc") -> KeyRing:
     config = config_from(tmp_path, SERVICES.format(digest=hashlib.sha256(key.encode()).hexdigest()))
-    return KeyRing(config, environ or {})
+    return KeyRing(config, {"FORK_KEYS": "fk-default"} | (environ or {}))  # fork's key_env must be set
 
 
 # -- config and keys ------------------------------------------------------------------------------------------
@@ -300,5 +300,10 @@ def test_the_shipped_configs_parse_for_gateway_and_supervisor():
     production = load_gateway_config(ROOT / "configs" / "models.m3-ultra.yaml")
     assert {"vista", "fork", "whisp", "anydatanext", "lbrxvoice"} <= set(production.services)
     assert all(s.key_env or s.key_sha256 for s in production.services.values())  # every service can get keys
-    assert KeyRing(production, {}).keyless  # and none is in the file: they come from the environment
-    assert KeyRing(production, {"VISTA_API_KEYS": "vista_k"}).lookup("vista_k")[0].default_model == "qwen3-14b"
+    # None is in the file: they come from the environment, and a variable left unset stops the gateway.
+    with pytest.raises(ValueError, match="VISTA_API_KEYS is unset or empty"):
+        KeyRing(production, {})
+    environ = {spec.key_env: f"{name}_k" for name, spec in production.services.items() if spec.key_env}
+    assert KeyRing(production, environ).lookup("vista_k")[0].default_model == "qwen3-14b"
+    with pytest.raises(ValueError, match="'fork': its key_env variable FORK_API_KEYS"):
+        KeyRing(production, environ | {"FORK_API_KEYS": " "})

@@ -46,7 +46,12 @@ def send_all(url: str, model: str, headers: dict) -> list[str]:
     for path, body in requests(model):
         trace = f"hygiene-{uuid.uuid4().hex[:12]}"
         sent = {"content": body} if isinstance(body, bytes) else {"json": body}
-        reply = httpx.post(f"{url}{path}", headers=headers | {"X-Request-ID": trace}, timeout=120, **sent)
+        reply = httpx.post(
+            f"{url}{path}",
+            headers=headers | {"X-Request-ID": trace, "Content-Type": "application/json"},
+            timeout=120,
+            **sent,
+        )
         assert reply.status_code < 500, (path, reply.text)
         traces.append(trace)
     return traces

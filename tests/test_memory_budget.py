@@ -150,7 +150,7 @@ def test_a_model_larger_than_the_budget_is_refused_at_once(budget_server):
 def test_admin_endpoints_load_unload_and_report_memory(budget_server):
     reset(budget_server, "a", "b")
     base = f"{budget_server.url}/api/v1/models"
-    loaded = httpx.post(f"{base}/c/load", timeout=180)
+    loaded = httpx.post(f"{base}/c/load", json={}, timeout=180)
     assert loaded.status_code == 200
     assert loaded.json()["id"] == "c" and loaded.json()["status"] == "loaded" and len(loaded.json()["evicted"]) == 1
     usage = httpx.get(f"{base}/memory/usage").json()
@@ -159,10 +159,10 @@ def test_admin_endpoints_load_unload_and_report_memory(budget_server):
     assert usage["used_gb"] == round(sum(usage["models_loaded"].values()), 3)
     assert abs(usage["available_gb"] - (usage["budget_gb"] - usage["used_gb"])) < 0.002
     assert usage["total_gb"] == round(psutil.virtual_memory().total / 1024**3, 3)  # the host's, as in the seed
-    unloaded = httpx.post(f"{base}/c/unload", timeout=60).json()
+    unloaded = httpx.post(f"{base}/c/unload", json={}, timeout=60).json()
     assert unloaded["status"] == "unloaded" and unloaded["pid"] > 0
-    assert httpx.post(f"{base}/c/unload", timeout=60).json()["status"] == "not_loaded"
-    missing = httpx.post(f"{base}/nope/load", timeout=60)
+    assert httpx.post(f"{base}/c/unload", json={}, timeout=60).json()["status"] == "not_loaded"
+    missing = httpx.post(f"{base}/nope/load", json={}, timeout=60)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 

@@ -216,7 +216,7 @@ def test_several_gateway_processes_sum_in_multiprocess_mode(server, tmp_path):
 def test_evictions_are_counted_for_the_model_evicted(budget_server):
     reset(budget_server, "a", "b")  # the budget holds two; loading c evicts the least recently used, a
     before = scrape(budget_server.url)
-    loaded = httpx.post(f"{budget_server.url}/api/v1/models/c/load", timeout=180).json()
+    loaded = httpx.post(f"{budget_server.url}/api/v1/models/c/load", json={}, timeout=180).json()
     after = scrape(budget_server.url)
     assert loaded["evicted"] == ["a"]
     for model, moved in (("a", 1), ("b", 0), ("c", 0)):

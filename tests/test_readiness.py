@@ -44,7 +44,7 @@ def test_readiness_fails_while_a_killed_worker_is_down_and_recovers_after_reload
     assert httpx.get(f"{server.url}/api/v1/health").status_code == 200  # the gateway itself is alive
     assert value(scrape(server.url), "mlx_server_worker_crashes_total", model="smollm2") == crashes + 1
 
-    assert httpx.post(f"{server.url}/api/v1/models/smollm2/load", timeout=180).status_code == 200
+    assert httpx.post(f"{server.url}/api/v1/models/smollm2/load", json={}, timeout=180).status_code == 200
     reply = ready(server.url)
     assert reply.status_code == 200 and reply.json()["status"] in ("ready", "degraded")
     assert reply.json()["workers"]["smollm2"]["pid"] not in (None, pid)

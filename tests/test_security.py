@@ -384,14 +384,14 @@ def test_no_keys_on_loopback_says_so_at_start(server):
     assert "development mode without authentication" in server.log_text()
 
 
-def test_bad_key_configuration_refuses_to_start(secure_config):
+def test_bad_key_configuration_refuses_to_start(secure_config, keys):
     for env, says in (
         ({"API_KEYS": "nobody:nobody_x"}, "nobody"),
         ({"API_KEYS": "fork:wrongprefix"}, "must start with 'fork_'"),
         ({"API_KEYS": "fork_no_colon"}, "service:key"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET"),
     ):
-        proc = gateway_alone(secure_config, **env)
+        proc = gateway_alone(secure_config, OPS_KEYS=keys.ops, **env)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 2, out
         assert says in out

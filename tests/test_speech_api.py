@@ -159,7 +159,10 @@ def test_a_file_that_is_not_audio_is_a_400(speech_client, speech_server):
     with pytest.raises(BadRequestError) as err:
         speech_client.audio.transcriptions.create(model=WHISPER, file=("notes.wav", b"this is not audio at all" * 50))
     assert err.value.body["param"] == "file" and "could not be decoded as audio" in err.value.message
-    reply = httpx.post(f"{speech_server.url}/v1/audio/transcriptions", data={"model": WHISPER}, timeout=30)
+    no_file = {"notes": ("notes.txt", b"")}  # multipart, as uploads are, without the file field
+    reply = httpx.post(
+        f"{speech_server.url}/v1/audio/transcriptions", data={"model": WHISPER}, files=no_file, timeout=30
+    )
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "file"
 
 
@@ -242,7 +245,7 @@ def states(server) -> dict[str, str]:
 
 
 def test_whisper_is_evicted_for_the_llm_and_reloaded_for_the_next_transcription(speech_client, speech_server, audio):
-    httpx.post(f"{speech_server.url}/api/v1/models/{WHISPER}/load", timeout=300).raise_for_status()
+    httpx.post(f"{speech_server.url}/api/v1/models/{WHISPER}/load", json={}, timeout=300).raise_for_status()
     speech_client.audio.speech.create(model="tiny-tts", voice=VOICES[0], input="Hi.")  # whisper is now the LRU
     assert states(speech_server)[WHISPER] == "ready"
     chat = speech_client.chat.completions.create(

@@ -117,7 +117,10 @@ async function modelAction(id, action, button) {
   button.disabled = true;
   button.textContent = action === "load" ? "Loading…" : "Unloading…";
   try {
-    await api(`/api/v1/models/${encodeURIComponent(id)}/${action}`, { method: "POST" });
+    // JSON, even without a body: development mode refuses POSTs that a cross-site page could send.
+    await api(`/api/v1/models/${encodeURIComponent(id)}/${action}`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+    });
     $("models-error").textContent = "";
   } catch (error) {
     $("models-error").textContent = `${action} ${id}: ${error.message}`;
