@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 
 import jwt
@@ -13,10 +14,11 @@ import pytest
 from gateway.auth import LOCAL, Authenticator, KeyRing, TokenIssuer, credential_of, is_loopback
 from gateway.config import GatewayConfig, TransportSettings, load_gateway_config
 from gateway.dialects.anthropic import is_anthropic_path
+from gateway.dialects.chat.session_messages import replayed, stored
 from gateway.errors import APIError, error_body
 from gateway.sessions import MemorySessionStore, RedisSessionStore
 from protocol import ErrorCode
-from protocol.generation import ChatMessage, GenerateRequest, SamplingParams
+from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall
 from supervisor.config import load_config
 from tests.conftest import MODEL
 from tests.harness import ROOT
@@ -257,6 +259,24 @@ def test_sessions_expire_after_their_ttl_unless_used(make_store):
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_stored_messages_keep_tool_calls_and_replay_as_sent():
+    call = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+    conversation = [
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage(role="assistant", content="", tool_calls=[call]),
+        ChatMessage(role="tool", content="Sunny", tool_call_id="call_1", name="get_weather"),
+    ]
+    kept = [stored(m) for m in conversation]
+    assert kept[1]["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    ]
+    assert kept[2] == {"role": "tool", "content": "Sunny", "tool_call_id": "call_1", "name": "get_weather"}
+    assert [replayed(json.loads(json.dumps(m))) for m in kept] == conversation  # through the store's JSON
+    # What clients send (content null beside tool calls) and what older sessions hold (text only) replay too.
+    assert replayed({**kept[1], "content": None}) == conversation[1]
+    assert replayed({"role": "user", "content": "Hi"}) == ChatMessage(role="user", content="Hi")
 
 
 # -- trimming (worker side) -----------------------------------------------------------------------------------

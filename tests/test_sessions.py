@@ -101,6 +101,41 @@ def test_openai_sdk_continues_a_session_with_extra_body(secure_server, keys, vis
     assert vista.messages(session_id) == [PARIS[0], {"role": "assistant", "content": text}]
 
 
+def test_a_tool_using_conversation_continues_across_turns(secure_server, keys, vista):
+    from tests.test_tools_structured_api import ASK, TOOLS
+
+    session_id = vista.create()
+    client = openai.OpenAI(base_url=f"{secure_server.url}/v1", api_key=keys.vista, max_retries=0, timeout=120)
+    turn = {"model": "tiny", "tools": TOOLS, "temperature": 0, "extra_body": {"session_id": session_id}}
+    # Turn 1, streamed: the model must call the tool; the session keeps the call with its id and arguments.
+    chunks = client.chat.completions.create(**turn, messages=ASK, tool_choice="required", max_tokens=40, stream=True)
+    [delta] = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
+    call = {
+        "id": delta.id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": delta.function.arguments},
+    }
+    assert delta.function.name == "get_weather"
+    assert vista.messages(session_id) == [ASK[0], {"role": "assistant", "content": "", "tool_calls": [call]}]
+    # Turn 2 sends only the tool's result: the session replays the question and the call before it.
+    result = {"role": "tool", "tool_call_id": delta.id, "content": "Sunny, 24 degrees"}
+    answer = client.chat.completions.create(**turn, messages=[result], tool_choice="none", max_tokens=8)
+    text = answer.choices[0].message.content
+    assert text and not answer.choices[0].message.tool_calls
+    assert vista.messages(session_id) == [
+        ASK[0],
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        result,
+        {"role": "assistant", "content": text},
+    ]
+    # The model saw the same prompt as a client that sends the whole conversation itself.
+    whole = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}, result]
+    del turn["extra_body"]
+    explicit = client.chat.completions.create(**turn, messages=whole, tool_choice="none", max_tokens=8)
+    assert answer.usage.prompt_tokens == explicit.usage.prompt_tokens
+    assert explicit.choices[0].message.content == text
+
+
 def test_another_services_session_is_404_everywhere(vista, fork):
     session_id = vista.create()
     assert vista.turn(session_id, "Hi").status_code == 200

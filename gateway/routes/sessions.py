@@ -19,7 +19,9 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.dialects.chat.schema import ChatMessageIn, ImageURLPart, text_of
+from gateway.dialects.chat.schema import ChatMessageIn, ImageURLPart
+from gateway.dialects.chat.session_messages import stored
+from gateway.dialects.chat.translate import chat_message
 from gateway.errors import APIError
 from gateway.request_body import decode_request
 from gateway.sessions import SessionStore, not_found, using_store
@@ -49,7 +51,7 @@ async def create_session(request: Request) -> JSONResponse:
     for i, m in enumerate(req.messages):
         if isinstance(m.content, list) and any(isinstance(part, ImageURLPart) for part in m.content):
             raise APIError(ErrorCode.INVALID_REQUEST, "A session stores text only", param=f"messages[{i}].content")
-    messages = [{"role": m.role, "content": text_of(m)} for m in req.messages]
+    messages = [stored(chat_message(m)) for m in req.messages]
     info = await using_store(store_of(request).create(service_name(request), req.metadata, messages))
     return JSONResponse(info.to_json(), status_code=201)
 

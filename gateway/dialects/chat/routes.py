@@ -46,7 +46,7 @@ async def chat_completions(request: Request) -> Response:
 
         return await core.stream(request, gen, req.model or "", render, OPENAI_WIRE, asked_of(req))
     answer = await core.answer(request, gen, req.model or "", asked_of(req))
-    await turn.complete(answer.text, answer.reasoning)
+    await turn.complete(answer.text, answer.reasoning, answer.tool_calls)
     return JSONResponse(completion(answer, base, req.logprobs, keys))
 
 

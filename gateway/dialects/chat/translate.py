@@ -5,6 +5,7 @@ fields it set itself (`asked_of`: the core fills the others from the model's def
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from gateway.dialects.chat.schema import (
     ChatCompletionRequest,
@@ -15,6 +16,7 @@ from gateway.dialects.chat.schema import (
     NamedToolChoice,
     text_of,
 )
+from gateway.dialects.chat.session_messages import replayed
 from gateway.dialects.openai_common import asked, template_kwargs
 from gateway.errors import APIError
 from gateway.images import image_bytes
@@ -35,7 +37,7 @@ async def images_of(req: ChatCompletionRequest, settings) -> dict[int, list[byte
     return images
 
 
-def _message(m: ChatMessageIn, images: list[bytes]) -> ChatMessage:
+def chat_message(m: ChatMessageIn, images: Sequence[bytes] = ()) -> ChatMessage:
     calls = [ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in m.tool_calls or ()]
     return ChatMessage(
         role=m.role,
@@ -43,7 +45,7 @@ def _message(m: ChatMessageIn, images: list[bytes]) -> ChatMessage:
         tool_calls=calls,
         tool_call_id=m.tool_call_id,
         name=m.name,
-        images=images,
+        images=list(images),
     )
 
 
@@ -100,8 +102,8 @@ def to_generate_request(
         )
     return GenerateRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        messages=[ChatMessage(role=m["role"], content=m["content"]) for m in history or ()]
-        + [_message(m, (images or {}).get(i, [])) for i, m in enumerate(req.messages)],
+        messages=[replayed(m) for m in history or ()]
+        + [chat_message(m, (images or {}).get(i, [])) for i, m in enumerate(req.messages)],
         tools=tools,
         tool_choice=tool_choice,
         json_schema=json_schema,
