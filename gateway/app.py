@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import dialects, metrics
 from gateway.activity import ActivityLog, clear_activity, list_activity
-from gateway.auth import Authenticator, KeyRing, TokenIssuer, is_loopback
+from gateway.auth import Authenticator, KeyRing, MetricsKeys, TokenIssuer, is_loopback
 from gateway.batches.files import FileStore
 from gateway.batches.runner import Batches
 from gateway.batches.state import make_batch_store
@@ -138,6 +138,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         keyring = KeyRing(config, os.environ)
         tokens = TokenIssuer(settings.jwt_secret, config.transport.token_ttl_seconds, keyring)
         own_keys, host_keys = fleet_keys(config, os.environ)
+        authenticator = Authenticator(keyring, tokens)
+        metrics_keys = MetricsKeys(config.transport.metrics_key, os.environ, authenticator)
     except ValueError as exc:
         raise RefusedToStart(str(exc)) from None
     if keyring.keyless:
@@ -152,7 +154,6 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         )
     else:
         log.info("API keys configured for services: %s", ", ".join(sorted(config.services)))
-    authenticator = Authenticator(keyring, tokens)
     limiter = RateLimiter(settings.redis_url)
     transport = config.transport
     activity = ActivityLog(settings.activity_log_size)
@@ -163,6 +164,8 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.settings = settings
         app.state.config = config
         app.state.tokens = tokens
+        app.state.authenticator = authenticator  # public paths say more to an admin (readiness, /metrics)
+        app.state.metrics_keys = metrics_keys
         app.state.limiter = limiter
         app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
         app.state.responses = make_response_store(settings.redis_url, transport.responses.ttl_seconds)

@@ -225,6 +225,40 @@ class Authenticator:
             raise _unauthorized("Invalid API key")
         return found
 
+    def is_admin(self, headers: Mapping[str, str]) -> bool:
+        """Whether a request on a public path (readiness, /metrics) carries an admin service's key or token
+        (keyless mode: always). A missing or wrong credential is no error there: the answer only says less."""
+        try:
+            return self.authenticate(headers)[0].admin
+        except APIError:
+            return False
+
+
+class MetricsKeys:
+    """`gateway.metrics_key`: the variable holding the keys a scrape of /metrics presents. With it configured,
+    /metrics answers that key or an admin service's (in keyless development mode every caller is the admin)."""
+
+    def __init__(self, variable: str | None, environ: Mapping[str, str], authenticator: Authenticator):
+        self.required = variable is not None
+        self._authenticator = authenticator
+        keys = [k.strip() for k in environ.get(variable, "").split(",") if k.strip()] if variable else []
+        if self.required and not keys:
+            raise ValueError(f"gateway.metrics_key names {variable}, which is unset or empty (fail closed)")
+        self._digests = [key_digest(k) for k in keys]
+
+    def admit(self, headers: Mapping[str, str]) -> None:
+        """Returns if the scrape may read /metrics; else a 401."""
+        if not self.required:
+            return
+        credential = credential_of(headers)
+        if credential is not None:
+            digest = key_digest(credential)
+            if sum(hmac.compare_digest(d, digest) for d in self._digests):  # visits every key: constant time
+                return
+        if self._authenticator.is_admin(headers):
+            return
+        raise _unauthorized("/metrics needs the metrics key (gateway.metrics_key) or an admin service's key")
+
 
 def require_admin(request, action: str = "manage models") -> Service:
     """For operator endpoints: the caller's service must be marked `admin: true` (keyless mode is)."""

@@ -177,7 +177,9 @@ def _own_registry() -> CollectorRegistry:
 
 
 async def metrics(request: Request) -> Response:
-    """GET /metrics: the Prometheus text format."""
+    """GET /metrics: the Prometheus text format (with `gateway.metrics_key` configured, for that key or an
+    admin's)."""
+    request.app.state.metrics_keys.admit(request.headers)
     answers = await request.app.state.hosts.ask_all(lambda call_id: ListModels(call_id=call_id), 2.0)
     # A host that did not answer is reported as mlx_server_supervisor_up 0; the gateway's own metrics still count.
     answers = [(link.name, None if isinstance(reply, APIError) else reply) for link, reply in answers]

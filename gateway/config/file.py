@@ -73,6 +73,9 @@ class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     )  # Host headers accepted ("*.example.com" matches subdomains)
     max_body_bytes: int = 32 * 1024 * 1024  # larger bodies get 413; room for a 20 MiB image as base64
     token_ttl_seconds: int = 900  # lifetime of the JWTs POST /api/v1/auth/token issues
+    # An environment variable holding the keys a scrape of /metrics must present (comma-separated; an admin
+    # service's key works too). None: /metrics is open, as a Prometheus scrape on a private port expects.
+    metrics_key: str | None = None
     tls: TLSSettings = TLSSettings()
     sessions: SessionSettings = SessionSettings()
     responses: ResponseSettings = ResponseSettings()

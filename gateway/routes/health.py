@@ -16,6 +16,10 @@ models still serve, so a load balancer should keep this gateway.
 In a fleet the supervisor's verdict is given per host under `hosts` (a host down is not asked: its error says
 why it is down), workers are keyed `model@host`, and the gateway is ready while one host is: hosts down make
 it `degraded`.
+
+Both paths need no key, and say little without one: readiness gives the status and each component's `ok`
+(supervisor or each host, workers, redis); pids, per-worker figures, error text and failed models only to a request that
+carries an admin service's key or token (keyless development mode: every request).
 """
 
 from __future__ import annotations
@@ -38,8 +42,26 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
+def _for_admin(request: Request) -> bool:
+    return request.app.state.authenticator.is_admin(request.headers)
+
+
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "pid": os.getpid(), "uptime_seconds": round(time.monotonic() - STARTED, 1)})
+    body = {"status": "ok", "uptime_seconds": round(time.monotonic() - STARTED, 1)}
+    return JSONResponse(body | ({"pid": os.getpid()} if _for_admin(request) else {}))
+
+
+def _brief(body: dict) -> dict:
+    """What anyone may read: the status and whether each component is ok (in a fleet, each host)."""
+    brief = {"status": body["status"]}
+    if "hosts" in body:
+        brief["hosts"] = {name: {"ok": host["ok"]} for name, host in body["hosts"].items()}
+    else:
+        brief["supervisor"] = {"ok": body["supervisor"]["ok"]}
+    brief["workers"] = {"ok": all(w["ok"] for w in body["workers"].values())}
+    if "redis" in body:
+        brief["redis"] = {"ok": body["redis"]["ok"]}
+    return brief
 
 
 async def _supervisor_and_workers(state, link) -> tuple[dict, dict, dict]:
@@ -117,4 +139,4 @@ async def ready(request: Request) -> JSONResponse:
         **components,
         "failed_models": failed,
     }
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return JSONResponse(body if _for_admin(request) else _brief(body), status_code=200 if ok else 503)
