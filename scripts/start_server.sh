@@ -4,6 +4,9 @@
 #   ./scripts/start_server.sh dev    foreground, 127.0.0.1:${PORT:-9123}, configs/models.yaml (bundled model)
 #   ./scripts/start_server.sh prod   background, ${HOST:-127.0.0.1}:${PORT:-9123}, $MLX_SERVER_CONFIG
 #                                    (default configs/models.m3-ultra.yaml); logs in run/server.log
+#   ./scripts/start_server.sh prod --foreground
+#                                    the same in the foreground, logging to stdout too: what a service manager
+#                                    runs (`supervisor ctl service install` writes a systemd unit or launchd plist)
 #
 # HTTPS when a certificate and key are configured: gateway.tls in the config, or TLS_CERTFILE and TLS_KEYFILE.
 # Keys: the config's services (hashes, or variables they name) and API_KEYS; without any, only loopback is served.
@@ -52,6 +55,13 @@ case "$mode" in
     export MLX_SERVER_CONFIG=${MLX_SERVER_CONFIG:-configs/models.m3-ultra.yaml}
     export HOST=${HOST:-127.0.0.1}
     url=$(gateway_url)
+    if [ "${2:-}" = --foreground ]; then
+      echo $$ > "$MLX_SERVER_RUN_DIR/honcho.pid"
+      echo "MLX LLM Server (prod, foreground): $url, pid $$, logs $MLX_SERVER_RUN_DIR/server.log too" >&2
+      exec > >(log_tee "$MLX_SERVER_RUN_DIR/server.log") 2>&1
+      export MLX_SERVER_LAUNCHER_PID=$$
+      exec "${UV[@]}" run --no-sync honcho start -e /dev/null -f Procfile
+    fi
     # The launcher is the background process itself (its pid is $!, which becomes `uv run honcho`).
     nohup bash -c 'export MLX_SERVER_LAUNCHER_PID=$$; exec "$@"' launcher \
       "${UV[@]}" run --no-sync honcho start -e /dev/null -f Procfile >>"$MLX_SERVER_RUN_DIR/server.log" 2>&1 &
@@ -59,7 +69,7 @@ case "$mode" in
     echo "MLX LLM Server (prod) started: $url, pid $!, logs $MLX_SERVER_RUN_DIR/server.log"
     ;;
   *)
-    echo "usage: $0 dev|prod" >&2
+    echo "usage: $0 dev|prod [--foreground]" >&2
     exit 2
     ;;
 esac

@@ -20,7 +20,7 @@ from supervisor.ctl_client import CtlClient, CtlError, SupervisorUnreachable
 from supervisor.host import HOST_ENV
 
 DEFAULT_CONFIG = os.environ.get("MLX_SERVER_CONFIG", "configs/models.yaml")
-OFFLINE = ("import", "keygen")  # commands that need no supervisor
+OFFLINE = ("import", "keygen", "service")  # commands that need no supervisor
 
 
 def build_parser() -> argparse.ArgumentParser:

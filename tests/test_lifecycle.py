@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,9 +32,10 @@ def dev_config(tmp_path_factory, model_store) -> Path:
 
 
 class Stack:
-    """`./scripts/start_server.sh dev` in a process group of its own, as a terminal runs a foreground job."""
+    """`./scripts/start_server.sh dev` (or `command`) in a process group of its own, as a terminal runs a
+    foreground job."""
 
-    def __init__(self, config: Path, store: Path):
+    def __init__(self, config: Path, store: Path, command: tuple[str, ...] = ("./scripts/start_server.sh", "dev")):
         self.run_dir = short_run_dir()
         self.port = free_port()
         self.env = os.environ | {
@@ -47,7 +49,7 @@ class Stack:
         self.output = self.run_dir / "terminal.log"
         with self.output.open("wb") as terminal:
             self.launcher = subprocess.Popen(
-                ["./scripts/start_server.sh", "dev"],
+                list(command),
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -143,6 +145,25 @@ def test_no_process_of_the_stack_remains_however_it_is_stopped(dev_config, model
         ]
         if stop in (ctrl_c, sigterm_to_the_group):  # the log tee outlived the signal: honcho's shutdown is logged
             assert "sending SIGTERM to supervisor" in stack.log()
+    finally:
+        stack.cleanup()
+
+
+def test_the_service_units_command_serves_and_stops_as_systemd_stops_it(dev_config, model_store, tmp_path):
+    """What `ctl service install` makes systemd run (its ExecStart), stopped the way systemd stops a unit: SIGTERM
+    to every process of it."""
+    from tests.test_service_install import ctl_service, parse_unit
+
+    unit = parse_unit(ctl_service(tmp_path, "install", "--print", "--platform", "linux").stdout)
+    stack = Stack(dev_config, model_store, command=tuple(shlex.split(unit["Service"]["ExecStart"])))
+    try:
+        stack.wait_until_serving()
+        assert "MLX LLM Server (prod, foreground)" in stack.output.read_text()
+        sigterm_to_the_group(stack)
+        assert wait_until(lambda: not stack.remaining(), timeout=GRACE, interval=0.5), [
+            (p.pid, " ".join(_cmdline(p))[:80]) for p in stack.remaining()
+        ]
+        assert "sending SIGTERM to supervisor" in stack.log()
     finally:
         stack.cleanup()
 

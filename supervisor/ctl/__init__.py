@@ -32,6 +32,7 @@ from supervisor.ctl import (
     pull,
     pulls,
     rm,
+    service,
     status,
     unalias,
     unload,
@@ -57,6 +58,7 @@ COMMANDS = {
     "alias": alias,
     "unalias": unalias,
     "aliases": aliases,
+    "service": service,
 }
 
 # Commands that show one host: with a fleet they take --all (every host in turn), as every command takes --host.
