@@ -17,7 +17,7 @@ from pathlib import Path
 
 NAME = "mlx-llm-server"
 LABEL = "org.mlx-llm-server"  # launchd's label
-PLATFORMS = {"linux": "systemd", "darwin": "launchd"}
+PLATFORMS = {"linux": "systemd", "macos": "launchd"}
 STOP_SECONDS = 60  # how long the platform waits for a graceful stop: the workers drain within it
 
 
@@ -25,14 +25,14 @@ STOP_SECONDS = 60  # how long the platform waits for a graceful stop: the worker
 class Service:
     """Where a service definition goes and what it says."""
 
-    platform: str  # "linux" or "darwin"
+    platform: str  # "linux" or "macos"
     system: bool  # a system-wide service instead of one of the user's
     checkout: Path
     home: Path
 
     @property
     def path(self) -> Path:
-        if self.platform == "darwin":
+        if self.platform == "macos":
             folder = Path("/Library/LaunchDaemons") if self.system else self.home / "Library/LaunchAgents"
             return folder / f"{LABEL}.plist"
         if self.system:
@@ -52,12 +52,12 @@ class Service:
     def search_path(self) -> str:
         """PATH for the service: where uv is now first (a service starts with a bare PATH), then the usual."""
         folders = [str(Path(found).parent)] if (found := shutil.which("uv")) else []
-        folders += ["/opt/homebrew/bin", "/usr/local/bin"] if self.platform == "darwin" else ["/usr/local/bin"]
+        folders += ["/opt/homebrew/bin", "/usr/local/bin"] if self.platform == "macos" else ["/usr/local/bin"]
         folders += ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
         return ":".join(dict.fromkeys(folders))
 
     def render(self) -> str:
-        return self._plist() if self.platform == "darwin" else self._unit()
+        return self._plist() if self.platform == "macos" else self._unit()
 
     def _unit(self) -> str:
         lines = [
@@ -101,7 +101,7 @@ class Service:
         return plistlib.dumps(plist).decode()
 
     def start_commands(self) -> list[list[str]]:
-        if self.platform == "darwin":
+        if self.platform == "macos":
             domain = "system" if self.system else f"gui/{os.getuid()}"
             return [["launchctl", "bootstrap", domain, str(self.path)]]
         scope = [] if self.system else ["--user"]
@@ -110,7 +110,7 @@ class Service:
     def stop_commands(self, installed: bool = True) -> list[list[str]]:
         """Stop it and keep it from starting again: while its file is there, or (installed=False) once it is gone
         (systemd still knows the unit until its daemon-reload)."""
-        if self.platform == "darwin":
+        if self.platform == "macos":
             domain = "system" if self.system else f"gui/{os.getuid()}"
             return [["launchctl", "bootout", f"{domain}/{LABEL}"]]
         scope = [] if self.system else ["--user"]

@@ -100,7 +100,7 @@ def test_now_enables_and_starts_it_through_systemctl(tmp_path):
 
 
 def test_a_launchd_plist_is_written_and_removed(tmp_path):
-    installed = ctl_service(tmp_path, "install", "--platform", "darwin")
+    installed = ctl_service(tmp_path, "install", "--platform", "macos")
     assert installed.returncode == 0, installed.stderr
     path = tmp_path / "Library/LaunchAgents/org.mlx-llm-server.plist"
     plist = plistlib.loads(path.read_bytes())
@@ -115,5 +115,5 @@ def test_a_launchd_plist_is_written_and_removed(tmp_path):
     if shutil.which("plutil"):
         linted = subprocess.run(["plutil", "-lint", str(path)], capture_output=True, text=True)
         assert linted.returncode == 0, linted.stdout
-    removed = ctl_service(tmp_path, "uninstall", "--platform", "darwin")
+    removed = ctl_service(tmp_path, "uninstall", "--platform", "macos")
     assert removed.returncode == 0 and not path.exists() and "launchctl bootout gui/" in removed.stdout

@@ -23,8 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--platform",
         choices=sorted(PLATFORMS),
-        default=sys.platform if sys.platform in PLATFORMS else "linux",
-        help="linux (systemd) or darwin (launchd); default: this machine's",
+        default="macos" if sys.platform == "darwin" else "linux",
+        help="linux (systemd) or macos (launchd); default: this machine's",
     )
 
 
@@ -32,13 +32,20 @@ def _shown(commands: list[list[str]]) -> str:
     return "\n".join("  " + " ".join(c) for c in commands)
 
 
-def _run(commands: list[list[str]], out) -> int:
+def _run(commands: list[list[str]], out, strict: bool = True) -> int:
+    """Run each command, saying so; the first failure ends them (strict) or is only reported."""
     for command in commands:
         print("$ " + " ".join(command), file=out)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"error: {command[0]} exited with {done.returncode}: {done.stderr.strip()}", file=out)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+            failure = f"exited with {done.returncode}: {done.stderr.strip()}" if done.returncode else None
+        except OSError as exc:
+            failure = str(exc)
+        if failure and strict:
+            print(f"error: {command[0]} {failure}", file=out)
             return 1
+        if failure:
+            print(f"warning: {command[0]} {failure}", file=out)
     return 0
 
 
@@ -70,8 +77,8 @@ def _uninstall(service: Service, now: bool, out) -> int:
     if not service.path.exists():
         print(f"not installed: {service.path} does not exist", file=out)
         return 0
-    if now and _run(service.stop_commands(), out) != 0:
-        return 1
+    if now:
+        _run(service.stop_commands(), out, strict=False)  # it may not be running: remove it all the same
     for path in service.remove():
         print(f"removed {path}", file=out)
     if now:
