@@ -1,6 +1,6 @@
 """What does the gateway add to a request? The same streamed bytes from the gateway and from a bare Starlette app.
 
-    uv run python bench/gateway_overhead.py [--requests 256] [--tokens 32] [--clients 1 64]
+    uv run python bench/gateway_overhead.py [--requests 256] [--tokens 32] [--clients 1 64] [--before REF]
 
 Gateway: supervisor + gateway started here, serving one model of the benchmark backend `bench-fixed-tokens`
 (worker/fixed_tokens.py: it answers from a fixed token list and computes nothing; only a process whose
@@ -8,7 +8,9 @@ environment names it accepts it, and this script sets that), so what is measured
 auth and routing, the ZeroMQ hops to the worker and back, the dialect and SSE framing, once per token.
 Baseline: uvicorn + Starlette, one route that streams the very bytes the gateway sent for the same request
 (captured from it first), one write per chunk. Clients: httpx in this process, streaming chat completions, 1 and
-64 at once; a request's latency is from sending it to its last byte. The two servers alternate per client count.
+64 at once; a request's latency is from sending it to its last byte. The servers alternate per client count.
+`--before REF` adds a second gateway, run from REF's gateway/ and protocol/ in front of the same supervisor and
+worker: a change to the gateway measured before and after in one run.
 """
 
 from __future__ import annotations
@@ -113,11 +115,38 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"the bare app did not answer on port {port}")
 
 
+def gateway_at(ref: str, server: Server, work: Path) -> tuple[subprocess.Popen, str]:
+    """A gateway from the code at git `ref` (its gateway/ and protocol/, exported under `work`), beside `server`'s,
+    on a port of its own."""
+    root = Path(__file__).resolve().parents[1]
+    checkout = work / "before"
+    checkout.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", ref, "gateway", "protocol"], check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
+    port = free_port()
+    env = server.env | {"PORT": str(port)}
+    with server.log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=checkout, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health/ready", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    terminate(proc, 5)
+    raise RuntimeError(f"the gateway at {ref} did not become ready")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=256, help="per server and client count")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--before", metavar="REF", help="also measure the gateway as it is at this git ref")
     parser.add_argument("--out", default="bench/results/gateway_overhead.json")
     parser.add_argument("--bare", nargs=2, metavar=("PORT", "CAPTURE"), help=argparse.SUPPRESS)  # the baseline
     args = parser.parse_args()
@@ -129,7 +158,7 @@ def main() -> None:
     model = {"id": MODEL, "source": "fixed-tokens", "type": ModelType.BENCH_FIXED_TOKENS.value, "memory_gb": 0.1}
     server = Server(write_config(work / "models.yaml", work, [model | {"auto_load": True}]))
     server.env["LOG_LEVEL"] = "WARNING"
-    bare = None
+    bare = before = None
     try:
         server.start()
         chunks = capture(server.url, args.tokens)
@@ -137,31 +166,33 @@ def main() -> None:
         port = free_port()
         bare = subprocess.Popen([sys.executable, __file__, "--bare", str(port), str(work / "capture.json")])
         wait_for_port(port)
-        bare_url = f"http://127.0.0.1:{port}"
+        servers = [("bare uvicorn + Starlette", f"http://127.0.0.1:{port}")]
+        if args.before:
+            before, url = gateway_at(args.before, server, work)
+            servers.append((f"gateway at {args.before}", url))
+        servers.append(("gateway (-> ZeroMQ -> worker)", server.url))
         rows = []
         for clients in args.clients:
-            for name, url in (("bare uvicorn + Starlette", bare_url), ("gateway (-> ZeroMQ -> worker)", server.url)):
+            for name, url in servers:
                 result = asyncio.run(load(url, clients, args.requests, args.tokens))
                 rows.append({"server": name, "clients": clients} | result)
                 print(f"{name}, {clients} clients: {json.dumps(result)}", flush=True)
     finally:
-        if bare is not None:
-            terminate(bare, 5)
+        for proc in (bare, before):
+            if proc is not None:
+                terminate(proc, 5)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.tokens} tokens per streamed answer ({len(chunks)} SSE events), {args.requests} requests each\n")
     print("| clients | server | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms | req/s vs bare |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for base, ours in zip(rows[::2], rows[1::2], strict=True):
-        for row in (base, ours):
+    for at in range(0, len(rows), len(servers)):
+        base = rows[at]
+        for row in rows[at : at + len(servers)]:
             cells = [row["clients"], row["server"], f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", f"{row['rps']:.0f}"]
-            if row is base:
-                cells += ["", "", "1.00x"]
-            else:
-                added = [f"{ours[k] - base[k]:.1f}" for k in ("p50_ms", "p99_ms")]
-                cells += [*added, f"{ours['rps'] / base['rps']:.2f}x"]
-            print("| " + " | ".join(map(str, cells)) + " |")
+            added = [f"{row[k] - base[k]:.1f}" for k in ("p50_ms", "p99_ms")] if row is not base else ["", ""]
+            print("| " + " | ".join(map(str, [*cells, *added, f"{row['rps'] / base['rps']:.2f}x"])) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "tokens": args.tokens, "requests": args.requests}, indent=2))
