@@ -29,7 +29,7 @@ from protocol.launch import EngineSettings  # noqa: E402
 from worker.batch_engine import BatchEngine  # noqa: E402
 
 PREFIX = "You answer questions about this atlas. " + " ".join(
-    f"Fact {i}: river {i} flows north into lake {i * 7 % 13}." for i in range(160)
+    f"Fact {i}: river {i} flows north into lake {i * 7 % 13}." for i in range(125)
 )
 
 

@@ -11,7 +11,7 @@ from tests.harness import Server, write_config
 
 # About 2,000 tokens of a system prompt shared by every request below.
 PREFIX = "You answer questions about this atlas. " + " ".join(
-    f"Fact {i}: river {i} flows north into lake {i * 7 % 13}." for i in range(160)
+    f"Fact {i}: river {i} flows north into lake {i * 7 % 13}." for i in range(125)
 )
 
 
