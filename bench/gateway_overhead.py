@@ -9,8 +9,8 @@ auth and routing, the ZeroMQ hops to the worker and back, the dialect and SSE fr
 Baseline: uvicorn + Starlette, one route that streams the very bytes the gateway sent for the same request
 (captured from it first), one write per chunk. Clients: httpx in this process, streaming chat completions, 1 and
 64 at once; a request's latency is from sending it to its last byte. The servers alternate per client count.
-`--before REF` adds a second gateway, run from REF's gateway/ and protocol/ in front of the same supervisor and
-worker: a change to the gateway measured before and after in one run.
+`--before REF` adds a second gateway, run from REF's gateway/ in front of the same supervisor and worker: a
+change to the gateway measured before and after in one run.
 """
 
 from __future__ import annotations
@@ -116,15 +116,15 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
 
 
 def gateway_at(ref: str, server: Server, work: Path) -> tuple[subprocess.Popen, str]:
-    """A gateway from the code at git `ref` (its gateway/ and protocol/, exported under `work`), beside `server`'s,
-    on a port of its own."""
+    """A gateway from the code at git `ref` (its gateway/, exported under `work`), beside `server`'s, on a port of
+    its own."""
     root = Path(__file__).resolve().parents[1]
     checkout = work / "before"
     checkout.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(root), "archive", ref, "gateway", "protocol"], check=True, capture_output=True
-    )
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref, "gateway"], check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
+    # This protocol/: it knows the benchmark backend's type (the wire only ever gains fields with defaults).
+    shutil.copytree(root / "protocol", checkout / "protocol", ignore=shutil.ignore_patterns("__pycache__"))
     port = free_port()
     env = server.env | {"PORT": str(port)}
     with server.log_path.open("ab") as log:
@@ -138,7 +138,7 @@ def gateway_at(ref: str, server: Server, work: Path) -> tuple[subprocess.Popen, 
         except httpx.TransportError:
             time.sleep(0.2)
     terminate(proc, 5)
-    raise RuntimeError(f"the gateway at {ref} did not become ready")
+    raise RuntimeError(f"the gateway at {ref} did not become ready; the log ends:\n{server.log_text()[-2000:]}")
 
 
 def main() -> None:
