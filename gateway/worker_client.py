@@ -41,17 +41,23 @@ class RequestStream:
         self._queue.put_nowait(event)
 
     async def next(self):
-        try:
-            # Per token: asyncio.timeout is a deadline on this task, wait_for would wrap a new task each time.
-            async with asyncio.timeout(self._silence):
-                event = await self._queue.get()
-        except TimeoutError:
-            event = failure(self.request_id, ErrorCode.TIMEOUT, f"the worker sent nothing for {self._silence:.0f}s")
+        if not self._queue.empty():  # per token, when the stream is behind the worker: no timer to arm and cancel
+            event = self._queue.get_nowait()
+        else:
+            event = await self._wait()
         if isinstance(event, TERMINAL):
             self.done = True
         if self.observer is not None:
             self.observer(event)
         return event
+
+    async def _wait(self):
+        try:
+            # asyncio.timeout is a deadline on this task; wait_for would wrap a new task each time.
+            async with asyncio.timeout(self._silence):
+                return await self._queue.get()
+        except TimeoutError:
+            return failure(self.request_id, ErrorCode.TIMEOUT, f"the worker sent nothing for {self._silence:.0f}s")
 
 
 class WorkerClient:

@@ -7,6 +7,7 @@ Stopping a worker is a signal to its process group, not a message: it must work 
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 
 import msgspec
@@ -23,9 +24,18 @@ class ModelType(StrEnum):
     EMBEDDING = "embedding"  # mlx-embeddings: embeddings and reranking
     STT = "stt"  # mlx-audio: Whisper transcription
     TTS = "tts"  # mlx-audio: text to speech
+    # A benchmark tool, not a model: answers from a fixed token list (worker/fixed_tokens.py). Only a process
+    # whose environment has BENCH_BACKEND_ENV set to this value accepts it; bench/gateway_overhead.py sets it.
+    BENCH_FIXED_TOKENS = "bench-fixed-tokens"
 
 
-MODEL_TYPES = tuple(ModelType)
+BENCH_BACKEND_ENV = "MLX_SERVER_BENCH_BACKEND"
+MODEL_TYPES = tuple(t for t in ModelType if t is not ModelType.BENCH_FIXED_TOKENS)  # what users may configure
+
+
+def bench_backend_allowed(model_type: str) -> bool:
+    """Whether this process was started by a benchmark that selected `model_type`'s benchmark backend."""
+    return model_type == ModelType.BENCH_FIXED_TOKENS and os.environ.get(BENCH_BACKEND_ENV) == model_type
 
 
 class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):

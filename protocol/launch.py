@@ -91,16 +91,24 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     prompt_cache_mb: Annotated[int, _about("prompt prefix cache + live KV caches; 0 turns it off")] = 512
     num_draft_tokens: Annotated[int, _about("with a draft model: tokens proposed per verification round")] = 3
     max_waiting: Annotated[int, _about("requests waiting for a slot; past it one is refused (overloaded)")] = 256
+    prompt_cache_dir: Annotated[str, _about("a folder where prompt cache entries outlive the worker; unset: off")] = ""
+    prompt_cache_disk_mb: Annotated[int, _about("that folder's byte budget; the least recently used go first")] = 4096
 
     def __post_init__(self) -> None:
         if self.num_draft_tokens < 1:
             raise ValueError("num_draft_tokens must be at least 1")
         if self.max_waiting < 1:
             raise ValueError("max_waiting must be at least 1")
+        if self.prompt_cache_disk_mb < 0:
+            raise ValueError("prompt_cache_disk_mb must not be negative")
 
     @property
     def prompt_cache_bytes(self) -> int:
         return self.prompt_cache_mb * MB
+
+    @property
+    def prompt_cache_disk_bytes(self) -> int:
+        return self.prompt_cache_disk_mb * MB
 
 
 class CurveServer(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ import msgspec
 import yaml
 
 from protocol import ErrorCode
-from protocol.control import MODEL_TYPES
+from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.generation import SamplingDefaults
 from protocol.hosts import HostSpec, check_hosts
 from protocol.launch import EngineSettings
@@ -66,7 +66,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     hosts: list[str] = []  # in a fleet: the hosts it may run on (whisper on the voice host); []: any host
 
     def __post_init__(self) -> None:
-        if self.type not in MODEL_TYPES:
+        if self.type not in MODEL_TYPES and not bench_backend_allowed(self.type):
             known = ", ".join(MODEL_TYPES)
             raise ValueError(f"model {self.id!r}: type {self.type!r} is not supported (supported: {known})")
         if self.draft_model and self.type != "llm":

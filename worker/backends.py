@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from protocol.control import MODEL_TYPES
+from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.errors import ErrorCode
 from protocol.launch import EngineSettings
 
@@ -89,6 +89,10 @@ def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, ob
 
         loaded = load_vlm(model.source, model.context_length)
         return VisionEngine(loaded, options.max_waiting), loaded
+    if bench_backend_allowed(model.model_type):
+        from worker.fixed_tokens import FixedTokenEngine, Nothing
+
+        return FixedTokenEngine(options.max_waiting), Nothing()
     if model.model_type != "llm":
         raise ValueError(f"unknown model type {model.model_type!r} (known: {', '.join(MODEL_TYPES)})")
     from worker.batch_engine import BatchEngine

@@ -25,6 +25,7 @@ from protocol.generation import Finished, FinishReason, GenerateRequest, Usage, 
 from protocol.launch import EngineSettings
 from worker.constrained import json_schema_processor, tool_call_processor
 from worker.containment import SamplerGuard, failed, guard_processors, internal_failure, tripped
+from worker.disk_cache import DiskCache
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import encode_prompt, max_tokens_for
@@ -47,7 +48,7 @@ class BatchEngine:
         self.context_length = loaded.context_length
         self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
         self._vocab_size = loaded.config.get("vocab_size") or self._tokenizer.vocab_size
-        self._prompt_cache = PromptCache(self.options.prompt_cache_bytes)
+        self._prompt_cache = PromptCache(self.options.prompt_cache_bytes, disk=self._disk_tier(loaded))
         self._waiting = Waiting(self.options.max_waiting)
         # One guard per sampler object, so sequences that share a sampler still sample in one batched call.
         self._sampler_guards: weakref.WeakValueDictionary[int, SamplerGuard] = weakref.WeakValueDictionary()
@@ -56,6 +57,14 @@ class BatchEngine:
         # A request alone with a draft model runs speculatively, outside the batch, until company arrives.
         self._solo: tuple[SpeculativeRun, Sequence] | None = None
         self._generator = self._new_generator()
+
+    def _disk_tier(self, loaded: LoadedModel) -> DiskCache | None:
+        options = self.options
+        if not options.prompt_cache_dir or options.prompt_cache_bytes <= 0:  # restores go through the memory tier
+            return None
+        return DiskCache.for_model(
+            options.prompt_cache_dir, options.prompt_cache_disk_bytes, loaded.source, loaded.config, loaded.model
+        )
 
     def _new_generator(self):
         from mlx_lm.generate import BatchGenerator
@@ -88,6 +97,10 @@ class BatchEngine:
         """(KV caches of the live sequences, prompt cache) in bytes."""
         solo = sum(c.nbytes for c in self._solo[0].model_cache) if self._solo else 0
         return self._generator.prompt_cache_nbytes + solo, self._prompt_cache.nbytes
+
+    def persist(self) -> None:
+        """Write the prompt cache to its disk tier, if it has one, and wait for the writes (the worker drains)."""
+        self._prompt_cache.persist()
 
     def submit(self, request: GenerateRequest) -> bool:
         """Queue a request; False when the queue is full (the caller refuses it as overloaded)."""
@@ -201,7 +214,7 @@ class BatchEngine:
         constraints = self._constraints(request, split)
         sampler = self._guarded(sampler_for(params))
         processors = guard_processors(logits_processors_for(params) + constraints)
-        cache, cached = self._prompt_cache.fetch(prompt)
+        cache, cached = self._prompt_cache.fetch(prompt, live_bytes=self._generator.prompt_cache_nbytes)
         sequence = Sequence(
             request_id=request.request_id,
             prompt_tokens=len(prompt),

@@ -104,6 +104,18 @@ class GenerationThread(threading.Thread):
                 self._handle_contained(self._inbox.get_nowait(), engine)
             except queue.Empty:
                 break
+        self._persist(engine)
+
+    @staticmethod
+    def _persist(engine: Engine) -> None:
+        """What an engine keeps beyond this process (an llm's prompt cache on disk) is written before it exits."""
+        persist = getattr(engine, "persist", None)  # only engines that keep something have it
+        if persist is None:
+            return
+        try:
+            persist()
+        except Exception:
+            log.exception("writing what outlives the worker failed; the next worker starts without it")
 
     def _step(self, engine: Engine) -> None:
         try:

@@ -19,6 +19,7 @@ class LoadedModel:
     compute: str = ""  # the configuration cpu_tuning chose
     draft_model: Any = None  # for speculative decoding: a smaller model with the same vocabulary
     config: dict = field(default_factory=dict)  # the model's config.json
+    source: str = ""  # the directory or hub repo id it was loaded from
 
 
 def context_length_of(config: dict, tokenizer: Any, configured: int | None) -> int:
@@ -53,6 +54,7 @@ def load_model(source: str, context_length: int | None = None, draft_source: str
         compute=compute,
         draft_model=draft,
         config=config,
+        source=source,
     )
 
 
