@@ -42,7 +42,8 @@ def _text(content) -> str:
             if isinstance(part, str):
                 parts.append(part)
             elif isinstance(part, dict):
-                parts.append(part.get("text") or ("[image]" if "image" in str(part.get("type", "")) else ""))
+                text = part.get("text")  # any JSON value in a request that failed validation
+                parts.append(text if isinstance(text, str) else "[image]" if "image" in str(part.get("type")) else "")
         return " ".join(p for p in parts if p)
     return ""
 

@@ -16,6 +16,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from gateway.config import GatewaySettings
+from gateway.errors import APIError
 from gateway.hosts import HostLink, Hosts
 from gateway.placement import Placement
 from gateway.supervisor_client import HostDown
@@ -89,12 +90,16 @@ class WorkerClient:
                 await asyncio.wait_for(self.connected.wait(), connect_timeout)
             except TimeoutError:
                 self.mark_dead(f"could not connect to the worker at {self.endpoint}")
+        try:
+            frame = encode(request)
+        except OverflowError:  # an integer past msgpack's 64 bits: the request's fault, found before it is sent
+            raise APIError(ErrorCode.INVALID_REQUEST, "A number in the request is outside the 64-bit range") from None
         stream = RequestStream(request.request_id, self._silence)
         if self.dead:
             stream.put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"the worker for {self.model_id} is gone"))
             return stream
         self._streams[request.request_id] = stream
-        await self._sock.send(encode(request))
+        await self._sock.send(frame)
         return stream
 
     def release(self, stream: RequestStream) -> None:
