@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from gateway.config import SHA256_HEX, GatewayConfig, ServiceSpec
+from gateway.config import SHA256_HEX, GatewayConfig, ServiceLimits, ServiceSpec
 from gateway.errors import APIError
 from protocol import ErrorCode
 
@@ -28,6 +28,9 @@ log = logging.getLogger("gateway.auth")
 
 ISSUER = "mlx-llm-server"
 MIN_JWT_SECRET = 32  # characters; HS256 wants at least 256 bits of key
+
+
+DEFAULT_LIMITS = ServiceLimits()
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Service:
     tokens_per_minute: int | None = None
     key_prefix: str = ""
     reasoning_field: str = "both"  # chat completions' name for thinking: reasoning_content, reasoning or both
+    limits: ServiceLimits = DEFAULT_LIMITS  # requests in flight and queued, tokens per answer
 
     @classmethod
     def from_spec(cls, spec: ServiceSpec) -> Service:
@@ -55,6 +59,7 @@ class Service:
             tokens_per_minute=spec.rate_limits.tokens_per_minute,
             key_prefix=spec.key_prefix if spec.key_prefix is not None else f"{spec.name}_",
             reasoning_field=spec.reasoning_field,
+            limits=spec.limits,
         )
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 import yaml
+from msgspec import Meta
 
 from protocol.hosts import HostSpec, check_hosts
 
@@ -29,12 +30,22 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     tokens_per_minute: int | None = None  # prompt + completion tokens
 
 
+class ServiceLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How much of the server one service may hold at once (per gateway process), so no service fills a worker's
+    queue for the others: past `max_in_flight` its requests wait, up to `max_queued` of them; past that, 429."""
+
+    max_in_flight: Annotated[int, Meta(ge=1)] = 32  # its generation requests being answered at once
+    max_queued: Annotated[int, Meta(ge=0)] = 64  # more of them waiting for a slot
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None  # a ceiling on the tokens one answer generates
+
+
 class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     key_prefix: str | None = None  # default: "<name>_"; every key of the service starts with it
     default_model: str | None = None  # for requests that name no model; default: the server's default
     allowed_models: Literal["any"] | list[str] = "any"  # ids or aliases
     rate_limits: RateLimits = RateLimits()
+    limits: ServiceLimits = ServiceLimits()
     admin: bool = False  # may load and unload models
     key_sha256: list[str] = []  # sha256 (hex) of each key
     key_env: str | None = None  # an environment variable holding keys (comma-separated)

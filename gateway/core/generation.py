@@ -143,6 +143,7 @@ class GenerationCore:
         client, defaults = await self.workers.acquire(name, stale_instance, allowed, caller.affinity, preset)
         if asked is not None:
             request = settle(request, asked, defaults, client.model_id)
+        request = _capped(request, caller.service)
         stream = await client.open(request, self.settings.connect_timeout)
         observers = [o for make in (*self.observers, *caller.observers) if (o := make(caller, client.model_id))]
         if observers:
@@ -155,6 +156,17 @@ class GenerationCore:
         if isinstance(first, GenerationError):
             client.release(stream)
         return Generation(client, stream, first)
+
+
+def _capped(request: WorkerRequest, service) -> WorkerRequest:
+    """A generation held to its service's ceiling on tokens per answer (`limits.max_tokens`)."""
+    ceiling = service.limits.max_tokens if service is not None else None
+    if ceiling is None or not isinstance(request, GenerateRequest):
+        return request
+    asked = request.sampling.max_tokens
+    if asked is not None and asked <= ceiling:
+        return request
+    return msgspec.structs.replace(request, sampling=msgspec.structs.replace(request.sampling, max_tokens=ceiling))
 
 
 def _fan_out(observers: list) -> Observer:
