@@ -37,6 +37,7 @@ from gateway.middleware.browser_guard import BrowserGuard
 from gateway.middleware.cors import JSONCORSMiddleware
 from gateway.middleware.request_context import RequestContext
 from gateway.middleware.trusted_hosts import TrustedHosts
+from gateway.openapi import routes as openapi
 from gateway.ratelimit import RateLimiter
 from gateway.routes import aliases, pulls, system
 from gateway.routes.admin import load_model, memory_usage, unload_model
@@ -120,6 +121,7 @@ def _routes() -> list[BaseRoute]:
         Route("/api/v1/system/stats", system.system_stats, methods=["GET"]),
         Route("/api/activity-logs", list_activity, methods=["GET"]),
         Route("/api/activity-logs", clear_activity, methods=["DELETE"]),
+        *openapi.ROUTES,
         Route("/", _dashboard, methods=["GET"]),
         Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),
     ]

@@ -11,6 +11,7 @@ from gateway.errors import APIError
 # Probes, the Prometheus scrape and the dashboard's own files need no key (the dashboard sends the key it is
 # given with every API call it makes).
 PUBLIC_PATHS = frozenset({"/health", "/api/v1/health", "/api/v1/health/ready", "/metrics", "/"})
+PUBLIC_PATHS |= {"/openapi.json", "/docs"}  # the API's description (gateway/openapi/)
 PUBLIC_PREFIXES = ("/dashboard/",)
 
 
