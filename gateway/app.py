@@ -31,6 +31,7 @@ from gateway.dialects.dialect import BASE_PATHS
 from gateway.dialects.responses.store import make_response_store
 from gateway.errors import APIError
 from gateway.hosts import Hosts, fleet_keys
+from gateway.middleware.admission import Admission
 from gateway.middleware.auth import Auth
 from gateway.middleware.body_limit import BodyLimit
 from gateway.middleware.browser_guard import BrowserGuard
@@ -127,6 +128,21 @@ def _routes() -> list[BaseRoute]:
     ]
 
 
+# The requests that reach a worker: every dialect's POSTs but the Files and Batch APIs' (a batch's lines are
+# bounded by gateway.batches.max_in_flight instead).
+_GENERATION_PATHS = frozenset(
+    route.path
+    for dialect in dialects.DIALECTS
+    if dialect.name != "openai-batch"
+    for route in dialect.routes
+    if "POST" in getattr(route, "methods", ())
+)
+
+
+def _generates(method: str, path: str) -> bool:
+    return method == "POST" and path in _GENERATION_PATHS
+
+
 async def _dashboard(request: Request) -> FileResponse:
     return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -169,7 +185,9 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.authenticator = authenticator  # public paths say more to an admin (readiness, /metrics)
         app.state.metrics_keys = metrics_keys
         app.state.limiter = limiter
-        app.state.sessions = make_session_store(settings.redis_url, transport.sessions.ttl_seconds)
+        app.state.sessions = make_session_store(
+            settings.redis_url, transport.sessions.ttl_seconds, transport.sessions.max_per_service
+        )
         app.state.responses = make_response_store(settings.redis_url, transport.responses.ttl_seconds)
         app.state.services = keyring.services  # by name: a batch resumed after a restart runs as its service
         # The supervisors: this machine's, or a fleet's hosts (hosts.links[i].client is one's ctl client).
@@ -225,6 +243,7 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
     middleware += [
         Middleware(BodyLimit, max_bytes=transport.max_body_bytes),
         Middleware(Auth, authenticator=authenticator, limiter=limiter),
+        Middleware(Admission, admits=_generates, limits=(transport.max_in_flight, transport.max_queued)),
     ]
     return Starlette(
         routes=_routes(),

@@ -76,6 +76,10 @@ REAL_TIME_FACTOR = Histogram(
     namespace=NS,
     buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10),
 )
+# Admission (gateway/middleware/admission.py): generation requests holding a slot, and waiting for one.
+LIVE = {"namespace": NS, "multiprocess_mode": "livesum"}
+ADMITTED = Gauge("admission_in_flight", "Generation requests in flight", ["service"], **LIVE)
+QUEUED = Gauge("admission_queued", "Generation requests waiting for a slot", ["service"], **LIVE)
 GENERATION_ERRORS = Counter(
     "generation_errors", "Generations that ended with an error event or status", ["model", "code"], namespace=NS
 )

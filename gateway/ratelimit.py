@@ -1,6 +1,7 @@
 """Per-service rate limits with the `limits` library: requests per minute (a moving window, so a limit of N
 admits exactly N in any 60 seconds) and tokens per minute (a fixed window charged with each answer's prompt
-and completion tokens once they are known; a service whose window is spent waits for the next one).
+and completion tokens once they are known, an aborted stream's so far, an embedding or rerank request's input;
+a service whose window is spent waits for the next one).
 
 With REDIS_URL the counters live in Redis, so every gateway process shares one limit; without it, in this
 process's memory. If Redis stops answering, the limits fall back to memory until it answers again: a limiter
@@ -22,7 +23,8 @@ from limits.errors import StorageError
 from gateway.auth import Service
 from gateway.errors import APIError
 from protocol import ErrorCode
-from protocol.generation import Finished
+from protocol.embedding import Embeddings, RerankScores
+from protocol.generation import Abort, Finished, GenerationError, TextChunk
 
 log = logging.getLogger("gateway.ratelimit")
 KEY_PREFIX = "mlxs-limits"
@@ -100,16 +102,31 @@ class RateLimiter:
 
     def token_charger(self, caller, model_id: str):
         """An ObserverFactory for the generation core: a generation's tokens are charged to its caller's service
-        when it finishes (a service without a tokens-per-minute limit is not watched)."""
+        when it ends: at Finished its usage, at an Abort (the client left) or an error the prompt and the tokens
+        produced so far, and an embedding or rerank request's input tokens. A service without a tokens-per-minute
+        limit is not watched."""
         service = caller.service
         if service is None or not service.tokens_per_minute:
             return None
+        produced = {"prompt": 0, "completion": 0}
 
         def observe(event) -> None:
+            if isinstance(event, TextChunk):
+                produced["prompt"] = event.prompt_tokens or produced["prompt"]  # on the first chunk
+                produced["completion"] = event.completion_tokens
+                return
             if isinstance(event, Finished):
-                task = asyncio.get_running_loop().create_task(self.charge_tokens(service, event.usage.total_tokens))
-                _charging.add(task)
-                task.add_done_callback(_charging.discard)
+                tokens = event.usage.total_tokens
+            elif isinstance(event, Embeddings | RerankScores):
+                tokens = event.prompt_tokens
+            elif isinstance(event, Abort | GenerationError):
+                tokens = produced["prompt"] + produced["completion"]
+            else:
+                return
+            produced["prompt"] = produced["completion"] = 0  # charged once
+            task = asyncio.get_running_loop().create_task(self.charge_tokens(service, tokens))
+            _charging.add(task)
+            task.add_done_callback(_charging.discard)
 
         return observe
 

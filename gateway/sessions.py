@@ -9,6 +9,7 @@ on one session lose no message, and a turn's question and answer are never separ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -119,11 +120,15 @@ class _Stored:
 
 
 class MemorySessionStore(SessionStore):
-    """For development and single-process use; everything is lost when the gateway stops."""
+    """For development and single-process use; everything is lost when the gateway stops. Bounded: a service keeps
+    at most `max_per_service` sessions (a new one evicts its least recently used), and expired sessions are swept
+    on a timer, not only when touched."""
 
-    def __init__(self, ttl_seconds: int):
+    def __init__(self, ttl_seconds: int, max_per_service: int = 1000):
         super().__init__(ttl_seconds)
+        self.max_per_service = max_per_service
         self._sessions: dict[str, _Stored] = {}
+        self._sweeper: asyncio.Task | None = None
 
     def _live(self, service: str, session_id: str) -> _Stored | None:
         stored = self._sessions.get(session_id)
@@ -134,6 +139,19 @@ class MemorySessionStore(SessionStore):
             return None
         return stored if stored.info.service == service else None
 
+    def sweep(self) -> int:
+        """Drop every expired session; how many."""
+        now = time.time()
+        expired = [i for i, s in self._sessions.items() if s.info.expires_at <= now]
+        for session_id in expired:
+            del self._sessions[session_id]
+        return len(expired)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(max(self.ttl / 2, 0.5), 60))
+            self.sweep()
+
     def _touch(self, stored: _Stored, updated: bool = False) -> None:
         now = time.time()
         stored.info.expires_at = now + self.ttl
@@ -142,6 +160,12 @@ class MemorySessionStore(SessionStore):
         stored.info.message_count = len(stored.messages)
 
     async def create(self, service: str, metadata: dict, messages: list[dict]) -> SessionInfo:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self.sweep()
+        mine = sorted((s.info for s in self._sessions.values() if s.info.service == service), key=_last_used)
+        for info in mine[: max(0, len(mine) - self.max_per_service + 1)]:
+            del self._sessions[info.id]  # the service's least recently used, to stay within its bound
         now = time.time()
         info = SessionInfo(new_session_id(), service, now, now, now + self.ttl, len(messages), dict(metadata))
         self._sessions[info.id] = _Stored(info, list(messages))
@@ -176,11 +200,17 @@ class MemorySessionStore(SessionStore):
         return True
 
     async def list(self, service: str, limit: int = 100) -> list[SessionInfo]:
-        now = time.time()
-        for session_id in [i for i, s in self._sessions.items() if s.info.expires_at <= now]:
-            del self._sessions[session_id]
+        self.sweep()
         mine = [s.info for s in self._sessions.values() if s.info.service == service]
         return [_copy(i) for i in sorted(mine, key=lambda i: i.expires_at, reverse=True)[:limit]]
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def _last_used(info: SessionInfo) -> float:
+    return info.expires_at  # every use renews it
 
 
 def _copy(info: SessionInfo) -> SessionInfo:
@@ -333,5 +363,6 @@ class RedisSessionStore(SessionStore):
         await self._redis.aclose()
 
 
-def make_session_store(redis_url: str | None, ttl_seconds: int) -> SessionStore:
-    return RedisSessionStore(redis_url, ttl_seconds) if redis_url else MemorySessionStore(ttl_seconds)
+def make_session_store(redis_url: str | None, ttl_seconds: int, max_per_service: int = 1000) -> SessionStore:
+    """Redis expires its keys on its own clock; the memory store sweeps and bounds itself."""
+    return RedisSessionStore(redis_url, ttl_seconds) if redis_url else MemorySessionStore(ttl_seconds, max_per_service)

@@ -105,7 +105,10 @@ class WorkerClient:
     def release(self, stream: RequestStream) -> None:
         if self._streams.pop(stream.request_id, None) is not None and not stream.done and not self.dead:
             # The client went away mid-generation: free the worker's slot (fire and forget).
-            self._sock.send(encode(Abort(request_id=stream.request_id)))
+            abort = Abort(request_id=stream.request_id)
+            self._sock.send(encode(abort))
+            if stream.observer is not None:
+                stream.observer(abort)  # the generation ended here: observers charge what it produced so far
 
     async def _read(self) -> None:
         decoder = worker_outbound_decoder()

@@ -67,6 +67,7 @@ class TLSSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ttl_seconds: int = 86400  # a session unused this long expires (every use renews it)
+    max_per_service: Annotated[int, Meta(ge=1)] = 1000  # in memory (no Redis): more evict the least recently used
 
 
 class ResponseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +84,10 @@ class TransportSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         default_factory=lambda: ["*"]
     )  # Host headers accepted ("*.example.com" matches subdomains)
     max_body_bytes: int = 32 * 1024 * 1024  # larger bodies get 413; room for a 20 MiB image as base64
+    # Generation requests this gateway answers at once, all services together, and how many more may wait; past
+    # that, 503 (each service's own limits come first: services[].limits).
+    max_in_flight: Annotated[int, Meta(ge=1)] = 256
+    max_queued: Annotated[int, Meta(ge=0)] = 1024
     token_ttl_seconds: int = 900  # lifetime of the JWTs POST /api/v1/auth/token issues
     # An environment variable holding the keys a scrape of /metrics must present (comma-separated; an admin
     # service's key works too). None: /metrics is open, as a Prometheus scrape on a private port expects.
