@@ -21,7 +21,7 @@ from gateway.dialects.chat import routes as chat
 from gateway.dialects.chat.schema import ChatCompletionRequest
 from gateway.dialects.responses import routes as responses
 from gateway.dialects.responses.schema import ResponsesRequest
-from gateway.routes import aliases, auth, pulls, sessions
+from gateway.routes import admin, aliases, auth, pulls, sessions
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -92,6 +92,8 @@ OPERATIONS: dict[object, Operation] = {
     batches.create_batch: Operation(body=batches.BatchRequest),
     batches.list_batches: Operation(query=Page),
     pulls.pull_model: Operation(body=pulls.PullRequest, answers=STREAMED),
+    admin.load_model: Operation(body=admin.OnHost, body_optional=True),
+    admin.unload_model: Operation(body=admin.OnHost, body_optional=True),
     aliases.add_alias: Operation(body=aliases.NewAlias, status="201"),
     sessions.create_session: Operation(body=sessions.CreateSession, body_optional=True, status="201"),
     auth.issue_token: Operation(body=auth.TokenRequest, body_optional=True),
