@@ -29,7 +29,7 @@ from gateway.core.caller import ClientGone
 from gateway.core.generation import GenerationCore
 from gateway.dialects.dialect import BASE_PATHS
 from gateway.dialects.responses.store import make_response_store
-from gateway.errors import APIError
+from gateway.errors import APIError, internal_error
 from gateway.hosts import Hosts, fleet_keys
 from gateway.middleware.admission import Admission
 from gateway.middleware.auth import Auth
@@ -90,8 +90,9 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return APIError(ErrorCode.INTERNAL, "Internal server error").response(request.url.path)
+    request_id = getattr(request.state, "request_id", None)
+    log.exception("unhandled error on %s %s (request id %s)", request.method, request.url.path, request_id)
+    return internal_error(request_id).response(request.url.path)
 
 
 def _routes() -> list[BaseRoute]:

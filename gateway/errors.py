@@ -73,7 +73,7 @@ class APIError(Exception):
     @classmethod
     def from_event(cls, event) -> APIError:
         """From a GenerationError or CallFailed that crossed a process boundary."""
-        return cls(event.code, event.message)
+        return cls(event.code, event.message, param=getattr(event, "param", None))
 
     def body(self, path: str = "") -> dict:
         """The body in the shape of the dialect that owns `path` (OpenAI's for any other)."""
@@ -82,6 +82,14 @@ class APIError(Exception):
     def response(self, path: str = "") -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 503 else {}
         return JSONResponse(self.body(path), status_code=self.status, headers=headers | self.headers)
+
+
+def internal_error(request_id: str | None) -> APIError:
+    """What a client learns of a failure inside the gateway: not the exception's text, which goes to the log
+    with the request id the client can quote."""
+    return APIError(
+        ErrorCode.INTERNAL, f"Internal server error; the server log has the details under request id {request_id}"
+    )
 
 
 def openai_error_body(error: APIError) -> dict:

@@ -170,11 +170,12 @@ class GenerationError(Message, tag="error"):
     code: ErrorCode
     message: str
     retryable: bool = False
+    param: str | None = None  # the request field at fault, when one is (the API error's `param`)
 
 
-def failure(request_id: str, code: ErrorCode, message: str) -> GenerationError:
+def failure(request_id: str, code: ErrorCode, message: str, param: str | None = None) -> GenerationError:
     """A request's error event; whether a client may retry follows from the code."""
-    return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE)
+    return GenerationError(request_id=request_id, code=code, message=message, retryable=code in RETRYABLE, param=param)
 
 
 WorkerOutbound = (

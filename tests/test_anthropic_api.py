@@ -106,6 +106,9 @@ def test_an_image_for_a_text_model_is_a_bad_request(claude):
         claude.messages.create(model="smollm2", max_tokens=8, messages=[{"role": "user", "content": content}])
 
 
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABc3UBGAAAAABJRU5ErkJggg=="  # 1x1 pixel
+
+
 def _image(data: str, media_type: str = "image/png") -> list:
     source = {"type": "base64", "media_type": media_type, "data": data}
     return [{"type": "image", "source": source}, {"type": "text", "text": "hi"}]
@@ -121,6 +124,14 @@ def _image(data: str, media_type: str = "image/png") -> list:
         ({"messages": PARIS}, "max_tokens"),  # required by Anthropic's API
         ({"max_tokens": 8, "temperature": 1.5, "messages": PARIS}, "temperature"),
         ({"max_tokens": 8, "messages": [{"role": "user", "content": _image("@@@not base64@@@")}]}, "base64"),
+        ({"max_tokens": 8, "messages": [{"role": "user", "content": _image("iVBORw0KGgo\u00e9AAAA")}]}, "base64"),
+        ({"max_tokens": 8, "messages": [{"role": "user", "content": _image("iVBORw0KGgo")}]}, "base64"),  # padding
+        ({"max_tokens": 8, "messages": [{"role": "user", "content": _image("")}]}, "empty"),
+        ({"max_tokens": 8, "messages": [{"role": "user", "content": _image(PNG, "image/gif")}]}, "declared image/gif"),
+        ({"max_tokens": 8, "messages": [{"role": "user", "content": _image(PNG) * 17}]}, "at most 16 images"),
+        ({"max_tokens": 8, "messages": PARIS, "top_k": 2**64}, "top_k"),
+        ({"max_tokens": 2**64, "messages": PARIS}, "max_tokens"),
+        ({"max_tokens": 8, "messages": PARIS, "stop_sequences": ["x" * 513]}, "stop_sequences[0]"),
         ({"max_tokens": 8, "messages": [{"role": "user", "content": _image("AAAA", "image/tiff")}]}, "media_type"),
         ({"max_tokens": 8, "messages": [{"role": "user", "content": _image("A" * 8_000_000)}]}, "larger than"),
         ({"max_tokens": 8, "messages": PARIS, "tool_choice": {"type": "any"}}, "needs tools"),

@@ -49,7 +49,9 @@ def picture_host():
 
 @pytest.fixture(scope="module")
 def configured(server):
-    return server.spawn_gateway(GATEWAY_IMAGE_URLS="1", LOG_FORMAT="text", ACTIVITY_LOG_SIZE="2").wait_ready()
+    return server.spawn_gateway(
+        GATEWAY_IMAGE_URLS="1", GATEWAY_IMAGE_URL_NETWORKS="127.0.0.1/32", LOG_FORMAT="text", ACTIVITY_LOG_SIZE="2"
+    ).wait_ready()
 
 
 def test_image_urls_are_fetched_by_a_gateway_that_allows_them(server, configured, picture_host):

@@ -42,6 +42,7 @@ from tests.test_metrics import scrape, value
 
 SERVER_FAILURES = {"internal_error", "worker_crashed", "timeout", "api_error", "overloaded_error"}
 LONG = "word " * 3000  # more than the test model's 2048-token context
+BAD = "iVBORw0KGgo\u00e9AAAA"  # a PNG's first bytes in base64, with a non-ASCII character among them
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ def chat_messages(name: str, value) -> list[dict]:
         ],
         "any unicode": [{"role": "user", "content": value}],
         "longer than the context": [{"role": "user", "content": LONG}],
+        "an image whose base64 holds a non-ASCII character": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{BAD}"}}]}
+        ],
         "empty list": [],
         "an unknown role": [{"role": "wizard", "content": "hi"}],
     }[name]
@@ -103,6 +107,7 @@ def chat_messages(name: str, value) -> list[dict]:
 
 def claude_messages(name: str, value) -> list[dict]:
     use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": BAD}}
     return {
         "text blocks": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}],
         "a tool_use and its result": [
@@ -113,6 +118,7 @@ def claude_messages(name: str, value) -> list[dict]:
         "ending with the assistant": [*USER, {"role": "assistant", "content": "The capital is"}],
         "any unicode": [{"role": "user", "content": value or " "}],
         "longer than the context": [{"role": "user", "content": LONG}],
+        "an image whose base64 holds a non-ASCII character": [{"role": "user", "content": [image]}],
         "an empty content list": [{"role": "user", "content": []}],
         "an unknown role": [{"role": "robot", "content": "hi"}],
     }[name]

@@ -8,6 +8,7 @@ import base64
 import http.server
 import io
 import threading
+from dataclasses import replace
 
 import httpx
 import openai
@@ -25,6 +26,12 @@ IMAGE_TOKENS = 4 + 2  # a 64x48 image resized to 56x56: 4 merged patches, betwee
 def png(size=(64, 48), colour=(200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def bmp() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="BMP")
     return out.getvalue()
 
 
@@ -83,7 +90,12 @@ def post_chat(server, messages) -> httpx.Response:
     ("url", "status", "words"),
     [
         ("data:image/png;base64,not*base64!", 400, "not valid base64"),
+        ("data:image/png;base64,aGVsbG8é", 400, "not valid base64"),  # a non-ASCII character
+        ("data:image/png;base64,aGVsbG8", 400, "not valid base64"),  # padding missing
+        ("data:image/png;base64,", 400, "empty"),
         (data_url(b"plain text, not an image"), 400, "not in a format"),
+        (data_url(bmp(), "image/bmp"), 400, "not in a format"),  # Pillow reads BMP; vision processors need not
+        (data_url(png(), "image/jpeg"), 400, "declared image/jpeg but its bytes are image/png"),
         ("data:text/plain;base64,aGVsbG8=", 400, "data:image/<format>;base64"),
         ("https://example.com/cat.png", 400, "not enabled"),
         ("ftp://example.com/cat.png", 400, "data URL or an http(s) URL"),
@@ -98,6 +110,13 @@ def test_bad_images_are_refused_before_any_model_work(server, url, status, words
     assert words in error["message"] and error["param"] == "messages[0].content[1].image_url"
 
 
+def test_more_images_than_a_request_may_hold_is_a_400_before_any_is_decoded(server):
+    reply = post_chat(server, ask(*[data_url(png())] * 16, "data:image/png;base64,not*base64!"))
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and "at most 16 images" in error["message"], reply.text
+    assert error["param"] == "messages[0].content[17].image_url"
+
+
 def test_an_image_part_without_a_url_is_a_400(server):
     reply = post_chat(server, [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
     assert reply.status_code == 400 and "image_url.url" in reply.json()["error"]["message"]
@@ -110,6 +129,13 @@ class _Images(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow.png":
             RELEASE_SLOW.wait(timeout=120)
+        port = self.server.server_address[1]
+        hops = {"/hop": "/cat.png", "/loop": "/loop", "/elsewhere": f"http://127.0.0.2:{port}/cat.png"}
+        if self.path in hops:  # redirects: to this host, round in a circle, to a loopback address not allowed
+            self.send_response(302)
+            self.send_header("Location", hops[self.path])
+            self.end_headers()
+            return
         body = {"/cat.png": png(), "/big.png": png(size=(2000, 2000)) + b"\0" * 50_000, "/slow.png": png()}
         if self.path not in body:
             self.send_error(404)
@@ -141,21 +167,40 @@ def image_host():
 
 
 def test_image_urls_are_fetched_within_size_and_time_limits_when_enabled(image_host):
-    settings = GatewaySettings(image_urls=True, max_image_bytes=40_000, image_fetch_timeout=1.0)
+    # The test's host is loopback: a network the operator allows, as GATEWAY_IMAGE_URL_NETWORKS does.
+    settings = GatewaySettings(
+        image_urls=True, max_image_bytes=40_000, image_fetch_timeout=60.0, image_url_networks=("127.0.0.1/32",)
+    )
 
-    def fetch(path: str) -> bytes:
+    def fetch(path: str, settings=settings) -> bytes:
         return asyncio.run(image_bytes({"url": image_host + path}, settings, "p"))
 
+    def refusal(path: str, settings=settings) -> APIError:
+        with pytest.raises(APIError) as caught:
+            fetch(path, settings)
+        assert caught.value.param == "p"
+        return caught.value
+
     assert fetch("/cat.png") == png()
-    with pytest.raises(APIError) as too_big:
-        fetch("/big.png")
-    assert too_big.value.status == 413
-    with pytest.raises(APIError) as slow:  # the server never answers: only the time limit can end the fetch
-        fetch("/slow.png")
-    assert slow.value.status == 400 and "could not be fetched" in slow.value.message
-    with pytest.raises(APIError) as missing:
-        fetch("/none.png")
-    assert "HTTP 404" in missing.value.message
+    assert fetch("/hop") == png()  # a redirect within the allowed network is followed
+    assert refusal("/big.png").status == 413
+    slow = refusal("/slow.png", replace(settings, image_fetch_timeout=1.0))  # only the deadline can end it
+    assert slow.status == 400 and "took longer than 1s" in slow.message
+    missing = refusal("/none.png")
+    assert missing.message == "Fetching the image gave HTTP 404"  # not the upstream's error page
+    assert "private, loopback or link-local" in refusal("/elsewhere").message  # 127.0.0.2 is not allowed
+    assert "more than 3 times" in refusal("/loop").message
+    # By default no loopback, private or link-local host is fetched from, whatever the name.
+    default = GatewaySettings(image_urls=True)
+    assert "private, loopback or link-local" in refusal("/cat.png", default).message
+    for url in ("http://localhost/cat.png", "http://[::1]/cat.png", "http://169.254.169.254/latest/meta-data"):
+        with pytest.raises(APIError, match="private, loopback or link-local"):
+            asyncio.run(image_bytes({"url": url}, default, "p"))
+    # A host that is there no more: the client is told so, without the network's own error text.
+    closed = image_host.rsplit(":", 1)[0] + ":1"
+    with pytest.raises(APIError) as gone:
+        asyncio.run(image_bytes({"url": f"{closed}/cat.png"}, settings, "p"))
+    assert gone.value.message == "The image could not be fetched"
 
 
 def test_images_are_refused_in_sessions_and_the_session_is_left_untouched(server):

@@ -88,7 +88,7 @@ def failed(request, exc: BaseException, during: str) -> GenerationError:
     trace_id = getattr(request, "trace_id", None)
     if isinstance(exc, RequestRejected):
         log.info("request %s [x-request-id %s] refused: %s: %s", request_id, trace_id, exc.code, exc)
-        return failure(request_id, exc.code, str(exc))
+        return failure(request_id, exc.code, str(exc), exc.param)
     log.error(
         "request %s [x-request-id %s] failed while %s: %s: %s",
         request_id,

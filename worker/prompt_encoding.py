@@ -15,9 +15,10 @@ RESERVED_KWARGS = frozenset({"conversation", "messages", "tools", "tokenize", "a
 
 
 class RequestRejected(ValueError):
-    def __init__(self, code: ErrorCode, message: str):
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None):
         super().__init__(message)
         self.code = code
+        self.param = param  # the request field at fault, if one is
 
 
 def require_generation(request) -> None:

@@ -32,7 +32,7 @@ def check_sampling(params: SamplingParams, vocab_size: int | None) -> None:
     sense: the gateway validates its dialects, this keeps the worker safe whatever reaches it."""
 
     def refuse(field: str, rule: str, value) -> None:
-        raise RequestRejected(ErrorCode.INVALID_REQUEST, f"{field} must be {rule}; got {value!r}")
+        raise RequestRejected(ErrorCode.INVALID_REQUEST, f"{field} must be {rule}; got {value!r}", field)
 
     if not (math.isfinite(params.temperature) and params.temperature >= 0):
         refuse("temperature", "a finite number >= 0", params.temperature)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 
 from protocol.launch import ctl_endpoint, run_dir_from_env
@@ -38,8 +39,12 @@ class GatewaySettings:
     # Image inputs: size and pixel limits; http(s) image URLs are fetched only when enabled, within a time limit.
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 50_000_000
+    max_images: int = 16  # per request, over all its messages
     image_urls: bool = False
-    image_fetch_timeout: float = 10.0
+    # Networks (CIDRs) an image URL or its redirects may reach although they are not public (loopback, private,
+    # link-local...): none by default.
+    image_url_networks: tuple[str, ...] = ()
+    image_fetch_timeout: float = 10.0  # for the whole fetch: resolving, connecting, redirects, the body
     log_format: str = "json"  # or "text"
     config_path: str | None = None  # the shared config file (services, gateway settings); None: the default
     # Secrets stay out of repr(), so a settings object that reaches a log line does not carry them.
@@ -72,7 +77,13 @@ class GatewaySettings:
             max_audio_seconds=float(os.environ.get("GATEWAY_MAX_AUDIO_SECONDS", cls.max_audio_seconds)),
             max_image_bytes=int(os.environ.get("GATEWAY_MAX_IMAGE_BYTES", cls.max_image_bytes)),
             max_image_pixels=int(os.environ.get("GATEWAY_MAX_IMAGE_PIXELS", cls.max_image_pixels)),
+            max_images=int(os.environ.get("GATEWAY_MAX_IMAGES", cls.max_images)),
             image_urls=os.environ.get("GATEWAY_IMAGE_URLS", "0").lower() in ("1", "true", "yes"),
+            image_url_networks=tuple(  # a malformed network stops the gateway at start-up
+                str(ip_network(n.strip(), strict=False))
+                for n in os.environ.get("GATEWAY_IMAGE_URL_NETWORKS", "").split(",")
+                if n.strip()
+            ),
             image_fetch_timeout=float(os.environ.get("GATEWAY_IMAGE_FETCH_TIMEOUT", cls.image_fetch_timeout)),
             log_format=os.environ.get("LOG_FORMAT", cls.log_format).lower(),
             config_path=os.environ.get("MLX_SERVER_CONFIG") or None,

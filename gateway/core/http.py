@@ -12,6 +12,7 @@ the client gone), the generation is released: a client that leaves aborts it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -19,13 +20,15 @@ from starlette.requests import Request
 
 from gateway.core.caller import Caller, ClientGone
 from gateway.core.generation import Answer, Generation, GenerationCore, WorkerRequest
-from gateway.errors import APIError
+from gateway.errors import APIError, internal_error
+from gateway.logs import request_id_var
 from gateway.sampling_defaults import Asked
 from gateway.sse import KEEPALIVE, EventStreamResponse
 from gateway.telemetry import record_of
 from protocol.embedding import Embeddings, EmbedRequest, RerankRequest, RerankScores
 from protocol.generation import GenerateRequest
 
+log = logging.getLogger("gateway.http")
 Render = Callable[[Generation], AsyncIterator[bytes]]  # a started generation -> the SSE body, in one dialect
 
 
@@ -105,6 +108,10 @@ async def _until_error(chunks: AsyncIterator[bytes], wire: StreamWire) -> AsyncI
             yield chunk
     except APIError as exc:
         yield wire.error(exc)
+    except Exception:  # after the 200: the stream ends with the dialect's error event, the details go to the log
+        request_id = request_id_var.get()
+        log.exception("unhandled error in a stream (request id %s)", request_id)
+        yield wire.error(internal_error(request_id))
 
 
 async def _disconnected(request: Request) -> None:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.core import http as core
 from gateway.core.caller import Caller
 from gateway.core.generation import Answer
+from gateway.dialects.bounds import Tokens
 from gateway.dialects.dialect import Dialect, post
 from gateway.dialects.openai_common import (
     DONE,
@@ -37,7 +38,7 @@ from protocol.generation import Finished, GenerateRequest, SamplingDefaults, Sam
 
 class CompletionRequest(OpenAIRequest, kw_only=True):
     prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None  # None: the model's default, else OpenAI's 16
+    max_tokens: Tokens | None = None  # None: the model's default, else OpenAI's 16
     echo: bool = False
 
 

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from gateway.core import http as core
 from gateway.core.caller import Caller
+from gateway.dialects.bounds import TOKEN_LIMIT
 from gateway.dialects.dialect import Dialect, post
 from gateway.request_body import decode_request
 from protocol.embedding import EmbedRequest
@@ -31,7 +32,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     input: Text | Annotated[list[Text], Meta(min_length=1, max_length=MAX_INPUTS)]
     model: str | None = None  # None: the gateway's default embedding model
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    dimensions: Annotated[int, Meta(ge=1, le=TOKEN_LIMIT)] | None = None
     user: str | None = None
 
 

@@ -10,6 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from gateway.core.http import StreamWire
+from gateway.dialects.bounds import MinP, RepetitionPenalty, Seed, StopSequence, TopK, TopP, stops, temperature
 from gateway.errors import APIError, openai_error_body
 from gateway.sampling_defaults import Asked
 from gateway.sse import sse
@@ -31,12 +32,12 @@ class Sampling(msgspec.Struct, kw_only=True):
     left out (or null) is the server's to fill: the model's defaults or the preset (gateway/sampling_defaults.py)."""
 
     model: str | None = None  # None: the server's default model
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
-    seed: int | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
-    min_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    repetition_penalty: Annotated[float, Meta(gt=0)] | None = None
+    temperature: temperature(2) | None = None
+    top_p: TopP | None = None
+    seed: Seed | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     preset: Annotated[str, Meta(min_length=1, max_length=64)] | None = None  # one of the config's `presets:`
     stream: bool = False
 
@@ -44,7 +45,7 @@ class Sampling(msgspec.Struct, kw_only=True):
 class OpenAIRequest(Sampling, kw_only=True):
     """The fields chat completions and completions share: the model, sampling, stop sequences, streaming."""
 
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    stop: StopSequence | stops(4) | None = None
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1)] = 1
     user: str | None = None

@@ -35,7 +35,7 @@ class RerankRequest(msgspec.Struct, kw_only=True):
     query: Text
     documents: Annotated[list[Text | DocumentIn], Meta(min_length=1, max_length=MAX_DOCUMENTS)]
     model: str | None = None  # None: the gateway's default embedding model scores by cosine similarity
-    top_n: Annotated[int, Meta(ge=1)] | None = None  # None: every document
+    top_n: Annotated[int, Meta(ge=1, le=MAX_DOCUMENTS)] | None = None  # None: every document
     return_documents: bool = True
 
 

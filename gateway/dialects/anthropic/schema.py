@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.dialects.bounds import MAX_STOP_SEQUENCES, Tokens, TopK, TopP, stops, temperature
+
 
 class TextBlock(msgspec.Struct, tag_field="type", tag="text", kw_only=True):
     text: str
@@ -79,7 +81,7 @@ class ThinkingConfig(msgspec.Struct, kw_only=True):
     """Extended thinking: on (at most `budget_tokens` of it), off, or as the model decides ("adaptive")."""
 
     type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: Annotated[int, Meta(ge=1)] | None = None
+    budget_tokens: Tokens | None = None
 
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
@@ -93,12 +95,12 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):
-    max_tokens: Annotated[int, Meta(ge=1)]
-    stop_sequences: list[str] | None = None
+    max_tokens: Tokens
+    stop_sequences: stops(MAX_STOP_SEQUENCES) | None = None
     # Left out: the server's to fill (the model's defaults, the preset); the SDK sends them in extra_body.
-    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
-    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    temperature: temperature(1) | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
     stream: bool = False
     metadata: dict | None = None
     output_config: OutputConfig | None = None

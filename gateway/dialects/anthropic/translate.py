@@ -7,8 +7,6 @@ become raw image bytes on the message (for vision models; a text model refuses t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import uuid
 
@@ -25,13 +23,12 @@ from gateway.dialects.anthropic.schema import (
     ToolUseBlock,
 )
 from gateway.errors import APIError
-from gateway.images import check_image
+from gateway.images import MEDIA_TYPES, check_image, count_image, decode_base64
 from gateway.sampling_defaults import Asked
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingDefaults, ToolCall, ToolChoice, ToolSpec
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's own limit per image
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
 def _invalid(message: str, param: str) -> APIError:
@@ -40,17 +37,15 @@ def _invalid(message: str, param: str) -> APIError:
 
 def _image(block: ImageBlock, where: str, settings: GatewaySettings) -> bytes:
     source = block.source
-    if source.type != "base64" or not source.data:
+    if source.type != "base64" or source.data is None:
         raise _invalid("Only base64 image sources are supported", f"{where}.source")
-    if source.media_type not in IMAGE_TYPES:
-        raise _invalid(f"Image media_type must be one of {', '.join(IMAGE_TYPES)}", f"{where}.source.media_type")
+    if source.media_type not in MEDIA_TYPES:
+        raise _invalid(f"Image media_type must be one of {', '.join(MEDIA_TYPES)}", f"{where}.source.media_type")
     if len(source.data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
         raise _invalid(f"The image is larger than {MAX_IMAGE_BYTES // 2**20} MB", f"{where}.source.data")
-    try:
-        data = base64.b64decode(source.data, validate=True)
-    except binascii.Error:
-        raise _invalid("The image data is not valid base64", f"{where}.source.data") from None
-    check_image(data, settings, f"{where}.source.data")  # the checks OpenAI image parts get: format, pixels
+    data = decode_base64(source.data, f"{where}.source.data")
+    # The checks OpenAI image parts get: the format the bytes are in is the declared one, pixels.
+    check_image(data, settings, f"{where}.source.data", declared=source.media_type)
     return data
 
 
@@ -62,6 +57,7 @@ def _messages(req: CountTokensRequest, settings: GatewaySettings) -> list[ChatMe
     out = []
     if req.system:
         out.append(ChatMessage(role="system", content=_text(req.system)))
+    count = 0  # images so far
     for i, m in enumerate(req.messages):
         blocks = [TextBlock(text=m.content)] if isinstance(m.content, str) else m.content
         if not blocks:
@@ -72,6 +68,8 @@ def _messages(req: CountTokensRequest, settings: GatewaySettings) -> list[ChatMe
             if isinstance(b, TextBlock):
                 text.append(b.text)
             elif isinstance(b, ImageBlock):
+                count += 1
+                count_image(count, settings, where)
                 images.append(_image(b, where, settings))
             elif isinstance(b, ToolUseBlock) and m.role == "assistant":
                 calls.append(ToolCall(id=b.id, name=b.name, arguments=json.dumps(b.input)))

@@ -20,6 +20,7 @@ from gateway.core import http as core
 from gateway.core.generation import Generation
 from gateway.dialects.audio.codec import MEDIA_TYPES, decode_upload, encode_stream, encode_whole
 from gateway.dialects.audio.formats import FORMATS, render
+from gateway.dialects.bounds import Seed
 from gateway.dialects.dialect import Dialect, post
 from gateway.dialects.openai_common import OPENAI_WIRE
 from gateway.errors import APIError
@@ -147,7 +148,7 @@ class SpeechBody(msgspec.Struct, kw_only=True):
     voice: str | None = None
     response_format: Literal["mp3", "wav", "opus", "flac", "aac", "pcm"] = "mp3"
     speed: Annotated[float, Meta(ge=0.25, le=4.0)] = 1.0
-    seed: int | None = None  # beyond OpenAI: repeatable audio (the vocoders sample noise)
+    seed: Seed | None = None  # beyond OpenAI: repeatable audio (the vocoders sample noise)
     stream: bool = False  # send the audio as it is produced (chunked), instead of whole with its length
     stream_format: Literal["audio", "sse"] | None = None  # OpenAI's; "audio" streams like stream=true
     instructions: str | None = None  # OpenAI's; the models served here take no instructions

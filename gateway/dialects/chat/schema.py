@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.dialects.bounds import Tokens
 from gateway.dialects.openai_common import Effort, OpenAIRequest
 
 MAX_TOP_LOGPROBS = 10
@@ -83,8 +84,8 @@ class JSONSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema"):
 
 class ChatCompletionRequest(OpenAIRequest, kw_only=True):
     messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     tools: list[ToolIn] | None = None
@@ -101,7 +102,7 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True):
     # made to end its thinking and answer.
     reasoning_effort: Effort | None = None
     chat_template_kwargs: dict | None = None
-    reasoning_budget: Annotated[int, Meta(ge=1)] | None = None
+    reasoning_budget: Tokens | None = None
 
 
 def text_of(message: ChatMessageIn) -> str:

@@ -19,7 +19,7 @@ from gateway.dialects.chat.schema import (
 from gateway.dialects.chat.session_messages import replayed
 from gateway.dialects.openai_common import asked, template_kwargs
 from gateway.errors import APIError
-from gateway.images import image_bytes
+from gateway.images import count_image, image_bytes
 from gateway.sampling_defaults import Asked
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
@@ -29,10 +29,12 @@ async def images_of(req: ChatCompletionRequest, settings) -> dict[int, list[byte
     """Each message's images (by message index), decoded and checked. Whether the model takes images is the
     worker's to say: a text model's worker answers a request with images with a clear 400."""
     images: dict[int, list[bytes]] = {}
+    count = 0
     for i, message in enumerate(req.messages):
         for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
             if isinstance(part, ImageURLPart):
-                param = f"messages[{i}].content[{j}].image_url"
+                param, count = f"messages[{i}].content[{j}].image_url", count + 1
+                count_image(count, settings, param)
                 images.setdefault(i, []).append(await image_bytes(part.image_url, settings, param))
     return images
 

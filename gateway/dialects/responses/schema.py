@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.dialects.bounds import Tokens
 from gateway.dialects.chat.schema import ToolName
 from gateway.dialects.openai_common import Effort, Sampling
 from gateway.errors import APIError
@@ -147,7 +148,7 @@ class ResponsesRequest(Sampling, kw_only=True):
     tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
-    max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_output_tokens: Tokens | None = None
     reasoning: ReasoningConfig | None = None
     store: bool = True
     previous_response_id: str | None = None
@@ -157,4 +158,4 @@ class ResponsesRequest(Sampling, kw_only=True):
     user: str | None = None
     # Beyond OpenAI, as in chat completions: variables for the chat template, a cap on thinking tokens.
     chat_template_kwargs: dict | None = None
-    reasoning_budget: Annotated[int, Meta(ge=1)] | None = None
+    reasoning_budget: Tokens | None = None

@@ -29,7 +29,7 @@ from gateway.dialects.responses.schema import (
     TextFormatJSONSchema,
 )
 from gateway.errors import APIError
-from gateway.images import image_bytes
+from gateway.images import count_image, image_bytes
 from gateway.sampling_defaults import Asked
 from protocol import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingParams, ToolCall, ToolChoice, ToolSpec
@@ -91,10 +91,12 @@ def _text(content) -> str:
     return "".join(p.get("text") or p.get("refusal") or "" for p in content if p["type"] != "input_image")
 
 
-async def _images(content, settings: GatewaySettings, where: str) -> list[bytes]:
+async def _images(content, settings: GatewaySettings, where: str, before: int) -> list[bytes]:
+    """A message's images, checked (`before`: how many the request's earlier messages hold)."""
     images = []
     for j, part in enumerate(content if isinstance(content, list) else ()):
         if part["type"] == "input_image":
+            count_image(before + len(images) + 1, settings, f"{where}.content[{j}]")
             if not part.get("image_url"):
                 raise _invalid("Only images given by image_url are supported (not file_id)", f"{where}.content[{j}]")
             url = {"url": part["image_url"]}
@@ -109,7 +111,7 @@ async def to_messages(instructions: str | None, items: list[dict], settings: Gat
     for i, item in enumerate(items):
         kind = item["type"]
         if kind == "message":
-            images = await _images(item["content"], settings, f"input[{i}]")
+            images = await _images(item["content"], settings, f"input[{i}]", sum(len(m.images) for m in out))
             out.append(ChatMessage(role=item["role"], content=_text(item["content"]), images=images))
         elif kind == "function_call":
             call = ToolCall(id=item["call_id"], name=item["name"], arguments=item["arguments"])
