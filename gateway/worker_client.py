@@ -23,7 +23,7 @@ from gateway.supervisor_client import HostDown
 from protocol import DecodeError, ErrorCode, encode
 from protocol.ctl import EnsureLoaded, Located
 from protocol.curve import KeyPair, secure_client
-from protocol.generation import TERMINAL, Abort, GenerateRequest, SamplingDefaults, failure, worker_outbound_decoder
+from protocol.generation import TERMINAL, Abort, GenerateRequest, failure, worker_outbound_decoder
 
 log = logging.getLogger("gateway.worker")
 
@@ -177,14 +177,16 @@ class WorkerPool:
         allowed: list[str] | None = None,
         affinity: str | None = None,
         preset: str | None = None,
-    ) -> tuple[WorkerClient, SamplingDefaults]:
+    ) -> tuple[WorkerClient, Located]:
         """The client of a worker serving `model` (id, alias, or "" for the default), loading it if needed, and
-        the sampling defaults for that model with `preset`; a model outside `allowed` (when given) is refused by
-        the supervisor with `model_not_allowed`, an unknown preset with `invalid_request`.
+        the supervisor's Located: with the sampling defaults for that model with `preset`; a model outside
+        `allowed` (when given) is refused by the supervisor with `model_not_allowed`, an unknown preset with
+        `invalid_request`.
 
         `stale_instance` names a worker the caller found gone, so the supervisor replaces it rather than
-        handing it out again (the gateway can see a worker's socket close before the supervisor reaps it).
-        `affinity` (a session) keeps a conversation on one replica. A host that goes down meanwhile is
+        handing it out again (the gateway can see a worker's socket close before the supervisor reaps it);
+        Located.stale_faulted says whether it crashed by a fault of its own, which the caller's request may have
+        caused. `affinity` (a session) keeps a conversation on one replica. A host that goes down meanwhile is
         left for the next one placement picks.
         """
         failed: set[str] = set()
@@ -202,7 +204,7 @@ class WorkerPool:
                     raise
                 failed.add(link.name)
                 continue
-            return self._client(link, located), located.defaults
+            return self._client(link, located), located
 
     def _client(self, link: HostLink, located: Located) -> WorkerClient:
         key = (link.name, located.model_id)

@@ -89,6 +89,10 @@ class Located(Message, tag="located"):
     # What the request may leave unset, for this model (and the preset asked for): the preset over the model's
     # `defaults:` over the global ones. The gateway fills a request's unset fields with them.
     defaults: SamplingDefaults = SamplingDefaults()
+    # The call's stale_instance crashed in a way its requests may have caused: it exited by itself with an error,
+    # died of a fault (SIGSEGV, SIGABRT...) or wedged. A request that was on it is not sent again: a poison
+    # request would take the new worker down too. (Killed from outside, as the OOM killer's SIGKILL: false.)
+    stale_faulted: bool = False
 
 
 class Unloaded(Message, tag="unloaded"):

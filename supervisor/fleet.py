@@ -25,7 +25,7 @@ from supervisor.host import Host
 from supervisor.memory_budget import MemoryBudget
 from supervisor.model_slot import IllegalTransition, ModelSlot, State
 from supervisor.orphans import WorkerRegistry
-from supervisor.worker_process import WorkerProcess, WorkerStartError, describe_exit
+from supervisor.worker_process import WorkerProcess, WorkerStartError, describe_exit, faulted
 
 log = logging.getLogger("supervisor.fleet")
 
@@ -38,6 +38,7 @@ class FleetError(Exception):
 
 
 STALE_EXIT_WAIT = 5.0  # how long a worker reported gone may take to be seen exiting
+FAULTS_KEPT = 256  # crashed instances remembered as faulted, for the EnsureLoaded that names one stale
 ROOM_POLL_SECONDS = 0.5  # while waiting for memory: how often busy models are pinged for their in-flight count
 
 # Sends a Ping to a worker and waits for its Pong (None on timeout); provided by the daemon's socket layer.
@@ -61,6 +62,7 @@ class Fleet:
             self.budget.estimate(slot.charge, spec, slot.source, slot.draft_source)
             self.slots[spec.id] = slot
         self.by_instance: dict[str, WorkerProcess] = {}
+        self.faulted: dict[str, None] = {}  # ids of instances whose crash a request may have caused, oldest first
         self.pinger: Pinger | None = None
         self.waiting = 0  # callers of ensure_loaded waiting for a load
         self.closing = False  # the supervisor is stopping: no new loads
@@ -299,6 +301,10 @@ class Fleet:
         # A crash: the gateway fails the requests in flight when its connection drops; the next request for
         # this model starts a new worker, unless it keeps crashing.
         crashes = slot.record_crash(time.monotonic(), self.settings.crash_window_seconds)
+        if worker.wedged or faulted(worker.proc.returncode):
+            self.faulted[worker.instance_id] = None
+            if len(self.faulted) > FAULTS_KEPT:
+                del self.faulted[next(iter(self.faulted))]
         slot.crashed, slot.worker = True, None
         slot.last_error = f"worker pid {worker.pid} crashed ({describe_exit(worker.proc.returncode)})"
         if failed := crashes > self.settings.crash_limit:
@@ -352,6 +358,7 @@ class Fleet:
             if now - worker.pong_at > self.settings.heartbeat_timeout_seconds:
                 log.error("%s (pid %d) answered no ping for %.0fs: killing it", slot.spec.id, worker.pid,
                           now - worker.pong_at)  # fmt: skip
+                worker.wedged = True
                 worker.kill()  # its exit is handled as a crash
             elif slot.idle_expired(now, self.settings.idle_ttl_seconds):
                 self._begin_stop(slot, f"idle for {now - slot.last_used:.0f}s: unloading")

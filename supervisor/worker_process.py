@@ -39,6 +39,7 @@ class WorkerProcess:
         self.queued = 0  # of in_flight, waiting for the generation thread
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
+        self.wedged = False  # killed for answering no ping: a request may have caused it
         self.exited = asyncio.ensure_future(proc.wait())
 
     @classmethod
@@ -96,6 +97,15 @@ class WorkerProcess:
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
+
+
+KILLED_FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def faulted(returncode: int | None) -> bool:
+    """Did the process end itself (an error exit, a fault signal), rather than being killed by another process
+    (SIGKILL, as the OOM killer sends; SIGTERM, SIGINT, SIGHUP)?"""
+    return returncode is not None and (returncode >= 0 or -returncode not in KILLED_FROM_OUTSIDE)
 
 
 def describe_exit(returncode: int | None) -> str:

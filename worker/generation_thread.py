@@ -8,6 +8,7 @@ a step or a message's handling ends the requests involved, with internal_error, 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import traceback
@@ -25,6 +26,11 @@ from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
 
 log = logging.getLogger("worker.generation")
+# Tests only (tests/test_poison_request.py): a request with this X-Request-ID makes the worker exit with an error
+# as it reaches the loop, as a fault no engine contains would. No request reaches that otherwise, and the
+# variable is set nowhere but in that test's server.
+TEST_FAULT_TRACE = os.environ.get("MLX_WORKER_TEST_FAULT_TRACE") or None
+TEST_FAULT_EXIT = 70
 
 
 class GenerationThread(threading.Thread):
@@ -150,6 +156,9 @@ class GenerationThread(threading.Thread):
                     queued=engine.queued,
                 )
             )
+        elif TEST_FAULT_TRACE is not None and getattr(message, "trace_id", None) == TEST_FAULT_TRACE:
+            log.critical("request %s carries the test fault trace: exiting", message.request_id)
+            os._exit(TEST_FAULT_EXIT)
         elif self._drain.is_set() or self._halt.is_set():  # a request (generate, embed, rerank)
             self._emit(failure(message.request_id, ErrorCode.SHUTTING_DOWN, "the worker is shutting down"))
         elif not engine.submit(message):  # an engine answers a request it cannot serve with an error event

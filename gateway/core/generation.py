@@ -4,7 +4,10 @@ GenerationCore.start admits a request: it routes the model for the caller's serv
 the supervisor (loading the model if needed), sends the request and waits for its first event. A worker that
 dies before producing anything, or was already shutting down (evicted, or unloaded for idleness, as the request
 reached it), is replaced and the request sent once more: nothing has reached the client, so the resend is
-invisible. Errors found at admission raise APIError, so they get their own HTTP status.
+invisible. Not when the supervisor says the worker crashed by a fault of its own (an error exit, SIGSEGV,
+SIGABRT, wedged): the request may have caused it, and sent again it would crash the new worker too; only a
+worker killed from outside (SIGKILL, as the OOM killer sends) gets its request resent. Errors found at
+admission raise APIError, so they get their own HTTP status.
 
 A started Generation is an async iterator of the worker's events: TextChunks, then Finished; an error event
 raises APIError instead. `release()` ends it (an Abort to the worker if it had not finished). Observers
@@ -140,9 +143,16 @@ class GenerationCore:
     ):
         name, allowed = route_model(caller.service, model)
         preset = asked.preset if asked else None
-        client, defaults = await self.workers.acquire(name, stale_instance, allowed, caller.affinity, preset)
+        client, located = await self.workers.acquire(name, stale_instance, allowed, caller.affinity, preset)
+        if located.stale_faulted:  # 500, not 503: its Retry-After would invite the same crash
+            raise APIError(
+                ErrorCode.WORKER_CRASHED,
+                "The worker crashed while it held this request; the request was not sent again, as it may have "
+                "caused the crash",
+                status=500,
+            )
         if asked is not None:
-            request = settle(request, asked, defaults, client.model_id)
+            request = settle(request, asked, located.defaults, client.model_id)
         request = _capped(request, caller.service)
         stream = await client.open(request, self.settings.connect_timeout)
         observers = [o for make in (*self.observers, *caller.observers) if (o := make(caller, client.model_id))]
