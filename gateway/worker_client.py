@@ -72,6 +72,7 @@ class WorkerClient:
         self.model_id = located.model_id
         self.endpoint = located.endpoint
         self.instance_id = located.instance_id
+        self.vocab_size = located.vocab_size  # None: unknown (the worker checks top_k itself anyway)
         self._silence = silence_timeout
         self._sock = ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)

@@ -80,6 +80,7 @@ class Ready(Message, tag="ready"):
     device: str  # e.g. "gpu" (Metal/CUDA) or "cpu"
     mlx_version: str
     compute: str = ""  # how it computes, e.g. "metal", "cpu: openblas, float32", "cpu: reference blas"
+    vocab_size: int | None = None  # a generating model's: top_k must stay below it (None: an encoder, or unknown)
 
 
 class LoadFailed(Message, tag="load_failed"):

@@ -93,6 +93,7 @@ class Located(Message, tag="located"):
     # died of a fault (SIGSEGV, SIGABRT...) or wedged. A request that was on it is not sent again: a poison
     # request would take the new worker down too. (Killed from outside, as the OOM killer's SIGKILL: false.)
     stale_faulted: bool = False
+    vocab_size: int | None = None  # the model's, from its worker's Ready: the gateway refuses top_k at or above it
 
 
 class Unloaded(Message, tag="unloaded"):

@@ -35,6 +35,7 @@ class WorkerProcess:
         self.memory: MemoryReport | None = None
         self.context_length: int | None = None
         self.compute = ""  # what the worker chose to compute with (Ready.compute)
+        self.vocab_size: int | None = None  # Ready.vocab_size
         self.in_flight = 0
         self.queued = 0  # of in_flight, waiting for the generation thread
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
@@ -56,6 +57,7 @@ class WorkerProcess:
         self.context_length = message.context_length
         self.pong_at = time.monotonic()
         self.compute = message.compute
+        self.vocab_size = message.vocab_size
         if not self.ready.done():
             self.ready.set_result(message)
 

@@ -229,6 +229,7 @@ def test_hostile_requests_through_the_server_end_alone_and_the_worker_stays(serv
             error = reply.json()["error"]
             assert field in error["message"]
             assert error.get("code", "invalid_request") == "invalid_request"  # Anthropic's shape has no code
+            assert error.get("param", field) == field  # nor a param
         rest = list(lines)
     assert "data: [DONE]" in rest and not any('"error"' in line for line in rest)
     assert _model(server).pid == pid  # the same worker served it all

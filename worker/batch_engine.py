@@ -47,7 +47,7 @@ class BatchEngine:
         self._tokenizer = loaded.tokenizer
         self.context_length = loaded.context_length
         self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
-        self._vocab_size = loaded.config.get("vocab_size") or self._tokenizer.vocab_size
+        self.vocab_size = loaded.config.get("vocab_size") or self._tokenizer.vocab_size
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes, disk=self._disk_tier(loaded))
         self._waiting = Waiting(self.options.max_waiting)
         # One guard per sampler object, so sequences that share a sampler still sample in one batched call.
@@ -208,7 +208,7 @@ class BatchEngine:
             emit(Finished(request_id=request.request_id, finish_reason=FinishReason.STOP, usage=usage))
             return
         params = request.sampling
-        check_sampling(params, self._vocab_size)
+        check_sampling(params, self.vocab_size)
         max_tokens = max_tokens_for(request, len(prompt), self.context_length)
         split = self._split(request, prompt)
         constraints = self._constraints(request, split)

@@ -87,6 +87,7 @@ class GenerationThread(threading.Thread):
                 device=device_name(),
                 mlx_version=mx.__version__,
                 compute=loaded.compute,
+                vocab_size=getattr(engine, "vocab_size", None),
             )
         )
         log.info("computing with %s", loaded.compute)

@@ -83,7 +83,7 @@ class VisionEngine(OneAtATime):
         self._model = loaded.model
         self._processor = loaded.tokenizer
         self.context_length = loaded.context_length
-        self._vocab_size = loaded.config.get("text_config", loaded.config).get("vocab_size")
+        self.vocab_size = loaded.config.get("text_config", loaded.config).get("vocab_size")
         self._waiting = Waiting(max_waiting)
         self._running: _Running | None = None
 
@@ -131,7 +131,7 @@ class VisionEngine(OneAtATime):
             raise RequestRejected(ErrorCode.INVALID_REQUEST, "This vision model takes chat messages, not a raw prompt")
         if request.sampling.logprobs:
             raise RequestRejected(ErrorCode.INVALID_REQUEST, "logprobs are not available from vision models")
-        check_sampling(request.sampling, self._vocab_size)
+        check_sampling(request.sampling, self.vocab_size)
         images = decode_images(request)
         messages = []
         for m in request.messages:

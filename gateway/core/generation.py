@@ -154,6 +154,8 @@ class GenerationCore:
         if asked is not None:
             request = settle(request, asked, located.defaults, client.model_id)
         request = _capped(request, caller.service)
+        if isinstance(request, GenerateRequest):
+            _check_vocabulary(request.sampling.top_k, client.vocab_size)
         stream = await client.open(request, self.settings.connect_timeout)
         observers = [o for make in (*self.observers, *caller.observers) if (o := make(caller, client.model_id))]
         if observers:
@@ -177,6 +179,16 @@ def _capped(request: WorkerRequest, service) -> WorkerRequest:
     if asked is not None and asked <= ceiling:
         return request
     return msgspec.structs.replace(request, sampling=msgspec.structs.replace(request.sampling, max_tokens=ceiling))
+
+
+def _check_vocabulary(top_k: int, vocab_size: int | None) -> None:
+    """top_k counts tokens of the vocabulary: at or above its size it cannot be honoured (mlx-lm fails on it)."""
+    if vocab_size and top_k >= vocab_size:
+        raise APIError(
+            ErrorCode.INVALID_REQUEST,
+            f"top_k must be 0 (off) or below the model's vocabulary size ({vocab_size}); got {top_k}",
+            param="top_k",
+        )
 
 
 def _fan_out(observers: list) -> Observer:

@@ -46,4 +46,5 @@ def located(
         evicted=evicted,
         defaults=defaults or SamplingDefaults(),
         stale_faulted=stale_faulted,
+        vocab_size=worker.vocab_size,
     )
