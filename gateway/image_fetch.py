@@ -2,10 +2,10 @@
 
 A URL is a way into the gateway's network, so the fetch is held in: one deadline for the whole of it
 (resolving, connecting, redirects, the body), at most MAX_REDIRECTS redirects, each followed by hand, and no
-target (first or redirected) whose address is loopback, private, link-local or otherwise not public unless it is
-in a network the operator allows (GATEWAY_IMAGE_URL_NETWORKS). The connection goes to the address that was checked (the
-Host header and TLS name stay the URL's), so a name that resolves differently the second time cannot get
-round the check. The client learns what went wrong in its own terms, never an upstream's error text.
+target (first or redirected) whose address is loopback, private, link-local or otherwise not public unless it
+is in a network the operator allows (GATEWAY_IMAGE_URL_NETWORKS). The connection goes to the address that was
+checked (the Host header and TLS name stay the URL's), so a name that resolves differently the second time
+cannot get round the check. The client learns what went wrong in its own terms, never an upstream's error text.
 """
 
 from __future__ import annotations
