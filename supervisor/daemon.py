@@ -140,9 +140,10 @@ class Supervisor:
             reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc), retryable=exc.retryable)
         except NameRefused as exc:
             reply = CallFailed(call_id=call.call_id, code=exc.code, message=str(exc))
-        except Exception as exc:
+        except Exception:  # the exception's text is for the log: a gateway passes the reply's message to clients
             log.exception("ctl call %r failed", call)
-            reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=str(exc))
+            message = f"The supervisor failed on this call; its log has the details ({type(call).__name__})"
+            reply = CallFailed(call_id=call.call_id, code=ErrorCode.INTERNAL, message=message)
         await sock.send_multipart([identity, encode(reply)])
 
     # -- workers ----------------------------------------------------------------------------------------
