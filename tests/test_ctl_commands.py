@@ -167,7 +167,7 @@ class FakeSupervisor:
 class Spawned:
     """What a handler reads of a worker the fleet handed out."""
 
-    model_id, endpoint, instance_id = "a", "ipc://w", "i1"
+    model_id, endpoint, instance_id, vocab_size = "a", "ipc://w", "i1", 49_152
 
 
 class LoadingFleet:
@@ -175,6 +175,7 @@ class LoadingFleet:
 
     def __init__(self, config):
         self.config, self.asked = config, []
+        self.faulted = {"i0": None}  # instances whose crash a request may have caused
 
     async def ensure_loaded(self, name, **how):
         self.asked.append((name, how))
@@ -223,8 +224,12 @@ def test_handlers_answer_from_the_fleet(idle):
 def test_load_and_ensure_loaded_say_where_the_model_is(config):
     supervisor = FakeSupervisor(LoadingFleet(config))
     located = answer(supervisor, Load(call_id="c", model="first"))
-    assert located == Located(call_id="c", model_id="a", endpoint="ipc://w", instance_id="i1", evicted=["b"])
+    assert located == Located(
+        call_id="c", model_id="a", endpoint="ipc://w", instance_id="i1", evicted=["b"], vocab_size=49_152
+    )
+    assert not located.stale_faulted
     located = answer(supervisor, EnsureLoaded(call_id="d", model="first", stale_instance="i0", allowed=["a"]))
+    assert located.stale_faulted  # i0 crashed by a fault of its own: the gateway does not resend its request
     assert supervisor.fleet.asked == [
         ("first", {"retry_failed": True}),
         ("first", {"stale_instance": "i0", "allowed": ["a"], "fallback": True}),  # requests may fall back
