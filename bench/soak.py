@@ -33,6 +33,7 @@ from tests.harness import Server, write_config
 MODEL = "smollm2-135m-instruct"
 TOPICS = ["the sea", "a lighthouse", "bread", "winter", "a bicycle", "tea", "the moon", "a library", "rain", "maps"]
 MB = 2**20
+SAMPLE_SECONDS = 30
 
 
 def prompt(i: int) -> list[dict]:
@@ -70,7 +71,15 @@ def rss_mb(pids: list[int]) -> float:
 
 
 def snapshot(server: Server, elapsed: float) -> dict:
-    return {"t": round(elapsed), "gateway_mb": rss_mb([server.gateway.pid]), "workers_mb": rss_mb(server.worker_pids())}
+    """RSS of the gateway and the workers, and the worker's own account of its memory by kind (its last Pong)."""
+    report = server.models()["smollm2"].worker_memory
+    kinds = {k: v / MB for k, v in report.by_kind().items()} if report else {}
+    return {
+        "t": round(elapsed),
+        "gateway_mb": rss_mb([server.gateway.pid]),
+        "workers_mb": rss_mb(server.worker_pids()),
+        "kinds": kinds,
+    }
 
 
 async def soak(server: Server, streams: int, duration: float, max_tokens: int) -> tuple[list[dict], list[dict]]:
@@ -86,7 +95,7 @@ async def soak(server: Server, streams: int, duration: float, max_tokens: int) -
 
     async def sampler() -> None:
         while time.monotonic() < deadline:
-            await asyncio.sleep(min(30, max(1.0, deadline - time.monotonic())))
+            await asyncio.sleep(min(SAMPLE_SECONDS, max(1.0, deadline - time.monotonic())))
             memory.append(snapshot(server, time.monotonic() - started))
             now, errors = memory[-1], sum(1 for r in results if r["error"])
             print(f"  {now['t']:>4}s: {len(results)} requests, {errors} errors, "
@@ -154,6 +163,9 @@ def report(results: list[dict], memory: list[dict], baseline: dict, duration: fl
               f"{end[key] / start[key]:10.2f}x {end[key] / warm[key]:11.2f}x")  # fmt: skip
     print("RSS timeline (s: gateway MB / worker MB): " +
           ", ".join(f"{m['t']}: {m['gateway_mb']:.0f}/{m['workers_mb']:.0f}" for m in memory))  # fmt: skip
+    print("worker by kind, MB (its own report):  " + " ".join(f"{k:>16}" for k in end["kinds"]))
+    for m in (warm, end):
+        print(f"  {m['t']:>5}s  " + " ".join(f"{v:16.0f}" for v in m["kinds"].values()))
 
 
 if __name__ == "__main__":

@@ -145,6 +145,9 @@ class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     # Exit when stdin reaches EOF: the supervisor holds the other end of that pipe, so the worker goes when its
     # supervisor goes, however it died.
     exit_with_stdin: bool = False
+    # What the supervisor's memory budget charges this model (its estimate); the worker bounds MLX's memory and
+    # buffer cache by it (worker/memory.py). None: standalone, MLX's defaults.
+    memory_charge_bytes: int | None = None
 
 
 _launch_decoder = msgspec.json.Decoder(WorkerLaunch)

@@ -1,0 +1,121 @@
+"""A quantized KV cache (engine.kv_bits) in the continuous batch: the same greedy text as the 16-bit cache in less
+memory, through joins, leaves, aborts, the prompt cache and the speculative hand-off."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from protocol.generation import GenerationError
+from protocol.launch import EngineSettings
+from tests.conftest import MODEL
+from tests.test_engine import PARIS, SYSTEM, chat, finished, run, text_of
+from worker.batch_engine import BatchEngine
+from worker.model_loader import load_model
+
+QUESTIONS = [
+    PARIS,
+    "Name three colours.",
+    "Count to five.",
+    "What is 2+2?",
+    "Say hello in Spanish.",
+    "Name a fruit.",
+    "What is water made of?",
+    "Tell me about the moon.",
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(model_store):
+    return load_model(str(model_store / MODEL), context_length=2048)
+
+
+def engine(loaded, kv_bits=8, **options) -> BatchEngine:
+    return BatchEngine(loaded, EngineSettings(decode_concurrency=8, prefill_step_size=128, kv_bits=kv_bits, **options))
+
+
+def common_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def test_eight_bit_kv_gives_the_16_bit_greedy_text_in_half_the_memory(loaded):
+    """Eight sequences decoded together for 32 tokens. Measured on the bundled model (CPU): seven of the eight
+    texts are identical to the 16-bit ones and the eighth (the moon) departs at character 98, once rounding
+    has flipped a near-tie; so: most identical, and none departing before its 64th character."""
+    texts, kv_bytes = {}, {}
+    for bits in (None, 8):
+        batch = engine(loaded, kv_bits=bits, prompt_cache_mb=0)
+        for i, question in enumerate(QUESTIONS):
+            batch.submit(chat(f"q{i}", question, temperature=0, max_tokens=32))
+        events = []
+        batch.step(events.append)  # the eight prompts, then the first tokens
+        while not any(e.request_id == "q0" for e in events):
+            batch.step(events.append)
+        kv_bytes[bits] = batch.cache_bytes()[0]
+        while batch.busy:
+            batch.step(events.append)
+        assert not [e for e in events if isinstance(e, GenerationError)]
+        texts[bits] = [text_of(events, f"q{i}") for i in range(len(QUESTIONS))]
+    assert "Paris" in texts[8][0]
+    identical = sum(a == b for a, b in zip(texts[None], texts[8], strict=True))
+    assert identical >= 6, list(zip(texts[None], texts[8], strict=True))
+    for reference, quantized in zip(texts[None], texts[8], strict=True):
+        assert common_prefix(reference, quantized) >= min(64, len(reference)), (reference, quantized)
+    # 8 bits plus a 16-bit scale and bias per 64 values, against 16 bits: about 0.53 of the bytes.
+    assert 0 < kv_bytes[8] <= 0.6 * kv_bytes[None], kv_bytes
+
+
+def test_a_quantized_batch_takes_joins_leaves_aborts_and_the_prompt_cache(loaded):
+    quantized = engine(loaded)
+    events = []
+    quantized.submit(chat("long", PARIS, system=SYSTEM, temperature=0, max_tokens=16))
+    quantized.submit(chat("short", "Count to five.", temperature=0, max_tokens=3))  # leaves first
+    quantized.submit(chat("doomed", "Name a fruit.", temperature=0, max_tokens=16))
+    quantized.submit(chat("stops", "Count to five.", temperature=0, max_tokens=16, stop=["3"]))
+    for _ in range(4):
+        quantized.step(events.append)
+    assert quantized.abort("doomed", events.append)
+    # Joins a batch already decoding, its prompt sharing the long system prompt the batch has cached.
+    quantized.submit(chat("joins", "What is 2+2?", system=SYSTEM, temperature=0, max_tokens=8))
+    while quantized.busy:
+        quantized.step(events.append)
+
+    assert "Paris" in text_of(events, "long")
+    assert finished(events, "short").usage.completion_tokens == 3
+    assert [e.code for e in events if isinstance(e, GenerationError)] == ["aborted"]
+    assert finished(events, "stops").stop_sequence == "3"
+    joined = finished(events, "joins")
+    assert joined.usage.cached_tokens > 100  # served from the quantized prompt cache
+    assert "4" in text_of(events, "joins")
+    assert quantized.cache_bytes()[0] == 0 and quantized.cache_bytes()[1] > 0
+
+    # Each request's text is what it gets decoded on its own (8-bit too).
+    for request_id, question, system, max_tokens in (("long", PARIS, SYSTEM, 16), ("joins", "What is 2+2?", SYSTEM, 8)):
+        alone = run(engine(loaded), chat("a", question, system=system, temperature=0, max_tokens=max_tokens))
+        assert text_of(events, request_id) == text_of(alone, "a")
+
+
+def test_a_speculative_request_hands_its_quantized_cache_to_the_batch(loaded):
+    """The draft is the model itself; the first request starts speculatively, the second moves it into the
+    batch with its 8-bit cache, and both read what a plain 8-bit batch produces."""
+    plain = engine(loaded)
+    speculative = BatchEngine(
+        dataclasses.replace(loaded, draft_model=loaded.model),
+        EngineSettings(decode_concurrency=8, prefill_step_size=128, kv_bits=8, num_draft_tokens=2),
+    )
+    first = dict(content="Name three colours of the rainbow.", temperature=0, max_tokens=24)
+    second = dict(content=PARIS, temperature=0, max_tokens=12)
+    alone = run(plain, chat("a", **first), chat("b", **second))
+
+    events = []
+    speculative.submit(chat("a", **first))
+    speculative.step(events.append)
+    speculative.step(events.append)
+    assert speculative.in_flight == 1
+    speculative.submit(chat("b", **second))
+    while speculative.busy:
+        speculative.step(events.append)
+    assert text_of(events, "a") == text_of(alone, "a")
+    assert text_of(events, "b") == text_of(alone, "b")
+    assert finished(events, "a").draft_accepted_tokens > 0
