@@ -20,7 +20,7 @@ from protocol.control import LoadFailed, ModelType, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
 from protocol.launch import EngineSettings
 from worker.backends import Engine, ModelToLoad, load_engine
-from worker.memory import bound_memory, memory_report
+from worker.memory import FreedMemory, bound_memory, memory_report
 from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
 
@@ -48,6 +48,7 @@ class GenerationThread(threading.Thread):
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
         self._memory_charge = memory_charge
+        self._freed = FreedMemory()
         self.load_failed = False
         self.loaded = threading.Event()  # the model is loaded: from now on a halt is served by the loop
 
@@ -124,6 +125,7 @@ class GenerationThread(threading.Thread):
     def _step(self, engine: Engine) -> None:
         try:
             engine.step(self._emit)
+            self._freed.after_step(engine.busy)
         except Exception:  # a bug the engine did not contain: its state is unknown, so what it holds ends
             log.exception("engine step failed: every request in this worker ends with internal_error")
             # If even this fails, the exception ends the thread: the worker exits and the supervisor restarts it.

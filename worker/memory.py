@@ -8,9 +8,10 @@ allocator's own slack): its footprint less MLX's active and cached memory.
 The footprint is what the OS charges the process: on macOS the physical footprint (what Activity Monitor
 shows; RSS undercounts Metal buffers there), elsewhere RSS.
 
-MLX's buffer cache is unbounded by default (it defaults to the memory limit, 1.5x the GPU's working set), so a
-busy worker's freed activations pile up in it: `bound_memory` caps it at what the model's budget charge leaves
-after the weights and the KV/prompt-cache budget, and sets MLX's memory limit to the charge itself.
+On Metal, MLX's buffer cache is bounded only by its memory limit (by default 1.5x the GPU's working set), so
+a busy worker's freed activations pile up in it: `bound_memory` caps it at what the model's budget charge
+leaves after the weights, the KV/prompt-cache budget and the process outside MLX, and sets MLX's memory limit
+to the charge itself. (On a CPU, MLX caches 32 MB by default and enforces no memory limit.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from worker.backends import Engine
 log = logging.getLogger("worker.memory")
 _process = psutil.Process()
 _weights_bytes = 0  # MLX's active memory right after the model loaded
-MIN_BUFFER_CACHE = 64 * 1024**2  # below this, every step would allocate afresh
+MIN_BUFFER_CACHE = 32 * 1024**2  # below this, every step would allocate afresh (MLX's CPU default)
 
 
 def _footprint_reader():
@@ -57,6 +58,37 @@ def footprint_bytes() -> int:
     return max(_footprint(), rss) if _footprint else rss
 
 
+class FreedMemory:
+    """Hands memory the process has freed back to the OS, every `every` engine steps and whenever the engine
+    goes idle. Measured under the soak on Linux: the worker's memory outside MLX grew from 263 MB (30 s) to
+    638 MB (7 min) while MLX's own figures stayed flat: glibc keeps the MLX buffers freed by a step in its
+    arenas (its mmap threshold rises to the size of the largest buffer freed, up to 32 MB, so later buffers
+    come from arenas that are not given back). malloc_trim(0) returns their free pages; elsewhere (macOS,
+    musl) this does nothing."""
+
+    def __init__(self, every: int = 256):
+        self.every = every
+        self._steps = 0
+        self._trim = _malloc_trim()
+
+    def after_step(self, busy: bool) -> None:
+        if self._trim is None:
+            return
+        self._steps += 1
+        if not busy or self._steps >= self.every:
+            self._trim(0)
+            self._steps = 0
+
+
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def bound_memory(charge_bytes: int | None, cache_budget_bytes: int) -> None:
     """Called once the model is loaded. `charge_bytes`: what the supervisor charges this model (None:
     standalone, MLX's defaults stay); `cache_budget_bytes`: the engine's budget for live KV + prompt cache."""
@@ -66,9 +98,12 @@ def bound_memory(charge_bytes: int | None, cache_budget_bytes: int) -> None:
         return
     outside_mlx = max(footprint_bytes() - _weights_bytes - mx.get_cache_memory(), 0)
     spare = charge_bytes - _weights_bytes - cache_budget_bytes - outside_mlx
-    buffer_cache = max(spare, MIN_BUFFER_CACHE)
-    mx.set_memory_limit(charge_bytes)
+    default = mx.set_cache_limit(0)  # MLX's own limit: the memory limit on Metal, 32 MB on a CPU
+    buffer_cache = min(max(spare, MIN_BUFFER_CACHE), default)  # lowered where the charge asks, never raised
     mx.set_cache_limit(buffer_cache)
+    # A memory_gb that understates the model is the config's mistake: MLX is not made to thrash below what the
+    # weights and the cache budget need (the supervisor charges the reported footprint when it is larger).
+    mx.set_memory_limit(max(charge_bytes, _weights_bytes + outside_mlx + cache_budget_bytes + buffer_cache))
     log.info(
         "memory: charge %d MB, weights %d MB, KV + prompt cache budget %d MB, outside MLX %d MB: "
         "MLX's buffer cache bounded at %d MB",
