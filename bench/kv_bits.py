@@ -12,6 +12,8 @@ In-process, the bundled model, the engine the worker runs, kv_bits 16 (unset) / 
 Prints only; nothing is asserted.
 """
 
+# ruff: noqa: E402  (OpenBLAS must be loaded before anything imports mlx.core, as the worker does)
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +22,17 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.cpu_tuning import preload_blas
+
+preload_blas()  # as the worker does, before MLX loads: on a Linux CPU the weights then compute in float32
+
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.inprocess import bundled_model, decode_rate
+from protocol.errors import ErrorCode
 from protocol.generation import ChatMessage, GenerateRequest, SamplingParams
 from protocol.launch import MB, EngineSettings
 from worker.batch_engine import BatchEngine
@@ -74,11 +81,10 @@ def kv_bytes_per_stream(loaded, bits: int | None, context: int) -> float:
     engine = BatchEngine(loaded, settings(bits))
     for request in requests("s", 8, 4, words=context // 3):
         engine.submit(request)
-    held = 0
     while engine.busy and not engine.in_flight:
         engine.step(lambda event: None)
     held = engine.cache_bytes()[0]
-    engine.abort_all(lambda event: None, code="aborted", reason="measured")
+    engine.abort_all(lambda event: None, ErrorCode.ABORTED, "measured")
     return held / 8
 
 
