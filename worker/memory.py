@@ -39,7 +39,10 @@ def _footprint_reader():
     eighth of which is the physical footprint). Elsewhere None: RSS is the OS's own figure."""
     if sys.platform != "darwin":
         return None
-    libproc = ctypes.CDLL(ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib")
+    try:
+        libproc = ctypes.CDLL(ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib")
+    except OSError:
+        return None
     buffer = (ctypes.c_uint64 * 12)()  # rusage_info_v0 is 16 + 10 * 8 bytes
 
     def read() -> int:
@@ -61,10 +64,11 @@ def footprint_bytes() -> int:
 class FreedMemory:
     """Hands memory the process has freed back to the OS, every `every` engine steps and whenever the engine
     goes idle. Measured under the soak on Linux: the worker's memory outside MLX grew from 263 MB (30 s) to
-    638 MB (7 min) while MLX's own figures stayed flat: glibc keeps the MLX buffers freed by a step in its
-    arenas (its mmap threshold rises to the size of the largest buffer freed, up to 32 MB, so later buffers
-    come from arenas that are not given back). malloc_trim(0) returns their free pages; elsewhere (macOS,
-    musl) this does nothing."""
+    638 MB (7 min) while MLX's own figures stayed flat. MLX's CPU allocator frees its buffers with free(), and
+    glibc keeps freed memory in its arenas (its mmap threshold also rises to the largest chunk freed, up to
+    32 MB, so later buffers come from those arenas). malloc_trim(0) hands their free pages back: after the
+    same 16 requests in-process, 127 MB outside MLX with it against 346 MB without. Elsewhere (macOS, musl)
+    this does nothing."""
 
     def __init__(self, every: int = 256):
         self.every = every
