@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from protocol.generation import GenerationError
+from protocol.generation import GenerateRequest, GenerationError, SamplingParams
 from protocol.launch import EngineSettings
 from tests.conftest import MODEL
 from tests.test_engine import PARIS, SYSTEM, chat, finished, run, text_of
@@ -69,7 +69,8 @@ def test_a_quantized_batch_takes_joins_leaves_aborts_and_the_prompt_cache(loaded
     quantized.submit(chat("long", PARIS, system=BRIEF, temperature=0, max_tokens=12))
     quantized.submit(chat("short", "Count to five.", temperature=0, max_tokens=3))  # leaves first
     quantized.submit(chat("doomed", "Name a fruit.", temperature=0, max_tokens=16))
-    quantized.submit(chat("stops", "Count to five.", temperature=0, max_tokens=16, stop=["3"]))
+    counting = SamplingParams(temperature=0, max_tokens=16, stop=["7"])
+    quantized.submit(GenerateRequest(request_id="stops", prompt="1, 2, 3, 4,", sampling=counting))  # ends on a stop
     for _ in range(3):
         quantized.step(events.append)
     assert quantized.abort("doomed", events.append)
@@ -81,7 +82,7 @@ def test_a_quantized_batch_takes_joins_leaves_aborts_and_the_prompt_cache(loaded
     assert "Paris" in text_of(events, "long")
     assert finished(events, "short").usage.completion_tokens == 3
     assert [e.code for e in events if isinstance(e, GenerationError)] == ["aborted"]
-    assert finished(events, "stops").stop_sequence == "3"
+    assert finished(events, "stops").stop_sequence == "7" and "6" in text_of(events, "stops")
     assert finished(events, "joins").usage.cached_tokens > 100  # served from the quantized prompt cache
     assert quantized.cache_bytes()[0] == 0 and quantized.cache_bytes()[1] > 0
     # What the joining request read is what it reads decoded on its own, from no cache (8-bit too).
@@ -112,3 +113,8 @@ def test_a_speculative_request_hands_its_quantized_cache_to_the_batch(loaded):
     assert text_of(events, "a") == text_of(alone, "a")
     assert text_of(events, "b") == text_of(alone, "b")
     assert finished(events, "a").draft_accepted_tokens > 0
+
+
+def test_a_group_size_the_head_dimension_does_not_take_is_refused_at_load(loaded):
+    with pytest.raises(ValueError, match=r"kv_group_size 128 does not divide the model's head dimension \(64\)"):
+        engine(loaded, kv_group_size=128)

@@ -29,7 +29,7 @@ from worker.disk_cache import DiskCache
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import encode_prompt, max_tokens_for
-from worker.quantized_cache import as_batchable, make_cache
+from worker.quantized_cache import as_batchable, check_head_dim, make_cache
 from worker.reasoning import ReasoningGate, ReasoningSplit, prompt_block, reasoning_format
 from worker.sampling import check_sampling, logits_processors_for, sampler_for
 from worker.sequence import Sequence
@@ -49,6 +49,8 @@ class BatchEngine:
         self.context_length = loaded.context_length
         self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
         self._vocab_size = loaded.config.get("vocab_size") or self._tokenizer.vocab_size
+        if self.options.kv_bits is not None:
+            check_head_dim(loaded.config, self.options.kv_group_size)
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes, disk=self._disk_tier(loaded))
         self._waiting = Waiting(self.options.max_waiting)
         # One guard per sampler object, so sequences that share a sampler still sample in one batched call.

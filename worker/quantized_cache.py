@@ -48,6 +48,16 @@ def make_cache(model, bits: int | None, group_size: int) -> list | None:
     ]
 
 
+def check_head_dim(config: dict, group_size: int) -> None:
+    """Refuse, at load, a group size that does not divide the model's head dimension (mx.quantize would fail
+    inside the batch step, ending every sequence in it)."""
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and "hidden_size" in config else 0)
+    if head_dim and head_dim % group_size:
+        raise ValueError(f"kv_group_size {group_size} does not divide the model's head dimension ({head_dim})")
+
+
 def as_batchable(cache: list) -> list:
     """The same cache with mlx-lm's QuantizedKVCache layers (as load_prompt_cache builds them) made batchable."""
     for layer in cache:
