@@ -118,3 +118,19 @@ def test_a_speculative_request_hands_its_quantized_cache_to_the_batch(loaded):
 def test_a_group_size_the_head_dimension_does_not_take_is_refused_at_load(loaded):
     with pytest.raises(ValueError, match=r"kv_group_size 128 does not divide the model's head dimension \(64\)"):
         engine(loaded, kv_group_size=128)
+
+
+def test_a_cached_state_at_other_kv_settings_is_converted_or_refused():
+    """A disk file written before kv_bits changed: 16-bit layers are quantized on restore; quantized layers of
+    another kind cannot share the batch, so they are a miss (None), never a failed batch step."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache
+
+    from worker.quantized_cache import QuantizedKVCache, conform
+
+    layer = KVCache()
+    layer.update_and_fetch(mx.ones((1, 3, 5, 64)), mx.ones((1, 3, 5, 64)))
+    [quantized] = conform([layer], 8, 64)
+    assert isinstance(quantized, QuantizedKVCache) and (quantized.offset, quantized.bits) == (5, 8)
+    assert conform([quantized], None, 64) is None and conform([quantized], 4, 64) is None
+    assert conform([layer], None, 64) == [layer]

@@ -29,7 +29,7 @@ from worker.disk_cache import DiskCache
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import encode_prompt, max_tokens_for
-from worker.quantized_cache import as_batchable, check_head_dim, make_cache
+from worker.quantized_cache import as_batchable, check_head_dim, conform, make_cache
 from worker.reasoning import ReasoningGate, ReasoningSplit, prompt_block, reasoning_format
 from worker.sampling import check_sampling, logits_processors_for, sampler_for
 from worker.sequence import Sequence
@@ -218,6 +218,8 @@ class BatchEngine:
         sampler = self._guarded(sampler_for(params))
         processors = guard_processors(logits_processors_for(params) + constraints)
         cache, cached = self._prompt_cache.fetch(prompt, live_bytes=self._generator.prompt_cache_nbytes)
+        if cache is not None and (cache := conform(cache, self.options.kv_bits, self.options.kv_group_size)) is None:
+            cached = 0  # held at other kv settings (a disk file from an earlier configuration): computed afresh
         if cache is None:  # quantized KV: a fresh cache of that kind (None: mlx-lm's float one)
             cache = make_cache(self._model, self.options.kv_bits, self.options.kv_group_size)
         sequence = Sequence(

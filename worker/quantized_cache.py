@@ -58,6 +58,20 @@ def check_head_dim(config: dict, group_size: int) -> None:
         raise ValueError(f"kv_group_size {group_size} does not divide the model's head dimension ({head_dim})")
 
 
+def conform(cache: list, bits: int | None, group_size: int) -> list | None:
+    """A cached state (the memory tier's, or a disk file written under other kv settings) in this engine's KV
+    kind: 16-bit layers quantized when `bits` is set; None when it holds quantized layers of another kind (or
+    any, for a 16-bit engine): a batch cannot mix them, so the caller treats it as a miss."""
+    layers = []
+    for layer in cache:
+        if bits is not None and type(layer) is lm_cache.KVCache:
+            layer = layer.to_quantized(group_size=group_size, bits=bits)
+        if isinstance(layer, lm_cache.QuantizedKVCache) and (layer.bits, layer.group_size) != (bits, group_size):
+            return None
+        layers.append(layer)
+    return as_batchable(layers)
+
+
 def as_batchable(cache: list) -> list:
     """The same cache with mlx-lm's QuantizedKVCache layers (as load_prompt_cache builds them) made batchable."""
     for layer in cache:
