@@ -33,6 +33,7 @@ from tests.harness import Server, write_config
 MODEL = "smollm2-135m-instruct"
 TOPICS = ["the sea", "a lighthouse", "bread", "winter", "a bicycle", "tea", "the moon", "a library", "rain", "maps"]
 MB = 2**20
+SAMPLE_SECONDS = 30
 
 
 def prompt(i: int) -> list[dict]:
@@ -69,8 +70,17 @@ def rss_mb(pids: list[int]) -> float:
     return total / MB
 
 
-def snapshot(server: Server, elapsed: float) -> dict:
-    return {"t": round(elapsed), "gateway_mb": rss_mb([server.gateway.pid]), "workers_mb": rss_mb(server.worker_pids())}
+def snapshot(server: Server, elapsed: float, done: int = 0) -> dict:
+    """RSS of the gateway and the workers, and the worker's own account of its memory by kind (its last Pong)."""
+    report = server.models()["smollm2"].worker_memory
+    kinds = {k: v / MB for k, v in report.by_kind().items()} if report else {}
+    return {
+        "t": round(elapsed),
+        "done": done,  # requests completed by then
+        "gateway_mb": rss_mb([server.gateway.pid]),
+        "workers_mb": rss_mb(server.worker_pids()),
+        "kinds": kinds,
+    }
 
 
 async def soak(server: Server, streams: int, duration: float, max_tokens: int) -> tuple[list[dict], list[dict]]:
@@ -86,8 +96,8 @@ async def soak(server: Server, streams: int, duration: float, max_tokens: int) -
 
     async def sampler() -> None:
         while time.monotonic() < deadline:
-            await asyncio.sleep(min(30, max(1.0, deadline - time.monotonic())))
-            memory.append(snapshot(server, time.monotonic() - started))
+            await asyncio.sleep(min(SAMPLE_SECONDS, max(1.0, deadline - time.monotonic())))
+            memory.append(snapshot(server, time.monotonic() - started, len(results)))
             now, errors = memory[-1], sum(1 for r in results if r["error"])
             print(f"  {now['t']:>4}s: {len(results)} requests, {errors} errors, "
                   f"gateway {now['gateway_mb']:.0f} MB, worker {now['workers_mb']:.0f} MB", flush=True)  # fmt: skip
@@ -145,15 +155,19 @@ def report(results: list[dict], memory: list[dict], baseline: dict, duration: fl
         for name, values, base in (("latency", latency, baseline["latency"]), ("ttft", ttft, baseline["ttft"])):
             p50, p99 = percentile(values, 50), percentile(values, 99)
             print(f"  {name:<9} {p50:7.2f}s {p99:7.2f}s {p50 / base:12.2f}x {p99 / base:15.2f}x")
-    # The first 30 s fill the KV and prompt caches up to their budget (prompt_cache_mb): growth after that
-    # point (end / warm) is what would be a leak.
-    start, warm, end = memory[0], memory[1] if len(memory) > 2 else memory[0], memory[-1]
+    # Warm-up fills the KV and prompt caches up to their budget (prompt_cache_mb): growth after the first sample
+    # taken once requests have completed (30 s on an idle host) is what would be a leak.
+    start, end = memory[0], memory[-1]
+    warm = next((m for m in memory[1:-1] if m["done"]), memory[1] if len(memory) > 2 else start)
     print(f"RSS           start     warm ({warm['t']}s)       end     end / start   end / warm")
     for key, name in (("gateway_mb", "gateway"), ("workers_mb", "worker")):
         print(f"  {name:<9} {start[key]:7.0f} MB {warm[key]:9.0f} MB {end[key]:9.0f} MB "
               f"{end[key] / start[key]:10.2f}x {end[key] / warm[key]:11.2f}x")  # fmt: skip
     print("RSS timeline (s: gateway MB / worker MB): " +
           ", ".join(f"{m['t']}: {m['gateway_mb']:.0f}/{m['workers_mb']:.0f}" for m in memory))  # fmt: skip
+    print("worker by kind, MB (its own report):  " + " ".join(f"{k:>16}" for k in end["kinds"]))
+    for m in (warm, end):
+        print(f"  {m['t']:>5}s  " + " ".join(f"{v:16.0f}" for v in m["kinds"].values()))
 
 
 if __name__ == "__main__":

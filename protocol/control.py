@@ -46,12 +46,27 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
     # Parts of the above held by the engine: live sequences' KV caches and the prompt prefix cache.
     kv_cache_bytes: int = 0
     prompt_cache_bytes: int = 0
+    weights_bytes: int = 0  # MLX's active memory once the model had loaded
+    footprint_bytes: int = 0  # what the OS charges the process: physical footprint on macOS, RSS elsewhere
 
     @property
     def resident_bytes(self) -> int:
-        """What the model costs the machine: RSS on unified-memory Macs and CPU; at least MLX's active set plus
-        the freed buffers MLX keeps cached for reuse (held until the process exits)."""
-        return max(self.rss_bytes, self.mlx_active_bytes + self.mlx_cache_bytes)
+        """What the model costs the machine: its footprint (RSS undercounts Metal buffers on macOS); at least
+        MLX's active set plus the freed buffers MLX keeps cached for reuse."""
+        return max(self.footprint_bytes, self.rss_bytes, self.mlx_active_bytes + self.mlx_cache_bytes)
+
+    def by_kind(self) -> dict[str, int]:
+        """The resident bytes split by what holds them; `activations` is MLX's active memory beyond the weights
+        and caches (a step's temporaries), `other` the process outside MLX (Python, tokenizer, allocator)."""
+        caches = self.kv_cache_bytes + self.prompt_cache_bytes
+        return {
+            "weights": self.weights_bytes,
+            "kv_cache": self.kv_cache_bytes,
+            "prompt_cache": self.prompt_cache_bytes,
+            "activations": max(self.mlx_active_bytes - self.weights_bytes - caches, 0),
+            "mlx_buffer_cache": self.mlx_cache_bytes,
+            "other": max(self.resident_bytes - self.mlx_active_bytes - self.mlx_cache_bytes, 0),
+        }
 
 
 class Hello(Message, tag="hello"):

@@ -29,6 +29,8 @@ from protocol.codec import PROTOCOL_VERSION
 from protocol.control import ModelType
 
 MB = 1024**2
+KV_BITS = (4, 8)  # quantized KV cache widths (worker/quantized_cache.py)
+KV_GROUP_SIZES = (32, 64, 128)
 
 # Environment variables read by more than one kind of process.
 RUN_DIR_ENV = "MLX_SERVER_RUN_DIR"  # sockets, pid files and the worker registry; default ./run
@@ -93,6 +95,8 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_waiting: Annotated[int, _about("requests waiting for a slot; past it one is refused (overloaded)")] = 256
     prompt_cache_dir: Annotated[str, _about("a folder where prompt cache entries outlive the worker; unset: off")] = ""
     prompt_cache_disk_mb: Annotated[int, _about("that folder's byte budget; the least recently used go first")] = 4096
+    kv_bits: Annotated[int | None, _about("quantize the KV cache (live batch and prompt cache) to 8 or 4 bits")] = None
+    kv_group_size: Annotated[int, _about("with kv_bits: values sharing one scale and bias (32, 64 or 128)")] = 64
 
     def __post_init__(self) -> None:
         if self.num_draft_tokens < 1:
@@ -101,6 +105,10 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError("max_waiting must be at least 1")
         if self.prompt_cache_disk_mb < 0:
             raise ValueError("prompt_cache_disk_mb must not be negative")
+        if self.kv_bits not in (None, *KV_BITS):
+            raise ValueError(f"kv_bits must be one of {', '.join(map(str, KV_BITS))} (or unset: 16-bit)")
+        if self.kv_group_size not in KV_GROUP_SIZES:
+            raise ValueError(f"kv_group_size must be one of {', '.join(map(str, KV_GROUP_SIZES))}")
 
     @property
     def prompt_cache_bytes(self) -> int:
@@ -137,6 +145,9 @@ class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     # Exit when stdin reaches EOF: the supervisor holds the other end of that pipe, so the worker goes when its
     # supervisor goes, however it died.
     exit_with_stdin: bool = False
+    # What the supervisor's memory budget charges this model (its estimate); the worker bounds MLX's memory and
+    # buffer cache by it (worker/memory.py). None: standalone, MLX's defaults.
+    memory_charge_bytes: int | None = None
 
 
 _launch_decoder = msgspec.json.Decoder(WorkerLaunch)

@@ -232,6 +232,7 @@ class Fleet:
             supervisor_endpoint=self.workers_endpoint,
             shutdown_grace=self.settings.shutdown_grace_seconds,
             exit_with_stdin=True,
+            memory_charge_bytes=slot.charge.estimate,
         )
 
     async def _make_room(self, slot: ModelSlot) -> list[str]:

@@ -37,22 +37,34 @@ KV_BYTES_PER_VALUE = 2  # float16/bfloat16 keys and values
 
 def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None) -> int:
     """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
-    prompt cache budget + runtime, and the same weights and KV cache for a draft model. Encoders (type embedding)
-    and speech models (stt, tts) keep no KV or prompt cache, and the vision backend no prompt cache."""
+    prompt cache budget + runtime, and the same weights and KV cache for a draft model; the model's KV cache at
+    its engine.kv_bits. Encoders (type embedding) and speech models (stt, tts) keep no KV or prompt cache, and the
+    vision backend no prompt cache."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
     total = RUNTIME_BYTES + (spec.engine.prompt_cache_bytes if spec.type == "llm" else 0)
-    for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
+    # kv_bits quantizes the llm engine's model cache; a draft's cache and the vision backend's stay 16-bit.
+    quantized = kv_value_bytes(spec) if spec.type == "llm" else KV_BYTES_PER_VALUE
+    for path, value_bytes in (
+        (Path(source), quantized),
+        *([(Path(draft_source), KV_BYTES_PER_VALUE)] if draft_source else []),
+    ):
         if path.is_dir():
             total += sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
             if spec.type in ("llm", "vlm"):  # encoders and speech models keep no KV cache between requests
-                total += kv_cache_bytes(path / "config.json", spec.context_length)
+                total += kv_cache_bytes(path / "config.json", spec.context_length, value_bytes)
     return total
 
 
-def kv_cache_bytes(config_path: Path, context_length: int | None) -> int:
+def kv_value_bytes(spec: ModelSpec) -> float:
+    """Bytes per cached key or value element: 16-bit, or engine.kv_bits plus a 16-bit scale and bias per group."""
+    bits, group = spec.engine.kv_bits, spec.engine.kv_group_size
+    return KV_BYTES_PER_VALUE if bits is None else bits / 8 + 2 * KV_BYTES_PER_VALUE / group
+
+
+def kv_cache_bytes(config_path: Path, context_length: int | None, value_bytes: float = KV_BYTES_PER_VALUE) -> int:
     """Keys and values for every layer over the whole context, from the model's config.json (0 if unknown)."""
     try:
         config = json.loads(config_path.read_text())
@@ -64,7 +76,7 @@ def kv_cache_bytes(config_path: Path, context_length: int | None) -> int:
         context = context_length or config.get("max_position_embeddings") or 4096
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return 0
-    return 2 * layers * kv_heads * head_dim * context * KV_BYTES_PER_VALUE
+    return int(2 * layers * kv_heads * head_dim * context * value_bytes)
 
 
 class Reporting(Protocol):

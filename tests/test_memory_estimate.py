@@ -19,6 +19,25 @@ def test_estimate_is_weights_plus_a_full_context_kv_cache_plus_runtime(model_sto
     assert estimate_bytes(longer, str(directory)) == weights + 4 * kv + cache + RUNTIME_BYTES
 
 
+def test_a_quantized_kv_cache_is_estimated_at_its_bits_plus_scales_and_biases(model_store):
+    directory = str(model_store / MODEL)
+    settings = dict(prompt_cache_mb=64)
+    full = estimate_bytes(
+        ModelSpec(id="m", source=MODEL, context_length=2048, engine=EngineSettings(**settings)), directory
+    )
+    kv = 2 * 30 * 3 * 64 * 2048 * 2
+    for bits, group, value_bytes in ((8, 64, 1 + 4 / 64), (4, 64, 0.5 + 4 / 64), (8, 32, 1 + 4 / 32)):
+        engine = EngineSettings(**settings, kv_bits=bits, kv_group_size=group)
+        spec = ModelSpec(id="m", source=MODEL, context_length=2048, engine=engine)
+        assert estimate_bytes(spec, directory) == full - kv + int(kv / 2 * value_bytes)
+    # The draft model's cache stays 16-bit.
+    engine = EngineSettings(**settings, kv_bits=8)
+    drafted = ModelSpec(id="m", source=MODEL, context_length=2048, engine=engine)
+    plain = ModelSpec(id="m", source=MODEL, context_length=2048, engine=EngineSettings(**settings))
+    draft_cost = estimate_bytes(plain, directory, directory) - full
+    assert estimate_bytes(drafted, directory, directory) - estimate_bytes(drafted, directory) == draft_cost
+
+
 def test_the_configured_figure_wins_and_a_missing_directory_costs_only_the_runtime(model_store):
     stated = ModelSpec(id="m", source=MODEL, memory_gb=1.5)
     assert estimate_bytes(stated, str(model_store / MODEL)) == int(1.5 * GB)

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag(engine, "--draft-source", "draft model (directory or repo id) for speculative decoding")
     for field in msgspec.structs.fields(EngineSettings):
         kind, meta = typing.get_args(field.type)
+        kind = (typing.get_args(kind) or (kind,))[0]  # an optional setting (int | None) is given as its type
         name = f"--{field.name.replace('_', '-')}"
         engine.add_argument(name, type=kind, help=f"{meta.description} (default: {field.default})")
     return parser

@@ -29,6 +29,7 @@ from worker.disk_cache import DiskCache
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import encode_prompt, max_tokens_for
+from worker.quantized_cache import as_batchable, check_head_dim, conform, make_cache
 from worker.reasoning import ReasoningGate, ReasoningSplit, prompt_block, reasoning_format
 from worker.sampling import check_sampling, logits_processors_for, sampler_for
 from worker.sequence import Sequence
@@ -48,6 +49,8 @@ class BatchEngine:
         self.context_length = loaded.context_length
         self._reasoning = reasoning_format(loaded.tokenizer)  # None: the model does not think
         self.vocab_size = loaded.config.get("vocab_size") or self._tokenizer.vocab_size
+        if self.options.kv_bits is not None:
+            check_head_dim(loaded.config, self.options.kv_group_size)
         self._prompt_cache = PromptCache(self.options.prompt_cache_bytes, disk=self._disk_tier(loaded))
         self._waiting = Waiting(self.options.max_waiting)
         # One guard per sampler object, so sequences that share a sampler still sample in one batched call.
@@ -215,6 +218,10 @@ class BatchEngine:
         sampler = self._guarded(sampler_for(params))
         processors = guard_processors(logits_processors_for(params) + constraints)
         cache, cached = self._prompt_cache.fetch(prompt, live_bytes=self._generator.prompt_cache_nbytes)
+        if cache is not None and (cache := conform(cache, self.options.kv_bits, self.options.kv_group_size)) is None:
+            cached = 0  # held at other kv settings (a disk file from an earlier configuration): computed afresh
+        if cache is None:  # quantized KV: a fresh cache of that kind (None: mlx-lm's float one)
+            cache = make_cache(self._model, self.options.kv_bits, self.options.kv_group_size)
         sequence = Sequence(
             request_id=request.request_id,
             prompt_tokens=len(prompt),
@@ -294,7 +301,7 @@ class BatchEngine:
         (uid,) = self._generator.insert(
             [prompt],
             max_tokens=[max_tokens],
-            caches=[cache] if cache is not None else None,
+            caches=[as_batchable(cache)] if cache is not None else None,
             all_tokens=[history],
             samplers=[sampler],
             logits_processors=[processors],

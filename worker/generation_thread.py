@@ -17,11 +17,11 @@ import mlx.core as mx
 import zmq
 
 from protocol import ErrorCode, encode
-from protocol.control import LoadFailed, Ping, Pong, Ready
+from protocol.control import LoadFailed, ModelType, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
 from protocol.launch import EngineSettings
 from worker.backends import Engine, ModelToLoad, load_engine
-from worker.memory import memory_report
+from worker.memory import FreedMemory, bound_memory, memory_report
 from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
 
@@ -43,6 +43,7 @@ class GenerationThread(threading.Thread):
         inbox: queue.Queue,
         drain: threading.Event,
         halt: threading.Event,
+        memory_charge: int | None = None,  # the supervisor's charge for this model: MLX's memory is bounded by it
     ):
         super().__init__(name="worker-generation", daemon=True)
         self._ctx = context
@@ -52,6 +53,8 @@ class GenerationThread(threading.Thread):
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
+        self._memory_charge = memory_charge
+        self._freed = FreedMemory()
         self.load_failed = False
         self.loaded = threading.Event()  # the model is loaded: from now on a halt is served by the loop
 
@@ -78,6 +81,8 @@ class GenerationThread(threading.Thread):
             )
             return None
         log.info("loaded %s in %.1fs", self._model.source, loaded.load_seconds)
+        keeps_kv = self._model.model_type == ModelType.LLM  # the engine with a KV and prompt cache budget
+        bound_memory(self._memory_charge, self._options.prompt_cache_bytes if keeps_kv else 0)
         self._to_supervisor(
             Ready(
                 instance_id=self._instance_id,
@@ -127,6 +132,7 @@ class GenerationThread(threading.Thread):
     def _step(self, engine: Engine) -> None:
         try:
             engine.step(self._emit)
+            self._freed.after_step(engine.busy)
         except Exception:  # a bug the engine did not contain: its state is unknown, so what it holds ends
             log.exception("engine step failed: every request in this worker ends with internal_error")
             # If even this fails, the exception ends the thread: the worker exits and the supervisor restarts it.

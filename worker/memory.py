@@ -1,6 +1,26 @@
-"""What this process holds in memory, as the supervisor accounts it."""
+"""What this process holds in memory, as the supervisor accounts it, and the bounds MLX keeps to.
+
+Every byte by kind: the weights (MLX's active memory once the model is loaded, before any request), the live
+sequences' KV caches and the prompt cache (the engine's figures, part of MLX's active memory), MLX's buffer
+cache (freed buffers kept for reuse, not active), and the rest of the process (Python, the tokenizer, the
+allocator's own slack): its footprint less MLX's active and cached memory.
+
+The footprint is what the OS charges the process: on macOS the physical footprint (what Activity Monitor
+shows; RSS undercounts Metal buffers there), elsewhere RSS.
+
+On Metal, MLX's buffer cache is bounded only by its memory limit (by default 1.5x the GPU's working set), so
+a busy worker's freed activations pile up in it: `bound_memory` caps it at what the model's budget charge
+leaves after the weights, the KV/prompt-cache budget and the process outside MLX, and sets MLX's memory limit
+to the charge itself. (On a CPU, MLX caches 32 MB by default and enforces no memory limit.)
+"""
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
 
 import mlx.core as mx
 import psutil
@@ -8,7 +28,91 @@ import psutil
 from protocol.control import MemoryReport
 from worker.backends import Engine
 
+log = logging.getLogger("worker.memory")
 _process = psutil.Process()
+_weights_bytes = 0  # MLX's active memory right after the model loaded
+MIN_BUFFER_CACHE = 32 * 1024**2  # below this, every step would allocate afresh (MLX's CPU default)
+
+
+def _footprint_reader():
+    """macOS: proc_pid_rusage's ri_phys_footprint (rusage_info_v0: a 16-byte uuid, then uint64 fields, the
+    eighth of which is the physical footprint). Elsewhere None: RSS is the OS's own figure."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        libproc = ctypes.CDLL(ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib")
+    except OSError:
+        return None
+    buffer = (ctypes.c_uint64 * 12)()  # rusage_info_v0 is 16 + 10 * 8 bytes
+
+    def read() -> int:
+        if libproc.proc_pid_rusage(os.getpid(), 0, ctypes.byref(buffer)) != 0:
+            return 0
+        return buffer[2 + 7]  # after the uuid (2 words): user, system, idle wakeups, interrupts, pageins, wired, rss
+
+    return read
+
+
+_footprint = _footprint_reader()
+
+
+def footprint_bytes() -> int:
+    rss = _process.memory_info().rss
+    return max(_footprint(), rss) if _footprint else rss
+
+
+class FreedMemory:
+    """Hands memory the process has freed back to the OS, every `every` engine steps and whenever the engine
+    goes idle. Measured under the soak on Linux: the worker's memory outside MLX grew from 263 MB (30 s) to
+    638 MB (7 min) while MLX's own figures stayed flat. MLX's CPU allocator frees its buffers with free(), and
+    glibc keeps freed memory in its arenas (its mmap threshold also rises to the largest chunk freed, up to
+    32 MB, so later buffers come from those arenas). malloc_trim(0) hands their free pages back: after the
+    same 16 requests in-process, 127 MB outside MLX with it against 346 MB without. Elsewhere (macOS, musl)
+    this does nothing."""
+
+    def __init__(self, every: int = 256):
+        self.every = every
+        self._steps = 0
+        self._trim = _malloc_trim()
+
+    def after_step(self, busy: bool) -> None:
+        if self._trim is None:
+            return
+        self._steps += 1
+        if not busy or self._steps >= self.every:
+            self._trim(0)
+            self._steps = 0
+
+
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def bound_memory(charge_bytes: int | None, cache_budget_bytes: int) -> None:
+    """Called once the model is loaded. `charge_bytes`: what the supervisor charges this model (None:
+    standalone, MLX's defaults stay); `cache_budget_bytes`: the engine's budget for live KV + prompt cache."""
+    global _weights_bytes
+    _weights_bytes = mx.get_active_memory()
+    if charge_bytes is None:
+        return
+    outside_mlx = max(footprint_bytes() - _weights_bytes - mx.get_cache_memory(), 0)
+    spare = charge_bytes - _weights_bytes - cache_budget_bytes - outside_mlx
+    default = mx.set_cache_limit(0)  # MLX's own limit: the memory limit on Metal, 32 MB on a CPU
+    buffer_cache = min(max(spare, MIN_BUFFER_CACHE), default)  # lowered where the charge asks, never raised
+    mx.set_cache_limit(buffer_cache)
+    # A memory_gb that understates the model is the config's mistake: MLX is not made to thrash below what the
+    # weights and the cache budget need (the supervisor charges the reported footprint when it is larger).
+    mx.set_memory_limit(max(charge_bytes, _weights_bytes + outside_mlx + cache_budget_bytes + buffer_cache))
+    log.info(
+        "memory: charge %d MB, weights %d MB, KV + prompt cache budget %d MB, outside MLX %d MB: "
+        "MLX's buffer cache bounded at %d MB",
+        *(n // 2**20 for n in (charge_bytes, _weights_bytes, cache_budget_bytes, outside_mlx, buffer_cache)),
+    )
 
 
 def memory_report(engine: Engine | None = None) -> MemoryReport:
@@ -21,4 +125,6 @@ def memory_report(engine: Engine | None = None) -> MemoryReport:
         rss_bytes=_process.memory_info().rss,
         kv_cache_bytes=kv_cache,
         prompt_cache_bytes=prompt_cache,
+        weights_bytes=_weights_bytes,
+        footprint_bytes=footprint_bytes(),
     )

@@ -52,7 +52,9 @@ def run(launch: WorkerLaunch) -> int:
     )
     transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt, launch.curve)
     model = ModelToLoad(launch.source, launch.model_type, launch.context_length, launch.draft_source)
-    generation = GenerationThread(ctx, model, launch.engine, launch.instance_id, inbox, drain, halt)
+    generation = GenerationThread(
+        ctx, model, launch.engine, launch.instance_id, inbox, drain, halt, launch.memory_charge_bytes
+    )
     transport.start()
     generation.start()
 

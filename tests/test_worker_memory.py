@@ -1,0 +1,70 @@
+"""The worker's memory: reported by kind, its footprint as the OS counts it, MLX bounded by the model's charge."""
+
+from __future__ import annotations
+
+import re
+
+import mlx.core as mx
+
+from protocol.control import MemoryReport
+from tests.harness import wait_until
+from worker.memory import MIN_BUFFER_CACHE, bound_memory
+
+MB = 2**20
+
+
+def test_the_report_splits_what_the_process_holds_by_kind():
+    report = MemoryReport(
+        mlx_active_bytes=700 * MB,
+        mlx_peak_bytes=900 * MB,
+        mlx_cache_bytes=30 * MB,
+        rss_bytes=1000 * MB,
+        footprint_bytes=1100 * MB,  # macOS: the physical footprint counts Metal buffers RSS misses
+        weights_bytes=500 * MB,
+        kv_cache_bytes=120 * MB,
+        prompt_cache_bytes=60 * MB,
+    )
+    kinds = report.by_kind()
+    assert report.resident_bytes == 1100 * MB
+    assert kinds == {
+        "weights": 500 * MB,
+        "kv_cache": 120 * MB,
+        "prompt_cache": 60 * MB,
+        "activations": 20 * MB,
+        "mlx_buffer_cache": 30 * MB,
+        "other": 370 * MB,
+    }
+    assert sum(kinds.values()) == report.resident_bytes
+
+
+def cache_limit() -> int:
+    limit = mx.set_cache_limit(0)  # MLX reads it back only by setting it
+    mx.set_cache_limit(limit)
+    return limit
+
+
+def test_mlx_is_bounded_by_the_charge_and_its_buffer_cache_never_raised():
+    before_cache, before_limit = cache_limit(), mx.get_memory_limit()
+    try:
+        bound_memory(charge_bytes=64 * 2**30, cache_budget_bytes=512 * MB)  # a generous charge
+        assert cache_limit() == before_cache  # MLX's own limit is kept when the charge leaves more
+        assert mx.get_memory_limit() == 64 * 2**30
+        bound_memory(charge_bytes=1, cache_budget_bytes=512 * MB)  # nothing to spare
+        assert cache_limit() == min(MIN_BUFFER_CACHE, before_cache)
+        assert mx.get_memory_limit() > 512 * MB  # never below what the weights and the cache budget need
+    finally:
+        mx.set_cache_limit(before_cache)
+        mx.set_memory_limit(before_limit)
+
+
+def test_a_served_model_reports_its_weights_and_footprint_and_logs_its_bounds(client, server):
+    client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+    )
+    assert wait_until(lambda: server.models()["smollm2"].worker_memory is not None, timeout=60)
+    report = server.models()["smollm2"].worker_memory
+    assert report.weights_bytes > 50 * MB  # the bundled model's weights (4-bit, or float32 on a Linux CPU)
+    assert report.footprint_bytes >= report.rss_bytes > report.weights_bytes
+    pattern = r"worker\[smollm2\].*memory: charge (\d+) MB.*buffer cache bounded at (\d+) MB"
+    bounds = re.findall(pattern, server.log_text())
+    assert bounds and int(bounds[-1][0]) == round(0.3 * 1024)  # the config's memory_gb: 0.3
