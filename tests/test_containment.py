@@ -162,6 +162,9 @@ def test_one_failing_sequence_ends_alone_and_the_seven_others_finish(loaded, alo
     assert not engine.busy and engine.cache_bytes()[0] == 0  # the culprit's KV cache left with it
     ninth = run(engine, chat("ninth", PARIS, **GREEDY))
     assert "Paris" in text_of(ninth, "ninth")
+    # Sampling without a seed draws from MLX's global random state, which a sampler failing while traced broke.
+    tenth = run(engine, chat("tenth", PARIS, temperature=0.7, max_tokens=4))
+    assert finished(tenth, "tenth").finish_reason == "length"
 
 
 @pytest.mark.parametrize("make_case", [sampler_fails_mid_batch, stop_matcher_fails], ids=lambda f: f.__name__)

@@ -14,6 +14,7 @@ log under the request id and trace id, and a message that points there for the c
 from __future__ import annotations
 
 import logging
+import os
 
 import mlx.core as mx
 
@@ -43,6 +44,10 @@ class SamplerGuard:
             return tokens
         except Exception as exc:
             self.error = self.error or exc
+            # mlx-lm compiles its samplers with MLX's global random state as input and output: one that raises
+            # while traced leaves a placeholder there, and every later random draw in the process fails ("eval
+            # an array without a primitive"). A fresh state mends it; seeded requests draw from their own keys.
+            mx.random.seed(int.from_bytes(os.urandom(8), "little"))
             return mx.argmax(logprobs, axis=-1)
 
 
