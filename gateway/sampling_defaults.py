@@ -43,6 +43,8 @@ def settle(request: GenerateRequest, asked: Asked, defaults: SamplingDefaults, m
     else:
         system = None
     effective = {k: v for k, v in msgspec.structs.asdict(sampling).items() if k not in ("logprobs", "top_logprobs")}
+    if effective.get("stop"):  # stop sequences are the caller's text, which logs never hold: how many, not what
+        effective["stop"] = len(effective["stop"])
     log.info(
         "sampling for %s on %s%s", request.request_id, model_id, f" (preset {asked.preset})" if asked.preset else "",
         extra={"fields": {"model": model_id, "preset": asked.preset, "sampling": effective,
