@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from gateway.auth import require_admin
 from gateway.request_body import decode_request
+from gateway.supervisor_client import HostDown
 from protocol.ctl import AddAlias, ListAliases, RemoveAlias
 
 
@@ -30,8 +31,11 @@ def _table(reply) -> dict:
 
 
 async def every_host(state, make_call):
-    """A change of names goes to every host up (a fleet's hosts resolve names alike); this machine's reply, or
-    the first failure."""
+    """A change of names goes to every host (a fleet's hosts resolve names alike): refused while one is down,
+    so no host is left with other names; this machine's reply, or the first failure."""
+    down = [link.name for link in state.hosts.links if not link.up]
+    if state.hosts.fleet and down:
+        raise HostDown(f"host {', '.join(down)} is down: aliases change on every host at once, try again when it is up")
     answers = await state.hosts.ask_all(make_call, state.settings.connect_timeout)
     for _, reply in answers:
         if isinstance(reply, Exception):
