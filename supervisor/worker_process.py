@@ -12,6 +12,8 @@ import time
 from protocol import ErrorCode
 from protocol.control import LoadFailed, MemoryReport, Ready
 from protocol.launch import WorkerLaunch, worker_argv
+from supervisor.config import ShardSpec
+from supervisor.sharding import rank_launches
 
 log = logging.getLogger("supervisor.worker")
 
@@ -41,16 +43,48 @@ class WorkerProcess:
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
         self.wedged = False  # killed for answering no ping: a request may have caused it
-        self.exited = asyncio.ensure_future(proc.wait())
+        # A sharded model's other ranks (supervisor/sharding.py): they live and die with this one, rank 0.
+        self.followers: list[asyncio.subprocess.Process] = []
+        self.rank_failure: str | None = None  # why every rank was stopped, when a follower went first
+        self.exited = asyncio.ensure_future(self._all_exited())
 
     @classmethod
-    async def spawn(cls, launch: WorkerLaunch) -> WorkerProcess:
-        # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
-        proc = await asyncio.create_subprocess_exec(
-            *worker_argv(launch), stdin=asyncio.subprocess.PIPE, start_new_session=True
-        )
-        log.info("spawned worker for %s: pid %d", launch.model_id, proc.pid)
-        return cls(launch, proc)
+    async def spawn(cls, launch: WorkerLaunch, shard: ShardSpec | None = None) -> WorkerProcess:
+        """Start the worker for `launch`; for a sharded model, one process per rank, rank 0 the worker."""
+        launches = rank_launches(launch, shard) if shard is not None else [launch]
+        worker = cls(launches[0], await _start(launches[0]))
+        for rank_launch in launches[1:]:
+            try:
+                worker.followers.append(await _start(rank_launch))
+            except OSError:
+                worker.kill()
+                raise
+            follower = worker.followers[-1]
+            if not worker.alive:  # rank 0 ended while its followers started: they would wait for it forever
+                worker.kill()
+            asyncio.ensure_future(follower.wait()).add_done_callback(lambda _, p=follower: worker._on_rank_exit(p))
+        return worker
+
+    @property
+    def pids(self) -> list[int]:
+        """Every rank's process id, rank 0 first."""
+        return [self.pid, *(p.pid for p in self.followers)]
+
+    async def _all_exited(self) -> int:
+        """Rank 0's exit code, once every rank is gone: rank 0 gone, the others are stopped with it."""
+        code = await self.proc.wait()
+        for follower in self.followers:
+            _signal_group(follower.pid, signal.SIGKILL)
+        await asyncio.gather(*(p.wait() for p in self.followers))
+        return code
+
+    def _on_rank_exit(self, follower: asyncio.subprocess.Process) -> None:
+        if not self.alive:
+            return  # stopped after rank 0, as every stop and crash ends
+        rank = self.followers.index(follower) + 1
+        self.rank_failure = f"rank {rank} (pid {follower.pid}) {describe_exit(follower.returncode)}"
+        log.error("%s: %s: stopping every rank", self.model_id, self.rank_failure)
+        self.kill()
 
     def on_ready(self, message: Ready) -> None:
         self.memory = message.memory
@@ -69,7 +103,10 @@ class WorkerProcess:
         if not self.ready.done():
             code = self.proc.returncode
             self.ready.set_exception(
-                WorkerStartError(ErrorCode.MODEL_LOAD_FAILED, f"worker exited during start-up ({describe_exit(code)})")
+                WorkerStartError(
+                    ErrorCode.MODEL_LOAD_FAILED,
+                    f"worker exited during start-up ({self.rank_failure or describe_exit(code)})",
+                )
             )
 
     @property
@@ -94,11 +131,26 @@ class WorkerProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
+        for pid in self.pids:
+            _signal_group(pid, signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
+        _signal_group(self.pid, sig)
+
+
+async def _start(launch: WorkerLaunch) -> asyncio.subprocess.Process:
+    # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
+    proc = await asyncio.create_subprocess_exec(
+        *worker_argv(launch), stdin=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    rank = f" rank {launch.shard.rank} of {launch.shard.ranks}" if launch.shard else ""
+    log.info("spawned worker for %s%s: pid %d", launch.model_id, rank, proc.pid)
+    return proc
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
 
 
 KILLED_FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
