@@ -109,7 +109,9 @@ def duration(seconds: float | None) -> str:
 
 
 def ps_view(report) -> list[RenderableType | str]:
-    """A StatusReport as `ctl ps` shows it: the budget line, then one row per configured model."""
+    """A StatusReport as `ctl ps` shows it: the budget line, then one row per configured model (a sharded model's
+    ranks in a column of their own, shown where a model is sharded)."""
+    sharded = any(m.shard_mode for m in report.models)
     rows = [
         [
             m.id + (" (pinned)" if m.pinned else ""),
@@ -121,13 +123,13 @@ def ps_view(report) -> list[RenderableType | str]:
             duration(m.idle_seconds),
             str(m.in_flight) if m.pid else "-",
             m.compute or "-",
-            ranks_cell(m),
+            *([ranks_cell(m)] if sharded else []),
             ", ".join(m.aliases) or "-",
         ]
         for m in report.models
     ]
-    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE", "RANKS"]
-    headers.append("ALIASES")
+    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
+    headers += ["RANKS", "ALIASES"] if sharded else ["ALIASES"]
     budget = [budget_line(report.memory)] if report.memory is not None else []
     return [*budget, table(headers, rows)]
 
