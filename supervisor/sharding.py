@@ -54,8 +54,10 @@ def sharding_modes(model_type: str) -> list[str]:
     """The modes mlx-lm implements for an architecture: tensor where its Model has `shard`, pipeline where its
     inner model mixes in PipelineMixin (imports mlx-lm's module for it, as mlx-lm's sharded_load checks)."""
     try:
-        module = importlib.import_module(f"mlx_lm.models.{model_type}")
         from mlx_lm.models.pipeline import PipelineMixin
+        from mlx_lm.utils import MODEL_REMAPPING  # mistral is llama to mlx-lm, and so on
+
+        module = importlib.import_module(f"mlx_lm.models.{MODEL_REMAPPING.get(model_type, model_type)}")
     except ImportError:
         return []
     modes = ["tensor"] if hasattr(getattr(module, "Model", None), "shard") else []

@@ -142,8 +142,6 @@ class LeaderEngine:
         self._engine = engine
         self._group = group
         self._calls: list[Admit | AbortOne | AbortAll] = []
-        self.collective_seconds = 0.0  # time spent broadcasting turns, for bench/sharded.py
-        self.turns = 0
 
     def __getattr__(self, name):  # busy, in_flight, queued, cache_bytes, vocab_size, persist: the engine's own
         return getattr(self._engine, name)
@@ -162,10 +160,7 @@ class LeaderEngine:
 
     def step(self, emit) -> None:
         calls, self._calls = self._calls, []
-        started = time.perf_counter()
         broadcast(self._group, msgspec.msgpack.encode(Turn(calls=calls)))
-        self.collective_seconds += time.perf_counter() - started
-        self.turns += 1
         self._engine.step(emit)
 
 
