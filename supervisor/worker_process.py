@@ -16,6 +16,7 @@ from supervisor.config import ShardSpec
 from supervisor.sharding import rank_launches
 
 log = logging.getLogger("supervisor.worker")
+FOLLOWER_GRACE = 1.0  # seconds a sharded model's other ranks have to exit of themselves once rank 0 has
 
 
 class WorkerStartError(RuntimeError):
@@ -45,7 +46,8 @@ class WorkerProcess:
         self.wedged = False  # killed for answering no ping: a request may have caused it
         # A sharded model's other ranks (supervisor/sharding.py): they live and die with this one, rank 0.
         self.followers: list[asyncio.subprocess.Process] = []
-        self.rank_failure: str | None = None  # why every rank was stopped, when a follower went first
+        self.rank_exits: list[str] = []  # how each rank ended, in the order the supervisor saw them end
+        self._ending_followers = False  # rank 0 is gone: the followers still running are stopped with it
         self.exited = asyncio.ensure_future(self._all_exited())
 
     @classmethod
@@ -70,21 +72,35 @@ class WorkerProcess:
         """Every rank's process id, rank 0 first."""
         return [self.pid, *(p.pid for p in self.followers)]
 
+    @property
+    def rank_failure(self) -> str | None:
+        """A sharded model's end, rank by rank ("rank 1 (pid 12) killed by SIGKILL, then rank 0 ..."); None for a
+        model in one process."""
+        return ", then ".join(self.rank_exits) or None
+
     async def _all_exited(self) -> int:
         """Rank 0's exit code, once every rank is gone: rank 0 gone, the others are stopped with it."""
         code = await self.proc.wait()
+        if not self.followers:
+            return code
+        self.rank_exits.append(f"rank 0 (pid {self.pid}) {describe_exit(code)}")
+        # A follower that died first (its exit not yet seen), or of rank 0's end, exits on its own: seen so, it
+        # tells what happened; those still running after the grace are stopped.
+        await asyncio.wait([asyncio.ensure_future(p.wait()) for p in self.followers], timeout=FOLLOWER_GRACE)
+        self._ending_followers = True
         for follower in self.followers:
             _signal_group(follower.pid, signal.SIGKILL)
         await asyncio.gather(*(p.wait() for p in self.followers))
         return code
 
     def _on_rank_exit(self, follower: asyncio.subprocess.Process) -> None:
-        if not self.alive:
-            return  # stopped after rank 0, as every stop and crash ends
+        if self._ending_followers:
+            return  # stopped with rank 0
         rank = self.followers.index(follower) + 1
-        self.rank_failure = f"rank {rank} (pid {follower.pid}) {describe_exit(follower.returncode)}"
-        log.error("%s: %s: stopping every rank", self.model_id, self.rank_failure)
-        self.kill()
+        self.rank_exits.append(f"rank {rank} (pid {follower.pid}) {describe_exit(follower.returncode)}")
+        if self.alive:  # a follower went first: the model cannot step without it
+            log.error("%s: %s: stopping every rank", self.model_id, self.rank_exits[-1])
+            self.kill()
 
     def on_ready(self, message: Ready) -> None:
         self.memory = message.memory

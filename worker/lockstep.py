@@ -177,7 +177,11 @@ class Follower:
 
     def run(self) -> None:
         while True:
-            turn = _turn_decoder.decode(broadcast(self._group, None))
+            try:
+                turn = _turn_decoder.decode(broadcast(self._group, None))
+            except Exception as exc:  # the ring broke: rank 0 is gone (stopped, or crashed)
+                log.warning("lost rank 0 (%s): exiting", exc)
+                return
             for call in turn.calls:
                 try:
                     self._replay(call)
@@ -223,4 +227,4 @@ def run_follower(launch) -> int:
     bound_memory(launch.memory_charge_bytes, launch.engine.prompt_cache_bytes)
     log.info("rank %d following rank 0 (%s, loaded in %.1fs)", launch.shard.rank, loaded.compute, loaded.load_seconds)
     follower.run()
-    return 0
+    return 1  # it returns only when rank 0 is gone
