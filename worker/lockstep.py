@@ -50,10 +50,9 @@ class AbortAll(msgspec.Struct, tag="abort_all"):
 
 
 class Turn(msgspec.Struct):
-    """What rank 0 did to its engine since the last step, then whether it steps."""
+    """What rank 0 did to its engine since its last step; a step follows."""
 
     calls: list[Admit | AbortOne | AbortAll]
-    step: bool = True
 
 
 _turn_decoder = msgspec.msgpack.Decoder(Turn)
@@ -187,11 +186,10 @@ class Follower:
                     self._replay(call)
                 except Exception:  # rank 0 contained the same failure for that request
                     log.exception("replaying %s failed", type(call).__name__)
-            if turn.step:
-                try:
-                    self._engine.step(_discard)
-                except Exception:  # rank 0's step failed alike: it aborts every request, which comes next
-                    log.exception("engine step failed")
+            try:
+                self._engine.step(_discard)
+            except Exception:  # rank 0's step failed alike: it aborts every request, which comes next
+                log.exception("engine step failed")
 
     def _replay(self, call) -> None:
         if isinstance(call, Admit):
