@@ -108,6 +108,15 @@ class Pinned(Message, tag="pinned"):
     pinned: bool
 
 
+class RankInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One process of a model sharded over several (rank 0 is the worker gateways talk to)."""
+
+    rank: int
+    pid: int
+    host: str = ""  # the host it runs on ("" for this one)
+    memory_bytes: int = 0  # resident: rank 0's last report, the others' RSS as the supervisor reads it
+
+
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     aliases: list[str]
@@ -137,6 +146,8 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     crashes: int = 0
     crashed: bool = False  # its worker crashed and the model has not been loaded (or unloaded) since
     transitions: dict[str, int] = {}  # lifecycle transitions since the supervisor started, e.g. "ready->stopping"
+    ranks: list[RankInfo] = []  # a sharded model's processes, rank 0 first; [] for a model in one process
+    shard_mode: str = ""  # a sharded model's mode (tensor, pipeline); "" for a model in one process
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -127,6 +127,24 @@ class CurveServer(msgspec.Struct, frozen=True, kw_only=True):
     allowed_clients: list[str] = []  # Z85 public keys of the gateways allowed to connect
 
 
+SHARD_MODES = ("tensor", "pipeline")  # mlx-lm's model.shard(group) and model.model.pipeline(group)
+SHARD_BACKENDS = ("ring", "jaccl", "mpi")  # mx.distributed backends: ring over TCP, JACCL over Thunderbolt RDMA
+
+
+class ShardLaunch(msgspec.Struct, frozen=True, kw_only=True):
+    """One rank of a model sharded over several processes with mx.distributed: the environment mlx.launch would
+    give it. Rank 0 is the worker gateways talk to; the other ranks follow its steps (worker/lockstep.py)."""
+
+    rank: int
+    ranks: int  # the world size
+    mode: str = "tensor"  # one of SHARD_MODES
+    backend: str = "ring"  # one of SHARD_BACKENDS
+    # ring: every rank's host:port, in rank order, as MLX_HOSTFILE holds it ([["127.0.0.1:5000"], ...]).
+    ring_hosts: list[list[str]] = []
+    # More of mlx.launch's environment, passed through as it is (jaccl: MLX_JACCL_COORDINATOR, MLX_IBV_DEVICES, ...).
+    env: dict[str, str] = {}
+
+
 class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     """What one worker process serves, where, and how it ends. Built by the supervisor for each spawn."""
 
@@ -148,6 +166,7 @@ class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     # What the supervisor's memory budget charges this model (its estimate); the worker bounds MLX's memory and
     # buffer cache by it (worker/memory.py). None: standalone, MLX's defaults.
     memory_charge_bytes: int | None = None
+    shard: ShardLaunch | None = None  # one rank of a sharded model; None: the whole model in this process
 
 
 _launch_decoder = msgspec.json.Decoder(WorkerLaunch)

@@ -20,7 +20,7 @@ from protocol import ErrorCode
 from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.generation import SamplingDefaults
 from protocol.hosts import HostSpec, check_hosts
-from protocol.launch import EngineSettings
+from protocol.launch import SHARD_BACKENDS, SHARD_MODES, EngineSettings
 from supervisor.model_names import CLAUDE_TIERS, RUNTIME_ALIASES_FILE, ModelNames, NameRefused
 
 GB = 1024**3
@@ -44,6 +44,32 @@ class Defaults(SamplingDefaults, forbid_unknown_fields=True):
                 raise ValueError(f"{field} {value} is out of range")
 
 
+class ShardSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`shard:` on a model: one model over several processes joined by mx.distributed (mlx-lm's own sharding)."""
+
+    ranks: int
+    mode: str = "tensor"  # tensor: every rank holds a slice of every layer; pipeline: each rank a run of layers
+    backend: str = "ring"  # ring (TCP), jaccl (Thunderbolt RDMA, macOS) or mpi
+    # Where the ranks run. Today every rank runs on the model's host (ring over 127.0.0.1); ranks on other hosts
+    # of a fleet are refused until each host's supervisor starts and charges its own ranks.
+    hosts: list[str] = []
+    address: str = "127.0.0.1"  # the ring's address on this host
+    env: dict[str, str] = {}  # more environment for every rank, as mlx.launch would set it (jaccl, mpi)
+
+    def __post_init__(self) -> None:
+        if self.ranks < 2:
+            raise ValueError(f"shard.ranks is {self.ranks}: a sharded model has at least 2 ranks")
+        if self.mode not in SHARD_MODES:
+            raise ValueError(f"shard.mode {self.mode!r} is not one of {', '.join(SHARD_MODES)}")
+        if self.backend not in SHARD_BACKENDS:
+            raise ValueError(f"shard.backend {self.backend!r} is not one of {', '.join(SHARD_BACKENDS)}")
+        if self.hosts:
+            raise ValueError(
+                "shard.hosts: ranks on other hosts are not supported yet; leave it out and every rank runs on the "
+                "model's host"
+            )
+
+
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
     # A directory in the model store (a bare name), a path (absolute, ~ or ./), or a hub repo id (org/name).
@@ -64,8 +90,11 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     engine: EngineSettings = EngineSettings()  # handed to the worker as it is, in its WorkerLaunch
     defaults: Defaults = Defaults()  # sampling a request leaves unset; over the global `defaults:`
     hosts: list[str] = []  # in a fleet: the hosts it may run on (whisper on the voice host); []: any host
+    shard: ShardSpec | None = None  # one model over several worker processes (see ShardSpec)
 
     def __post_init__(self) -> None:
+        if self.shard is not None:
+            self._check_shard()
         if self.type not in MODEL_TYPES and not bench_backend_allowed(self.type):
             known = ", ".join(MODEL_TYPES)
             raise ValueError(f"model {self.id!r}: type {self.type!r} is not supported (supported: {known})")
@@ -73,6 +102,18 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError(f"model {self.id!r}: draft_model (speculative decoding) is for type llm only")
         if self.memory_gb is not None and self.memory_gb <= 0:
             raise ValueError(f"model {self.id!r}: memory_gb must be positive")
+
+    def _check_shard(self) -> None:
+        """What a sharded model cannot have: every rank replays rank 0's steps, so nothing may differ between them."""
+        if self.type != "llm":
+            raise ValueError(f"model {self.id!r}: shard is for type llm only")
+        if self.draft_model:
+            raise ValueError(f"model {self.id!r}: shard and draft_model (speculative decoding) do not go together")
+        if self.engine.prompt_cache_dir:
+            raise ValueError(f"model {self.id!r}: shard and engine.prompt_cache_dir do not go together")
+        if self.shard.mode == "pipeline" and self.engine.prompt_cache_mb:
+            # Ranks holding different numbers of layers hold different cache sizes, so their evictions would differ.
+            raise ValueError(f"model {self.id!r}: shard mode pipeline needs engine.prompt_cache_mb: 0")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -144,6 +185,11 @@ class Config:
         for spec in settings.models:  # once every name is known: a draft may name a model listed after it
             if spec.memory_gb is None and spec.draft_model and is_hub_id(self.draft_source_of(spec)):
                 raise ValueError(f"model {spec.id!r}: set memory_gb (its draft's weights are not on disk to measure)")
+        for spec in settings.models:
+            if spec.shard is not None:
+                from supervisor.sharding import check_shardable  # it imports mlx-lm's model module, only for these
+
+                check_shardable(spec, self.source_of(spec))
         self.default_model = self._configured("default_model", settings.default_model or settings.models[0].id)
         self.fallback_model = settings.fallback_model and self._configured("fallback_model", settings.fallback_model)
         check_hosts(settings.hosts)

@@ -189,8 +189,9 @@ class Fleet:
             slot.last_error = None
             self.budget.estimate(slot.charge, slot.spec, slot.source, slot.draft_source)
             victims = await self._make_room(slot)
-            worker = await WorkerProcess.spawn(self._launch(slot))
-            self.registry.add(worker.pid)
+            worker = await WorkerProcess.spawn(self._launch(slot), slot.spec.shard)
+            for pid in worker.pids:
+                self.registry.add(pid)
             slot.worker = worker
             self.budget.attach(slot.charge, worker)
             self.by_instance[worker.instance_id] = worker
@@ -295,7 +296,8 @@ class Fleet:
 
     def _on_exit(self, slot: ModelSlot, worker: WorkerProcess) -> None:
         worker.on_exit()
-        self.registry.remove(worker.pid)
+        for pid in worker.pids:
+            self.registry.remove(pid)
         self._forget(worker)
         if slot.worker is not worker or slot.state is not State.READY:
             return  # an exit the start or the stop in progress expected and handles
@@ -307,7 +309,9 @@ class Fleet:
             if len(self.faulted) > FAULTS_KEPT:
                 del self.faulted[next(iter(self.faulted))]
         slot.crashed, slot.worker = True, None
-        slot.last_error = f"worker pid {worker.pid} crashed ({describe_exit(worker.proc.returncode)})"
+        slot.last_error = (
+            f"worker pid {worker.pid} crashed ({worker.rank_failure or describe_exit(worker.proc.returncode)})"
+        )
         if failed := crashes > self.settings.crash_limit:
             slot.last_error += f"; {crashes} crashes within {self.settings.crash_window_seconds:.0f}s"
         self.budget.release(slot.charge)

@@ -39,12 +39,14 @@ def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None
     """The config's memory_gb, else weights on disk + a full-context KV cache for one sequence + the worker's
     prompt cache budget + runtime, and the same weights and KV cache for a draft model; the model's KV cache at
     its engine.kv_bits. Encoders (type embedding) and speech models (stt, tts) keep no KV or prompt cache, and the
-    vision backend no prompt cache."""
+    vision backend no prompt cache. A sharded model: all its ranks (each rank's share: this over the rank count)."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
-    total = RUNTIME_BYTES + (spec.engine.prompt_cache_bytes if spec.type == "llm" else 0)
+    # A sharded model's ranks divide its weights and KV cache; each is a worker with its own runtime and cache.
+    processes = spec.shard.ranks if spec.shard else 1
+    total = processes * (RUNTIME_BYTES + (spec.engine.prompt_cache_bytes if spec.type == "llm" else 0))
     # kv_bits quantizes the llm engine's model cache; a draft's cache and the vision backend's stay 16-bit.
     quantized = kv_value_bytes(spec) if spec.type == "llm" else KV_BYTES_PER_VALUE
     for path, value_bytes in (

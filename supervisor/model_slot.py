@@ -18,8 +18,10 @@ import logging
 import time
 from collections import Counter, deque
 
+import psutil
+
 from protocol.control import ModelType
-from protocol.ctl import ModelInfo
+from protocol.ctl import ModelInfo, RankInfo
 from protocol.ctl import ModelState as State
 from supervisor.config import ModelSpec
 from supervisor.memory_budget import Charge
@@ -153,4 +155,18 @@ class ModelSlot:
             crashes=self.crash_count,
             crashed=self.crashed,
             transitions={f"{a}->{b}": n for (a, b), n in self.transitions.items()},
+            ranks=rank_infos(worker) if worker and worker.followers else [],
+            shard_mode=self.spec.shard.mode if self.spec.shard else "",
         )
+
+
+def rank_infos(worker: WorkerProcess) -> list[RankInfo]:
+    """Each rank of a sharded model's worker: rank 0 as it reports itself, the others as the system sees them."""
+    ranks = [RankInfo(rank=0, pid=worker.pid, memory_bytes=worker.memory.resident_bytes if worker.memory else 0)]
+    for rank, follower in enumerate(worker.followers, 1):
+        try:
+            rss = psutil.Process(follower.pid).memory_info().rss
+        except psutil.Error:  # gone or going: the exit is handled as the model's
+            rss = 0
+        ranks.append(RankInfo(rank=rank, pid=follower.pid, memory_bytes=rss))
+    return ranks

@@ -12,8 +12,11 @@ import time
 from protocol import ErrorCode
 from protocol.control import LoadFailed, MemoryReport, Ready
 from protocol.launch import WorkerLaunch, worker_argv
+from supervisor.config import ShardSpec
+from supervisor.sharding import rank_launches
 
 log = logging.getLogger("supervisor.worker")
+FOLLOWER_GRACE = 1.0  # seconds a sharded model's other ranks have to exit of themselves once rank 0 has
 
 
 class WorkerStartError(RuntimeError):
@@ -41,16 +44,63 @@ class WorkerProcess:
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
         self.wedged = False  # killed for answering no ping: a request may have caused it
-        self.exited = asyncio.ensure_future(proc.wait())
+        # A sharded model's other ranks (supervisor/sharding.py): they live and die with this one, rank 0.
+        self.followers: list[asyncio.subprocess.Process] = []
+        self.rank_exits: list[str] = []  # how each rank ended, in the order the supervisor saw them end
+        self._ending_followers = False  # rank 0 is gone: the followers still running are stopped with it
+        self.exited = asyncio.ensure_future(self._all_exited())
 
     @classmethod
-    async def spawn(cls, launch: WorkerLaunch) -> WorkerProcess:
-        # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
-        proc = await asyncio.create_subprocess_exec(
-            *worker_argv(launch), stdin=asyncio.subprocess.PIPE, start_new_session=True
-        )
-        log.info("spawned worker for %s: pid %d", launch.model_id, proc.pid)
-        return cls(launch, proc)
+    async def spawn(cls, launch: WorkerLaunch, shard: ShardSpec | None = None) -> WorkerProcess:
+        """Start the worker for `launch`; for a sharded model, one process per rank, rank 0 the worker."""
+        launches = rank_launches(launch, shard) if shard is not None else [launch]
+        worker = cls(launches[0], await _start(launches[0]))
+        for rank_launch in launches[1:]:
+            try:
+                worker.followers.append(await _start(rank_launch))
+            except OSError:
+                worker.kill()
+                raise
+            follower = worker.followers[-1]
+            if not worker.alive:  # rank 0 ended while its followers started: they would wait for it forever
+                worker.kill()
+            asyncio.ensure_future(follower.wait()).add_done_callback(lambda _, p=follower: worker._on_rank_exit(p))
+        return worker
+
+    @property
+    def pids(self) -> list[int]:
+        """Every rank's process id, rank 0 first."""
+        return [self.pid, *(p.pid for p in self.followers)]
+
+    @property
+    def rank_failure(self) -> str | None:
+        """A sharded model's end, rank by rank ("rank 1 (pid 12) killed by SIGKILL, then rank 0 ..."); None for a
+        model in one process."""
+        return ", then ".join(self.rank_exits) or None
+
+    async def _all_exited(self) -> int:
+        """Rank 0's exit code, once every rank is gone: rank 0 gone, the others are stopped with it."""
+        code = await self.proc.wait()
+        if not self.followers:
+            return code
+        self.rank_exits.append(f"rank 0 (pid {self.pid}) {describe_exit(code)}")
+        # A follower that died first (its exit not yet seen), or of rank 0's end, exits on its own: seen so, it
+        # tells what happened; those still running after the grace are stopped.
+        await asyncio.wait([asyncio.ensure_future(p.wait()) for p in self.followers], timeout=FOLLOWER_GRACE)
+        self._ending_followers = True
+        for follower in self.followers:
+            _signal_group(follower.pid, signal.SIGKILL)
+        await asyncio.gather(*(p.wait() for p in self.followers))
+        return code
+
+    def _on_rank_exit(self, follower: asyncio.subprocess.Process) -> None:
+        if self._ending_followers:
+            return  # stopped with rank 0
+        rank = self.followers.index(follower) + 1
+        self.rank_exits.append(f"rank {rank} (pid {follower.pid}) {describe_exit(follower.returncode)}")
+        if self.alive:  # a follower went first: the model cannot step without it
+            log.error("%s: %s: stopping every rank", self.model_id, self.rank_exits[-1])
+            self.kill()
 
     def on_ready(self, message: Ready) -> None:
         self.memory = message.memory
@@ -69,7 +119,10 @@ class WorkerProcess:
         if not self.ready.done():
             code = self.proc.returncode
             self.ready.set_exception(
-                WorkerStartError(ErrorCode.MODEL_LOAD_FAILED, f"worker exited during start-up ({describe_exit(code)})")
+                WorkerStartError(
+                    ErrorCode.MODEL_LOAD_FAILED,
+                    f"worker exited during start-up ({self.rank_failure or describe_exit(code)})",
+                )
             )
 
     @property
@@ -94,11 +147,26 @@ class WorkerProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
+        for pid in self.pids:
+            _signal_group(pid, signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
+        _signal_group(self.pid, sig)
+
+
+async def _start(launch: WorkerLaunch) -> asyncio.subprocess.Process:
+    # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
+    proc = await asyncio.create_subprocess_exec(
+        *worker_argv(launch), stdin=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    rank = f" rank {launch.shard.rank} of {launch.shard.ranks}" if launch.shard else ""
+    log.info("spawned worker for %s%s: pid %d", launch.model_id, rank, proc.pid)
+    return proc
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
 
 
 KILLED_FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})

@@ -22,13 +22,14 @@ CONFIG = {
 }
 
 
-def build_tiny_llama(dst: Path, tokenizer_src: Path, dtype: str = "float32"):
-    """Write it to `dst`; returns the model (mlx-lm's Llama) whose weights were written."""
+def build_tiny_llama(dst: Path, tokenizer_src: Path, dtype: str = "float32", **config_changes):
+    """Write it to `dst`; returns the model (mlx-lm's Llama) whose weights were written. `config_changes` go over
+    CONFIG (an untied head, say: random weights tied to the embedding mostly repeat the prompt's last token)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models.llama import Model, ModelArgs
 
-    config = CONFIG | {"torch_dtype": dtype}
+    config = CONFIG | {"torch_dtype": dtype} | config_changes
     dst.mkdir(parents=True)
     model = Model(ModelArgs.from_dict(config))
     weights = {k: v.astype(getattr(mx, dtype)) for k, v in tree_flatten(model.parameters())}

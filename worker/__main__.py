@@ -90,16 +90,24 @@ def parse_launch(argv: list[str] | None = None) -> WorkerLaunch:
         parser.error(str(exc))
 
 
+def rank_of(launch: WorkerLaunch) -> str:
+    """How a sharded model's rank shows in its log lines (" r1"); nothing for a model in one process."""
+    return f" r{launch.shard.rank}" if launch.shard else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     launch = parse_launch(argv)
     logging.basicConfig(
         level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(),
-        format=f"%(asctime)s worker[{launch.model_id}] %(levelname)s %(message)s",
+        format=f"%(asctime)s worker[{launch.model_id}{rank_of(launch)}] %(levelname)s %(message)s",
     )
     from worker.cpu_tuning import preload_blas
 
     preload_blas()  # before anything imports mlx.core: MLX binds its BLAS symbols when it loads
-    from worker.process import run
+    if launch.shard is not None and launch.shard.rank > 0:
+        from worker.lockstep import run_follower as run
+    else:
+        from worker.process import run
 
     code = run(launch)
     logging.shutdown()

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.errors import ErrorCode
-from protocol.launch import EngineSettings
+from protocol.launch import EngineSettings, ShardLaunch
 
 # Where an engine sends its events (TextChunk, Finished, GenerationError, Embeddings, RerankScores, and the speech
 # events of protocol/audio.py): the generation thread's socket, or a list in tests.
@@ -63,12 +63,15 @@ class ModelToLoad:
     model_type: str = "llm"
     context_length: int | None = None  # None: what the model declares
     draft_source: str | None = None  # a draft model for speculative decoding (llm only)
+    shard: ShardLaunch | None = None  # this process's rank of a sharded model (llm only; worker/lockstep.py)
 
 
 def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, object]:
     """(engine, loaded model) for `model`, by its type."""
     if model.draft_source and model.model_type != "llm":
         raise ValueError(f"a draft model is for speculative decoding of llm models, not {model.model_type}")
+    if model.shard is not None and (model.model_type != "llm" or model.draft_source):
+        raise ValueError("a sharded model is an llm without a draft model")
     if model.model_type == "embedding":
         from worker.embedding_engine import EmbeddingEngine, load_encoder
 
@@ -95,6 +98,10 @@ def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, ob
         return FixedTokenEngine(options.max_waiting), Nothing()
     if model.model_type != "llm":
         raise ValueError(f"unknown model type {model.model_type!r} (known: {', '.join(MODEL_TYPES)})")
+    if model.shard is not None:
+        from worker.lockstep import load_sharded_engine
+
+        return load_sharded_engine(model.source, model.context_length, model.shard, options)
     from worker.batch_engine import BatchEngine
     from worker.model_loader import load_model
 

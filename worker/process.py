@@ -51,7 +51,7 @@ def run(launch: WorkerLaunch) -> int:
         endpoint=launch.data_endpoint,
     )
     transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt, launch.curve)
-    model = ModelToLoad(launch.source, launch.model_type, launch.context_length, launch.draft_source)
+    model = ModelToLoad(launch.source, launch.model_type, launch.context_length, launch.draft_source, launch.shard)
     generation = GenerationThread(
         ctx, model, launch.engine, launch.instance_id, inbox, drain, halt, launch.memory_charge_bytes
     )

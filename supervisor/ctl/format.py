@@ -109,25 +109,37 @@ def duration(seconds: float | None) -> str:
 
 
 def ps_view(report) -> list[RenderableType | str]:
-    """A StatusReport as `ctl ps` shows it: the budget line, then one row per configured model."""
+    """A StatusReport as `ctl ps` shows it: the budget line, then one row per configured model (a sharded model's
+    ranks in a column of their own, shown where a model is sharded)."""
+    sharded = any(m.shard_mode for m in report.models)
     rows = [
         [
             m.id + (" (pinned)" if m.pinned else ""),
             styled(m.state, m.state + ("" if m.alive in (None, True) else " (no pong)")),
-            str(m.pid or "-"),
+            ",".join(str(r.pid) for r in m.ranks) or str(m.pid or "-"),
             gigabytes(m.charged_bytes),
             gigabytes(m.memory_bytes),
             duration(m.uptime_seconds),
             duration(m.idle_seconds),
             str(m.in_flight) if m.pid else "-",
             m.compute or "-",
+            *([ranks_cell(m)] if sharded else []),
             ", ".join(m.aliases) or "-",
         ]
         for m in report.models
     ]
-    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE", "ALIASES"]
+    headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
+    headers += ["RANKS", "ALIASES"] if sharded else ["ALIASES"]
     budget = [budget_line(report.memory)] if report.memory is not None else []
     return [*budget, table(headers, rows)]
+
+
+def ranks_cell(m) -> str:
+    """A sharded model's ranks: where each runs and what it holds (rank 0's first); "-" for one process."""
+    if not m.ranks:
+        return f"{m.shard_mode}, not running" if m.shard_mode else "-"
+    each = " | ".join(f"r{r.rank}@{r.host or 'here'} {gigabytes(r.memory_bytes)}" for r in m.ranks)
+    return f"{len(m.ranks)} {m.shard_mode}: {each}"
 
 
 def memory_view(reply) -> list[RenderableType | str]:
