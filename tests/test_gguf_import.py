@@ -121,6 +121,7 @@ def _logprobs(model, tokens: mx.array) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
+@pytest.mark.timeout(900)  # llama-quantize, then a `ctl import` that dequantizes every tensor: minutes on a busy CPU
 @pytest.mark.parametrize(
     ("kind", "tensor_type", "max_kl", "min_agreement"),
     # Tolerances: mean KL divergence from the source over the prompt's positions, and how often the most likely
