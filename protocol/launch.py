@@ -161,6 +161,25 @@ class LlamaCppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             raise ValueError("llama_cpp: n_gpu_layers must be 0 or more")
 
 
+LLAMA_CPP_ENGINE_SETTINGS = ("prompt_cache_mb", "num_draft_tokens", "max_waiting")  # what a gguf model's engine takes
+
+
+def refuse_mlx_only_settings(engine: EngineSettings) -> None:
+    """A gguf model's llama-server has no use for the MLX engine's batching, KV quantization or disk prompt cache:
+    those settings, set away from their defaults, are refused rather than silently ignored."""
+    default = EngineSettings()
+    unused = [
+        f"engine.{name}"
+        for name in EngineSettings.__struct_fields__
+        if name not in LLAMA_CPP_ENGINE_SETTINGS and getattr(engine, name) != getattr(default, name)
+    ]
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)}: MLX engine settings that a gguf model (llama.cpp) does not take; it takes "
+            f"engine.{', engine.'.join(LLAMA_CPP_ENGINE_SETTINGS)} and llama_cpp (parallel, threads, n_gpu_layers)"
+        )
+
+
 class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     """What one worker process serves, where, and how it ends. Built by the supervisor for each spawn."""
 

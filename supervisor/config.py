@@ -20,7 +20,7 @@ from protocol import ErrorCode
 from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.generation import SamplingDefaults
 from protocol.hosts import HostSpec, check_hosts
-from protocol.launch import SHARD_BACKENDS, SHARD_MODES, EngineSettings, LlamaCppSettings
+from protocol.launch import SHARD_BACKENDS, SHARD_MODES, EngineSettings, LlamaCppSettings, refuse_mlx_only_settings
 from supervisor.bundled import BUNDLED_PREFIX, bundled_path
 from supervisor.model_names import CLAUDE_TIERS, RUNTIME_ALIASES_FILE, ModelNames, NameRefused
 
@@ -105,6 +105,11 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError(f"model {self.id!r}: draft_model (speculative decoding) is for types llm and gguf only")
         if self.llama_cpp is not None and self.type != "gguf":
             raise ValueError(f"model {self.id!r}: llama_cpp settings are for type gguf only")
+        if self.type == "gguf":
+            try:
+                refuse_mlx_only_settings(self.engine)
+            except ValueError as exc:
+                raise ValueError(f"model {self.id!r}: {exc}") from None
         if self.memory_gb is not None and self.memory_gb <= 0:
             raise ValueError(f"model {self.id!r}: memory_gb must be positive")
 

@@ -55,6 +55,8 @@ def test_a_gguf_model_may_be_a_bundled_file_with_a_draft(tmp_path):
         ("models:\n  - {id: a, source: x, type: music}\n", "not supported"),
         ("models:\n  - {id: a, source: x, llama_cpp: {parallel: 2}}\n", "type gguf only"),
         ("models:\n  - {id: a, source: x.gguf, type: gguf, llama_cpp: {parallel: 0}}\n", "at least 1"),
+        ("models:\n  - {id: a, source: x.gguf, type: gguf, engine: {kv_bits: 4}}\n", "engine.kv_bits: MLX engine"),
+        ("models:\n  - {id: a, source: x.gguf, type: gguf, engine: {prompt_cache_dir: /c}}\n", "prompt_cache_dir"),
         ("models:\n  - {id: a, source: org/repo}\n", "set memory_gb"),
         ("memory_budget_gb: 0\nmodels:\n  - {id: a, source: x}\n", "memory_budget_gb"),
         ("models: []\n", "no models"),

@@ -26,7 +26,7 @@ from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
 from protocol.generation import Finished, FinishReason, GenerateRequest, TextChunk, Usage, failure
-from protocol.launch import EngineSettings, LlamaCppSettings
+from protocol.launch import EngineSettings, LlamaCppSettings, refuse_mlx_only_settings
 from worker.backends import EngineFailed
 from worker.containment import failed
 from worker.llama_server import LlamaServer, build_backend
@@ -58,6 +58,7 @@ def load_gguf(
     source: str, context_length: int | None, draft: str | None, llama: LlamaCppSettings, engine: EngineSettings
 ) -> LoadedGGUF:
     started = time.perf_counter()
+    refuse_mlx_only_settings(engine)  # a standalone worker's flags: the supervisor's config refuses them sooner
     for path in (source, draft):
         if path is not None and not (Path(path).is_file() and path.endswith(".gguf")):
             raise FileNotFoundError(f"{path!r} is not a .gguf file")
