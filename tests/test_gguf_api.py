@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -15,6 +16,7 @@ import psutil
 import pytest
 from openai import OpenAI
 
+from supervisor.memory_budget import gguf_kv_bytes
 from tests.conftest import MODEL
 from tests.harness import Server, gone, track, wait_until, write_config
 from tests.test_failures import STORY, _model
@@ -213,8 +215,15 @@ def test_abort_frees_the_slot_and_memory_covers_llama_server(gguf_server, gclien
         assert _slots_processing(llama) == 1
     assert wait_until(lambda: _slots_processing(llama) == 0, timeout=30)
     assert wait_until(lambda: _model(gguf_server, "g").in_flight == 0, timeout=30)
-    # The worker reports its own resident set and llama-server's: the weights and KV cache live there.
+    # The worker reports its own resident set and llama-server's: the weights and KV cache live there. By kind, the
+    # GGUF file llama-server maps is the weights, the rest of its resident set (mostly the KV cache it allocated
+    # for 8 slots x 1024 tokens at start) the KV cache, and the kinds add up to what the budget charges.
     assert wait_until(lambda: _model(gguf_server, "g").worker_memory.rss_bytes > llama.memory_info().rss, timeout=30)
+    memory = _model(gguf_server, "g").worker_memory
+    weights = Path(llama.cmdline()[llama.cmdline().index("--model") + 1])
+    assert memory.weights_bytes == weights.stat().st_size
+    assert memory.kv_cache_bytes >= 8 * gguf_kv_bytes(weights, 1024)
+    assert sum(memory.by_kind().values()) == memory.resident_bytes
 
 
 def test_worker_killed_mid_stream_is_an_error_and_the_next_request_works(gguf_server, gclient):
