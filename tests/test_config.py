@@ -1,7 +1,8 @@
 import pytest
 
-from protocol.launch import LlamaCppSettings
+from protocol.launch import EngineSettings, LlamaCppSettings
 from supervisor.config import load_config
+from worker.backends import ModelToLoad, load_engine
 
 
 def write(tmp_path, text):
@@ -45,6 +46,13 @@ def test_a_gguf_model_may_be_a_bundled_file_with_a_draft(tmp_path):
     assert config.source_of(spec).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # the packaged file, not a copy
     assert config.draft_source_of(spec) == str(tmp_path / "small.gguf")
     assert spec.llama_cpp == LlamaCppSettings(parallel=2, threads=1)
+
+
+def test_a_standalone_gguf_worker_refuses_the_mlx_engines_settings_before_starting_llama_server(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"engine\.kv_bits: MLX engine settings"):
+        load_engine(ModelToLoad(str(gguf), "gguf"), EngineSettings(kv_bits=8))
 
 
 @pytest.mark.parametrize(
