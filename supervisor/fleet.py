@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from protocol import ErrorCode
 from protocol.control import ModelType, Pong
 from protocol.ctl import ModelInfo
-from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
+from protocol.launch import LlamaCppSettings, WorkerLaunch, new_instance_id, worker_endpoint
 from supervisor.config import GB, Config, ModelSpec
 from supervisor.host import Host
 from supervisor.memory_budget import MemoryBudget
@@ -228,6 +228,7 @@ class Fleet:
             context_length=slot.spec.context_length,
             draft_source=slot.draft_source,
             engine=slot.spec.engine,
+            llama_cpp=slot.spec.llama_cpp or LlamaCppSettings(),
             data_endpoint=worker_endpoint(self.run_dir, slot.spec.id, self.host and self.host.data_address),
             curve=self.host and self.host.worker_curve(),
             supervisor_endpoint=self.workers_endpoint,
@@ -296,6 +297,7 @@ class Fleet:
 
     def _on_exit(self, slot: ModelSlot, worker: WorkerProcess) -> None:
         worker.on_exit()
+        worker.kill()  # its process groups: whatever the worker started (a gguf worker's llama-server) goes too
         for pid in worker.pids:
             self.registry.remove(pid)
         self._forget(worker)

@@ -1,8 +1,10 @@
 """Convert a llama-family GGUF file into an MLX model directory that mlx-lm loads.
 
 `mlx.core.load` reads GGUF natively: Q4_0, Q4_1 and Q8_0 tensors arrive as MLX affine-quantized triplets
-(weight/scales/biases), everything else as plain arrays. What remains is naming: tensor names move to the
-Hugging Face layout mlx-lm expects, the model config and the tokenizer are rebuilt from GGUF metadata.
+(weight/scales/biases), everything else as plain arrays. A file with other types (K-quants such as Q4_K_M,
+Q5_K, Q6_K, IQ-quants, ...) is dequantized with the `gguf` package and quantized again with MLX
+(supervisor/gguf_dequant.py). What remains is naming: tensor names move to the Hugging Face layout mlx-lm
+expects, the model config and the tokenizer are rebuilt from GGUF metadata.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
+from gguf import GGUFReader
+
+from supervisor.gguf_dequant import check_readable, metadata, needs_dequantizing, requantized_weights
 
 # GGUF tensor name (inside blk.N.) -> mlx-lm llama module path (inside model.layers.N.)
 _LAYER_NAMES = {
@@ -28,6 +33,7 @@ _LAYER_NAMES = {
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _SUPPORTED_ARCHS = {"llama"}
 GGUF_BLOCK = 32
+DEFAULT_GROUP_SIZE = 64
 
 
 class GGUFConvertError(ValueError):
@@ -79,9 +85,10 @@ def model_config(meta: dict, quantization: dict, tied: bool) -> dict:
 
 
 def convert_weights(
-    weights: dict[str, mx.array], progress: Callable[[int], None] = lambda n: None
+    weights: dict[str, mx.array], progress: Callable[[int], None] = lambda n: None, group_size: int = GGUF_BLOCK
 ) -> tuple[dict[str, mx.array], dict]:
-    """Rename tensors; return them with the per-module quantization config mlx-lm needs."""
+    """Rename tensors; return them with the per-module quantization config mlx-lm needs. `group_size`: 32 for
+    what mx.load read (Q4_0, Q4_1 and Q8_0 all quantize blocks of 32), the chosen one for requantized tensors."""
     out: dict[str, mx.array] = {}
     per_module: dict[str, dict] = {}
     for name in sorted(weights):
@@ -89,10 +96,9 @@ def convert_weights(
         hf = _hf_module(module)
         out[f"{hf}.{kind}"] = weights[name]
         if kind == "scales":
-            # Q4_0, Q4_1 and Q8_0 all quantize blocks of 32 along the input dimension.
-            in_features = weights[name].shape[-1] * GGUF_BLOCK
+            in_features = weights[name].shape[-1] * group_size
             per_module[hf] = {
-                "group_size": GGUF_BLOCK,
+                "group_size": group_size,
                 "bits": weights[f"{module}.weight"].shape[-1] * 32 // in_features,
             }
         progress(1)
@@ -113,7 +119,8 @@ def tokenizer_files(meta: dict) -> dict[str, dict]:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
-    types = meta["tokenizer.ggml.token_type"].tolist()
+    types = meta["tokenizer.ggml.token_type"]
+    types = types.tolist() if isinstance(types, mx.array) else list(types)
     vocab = {tok: i for i, tok in enumerate(tokens)}
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
@@ -133,7 +140,7 @@ def tokenizer_files(meta: dict) -> dict[str, dict]:
 
     def token(key: str) -> str | None:
         idx = meta.get(f"tokenizer.ggml.{key}_token_id")
-        return None if idx is None else tokens[int(idx.item())]
+        return None if idx is None else tokens[int(_scalar(meta, f"tokenizer.ggml.{key}_token_id"))]
 
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -150,11 +157,25 @@ def tokenizer_files(meta: dict) -> dict[str, dict]:
     return {"tokenizer.json": json.loads(tok.to_str()), "tokenizer_config.json": config}
 
 
-def convert_gguf(src: Path, dst: Path, progress_factory=None) -> dict:
-    """Write an MLX model directory at `dst` from the GGUF file `src`; return its config."""
-    weights, meta = mx.load(str(src), return_metadata=True)
+def convert_gguf(
+    src: Path, dst: Path, progress_factory=None, bits: int | None = None, group_size: int = DEFAULT_GROUP_SIZE
+) -> dict:
+    """Write an MLX model directory at `dst` from the GGUF file `src`; return its config. `bits` and `group_size`
+    apply to files MLX cannot load as they are (default: the nearest MLX bits per tensor, groups of 64)."""
+    reader = GGUFReader(src)
+    if needs_dequantizing(reader) or bits is not None:
+        check_readable(reader)  # before any work: a type it cannot read is refused at once
+        bar = progress_factory(len(reader.tensors), "dequantizing and quantizing") if progress_factory else None
+        weights = requantized_weights(reader, bits, group_size, bar.update if bar else (lambda n: None))
+        meta = metadata(reader)
+    else:
+        weights, meta = mx.load(str(src), return_metadata=True)
+        bar, group_size = None, GGUF_BLOCK
+    if bar:
+        bar.close()
+    del reader
     bar = progress_factory(len(weights), "converting tensors") if progress_factory else None
-    hf_weights, quantization = convert_weights(weights, bar.update if bar else (lambda n: None))
+    hf_weights, quantization = convert_weights(weights, bar.update if bar else (lambda n: None), group_size)
     if bar:
         bar.close()
     config = model_config(meta, quantization, tied="lm_head.weight" not in hf_weights)

@@ -24,6 +24,7 @@ import psutil
 
 from protocol.control import MemoryReport
 from protocol.ctl import BudgetInfo
+from protocol.launch import LlamaCppSettings
 from supervisor.config import GB, ModelSpec
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ def estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None = None
     vision backend no prompt cache. A sharded model: all its ranks (each rank's share: this over the rank count)."""
     if spec.memory_gb is not None:
         return int(spec.memory_gb * GB)
+    if spec.type == "gguf":
+        return gguf_estimate_bytes(spec, source, draft_source)
     if not Path(source).is_dir():  # hub models must state memory_gb (the config checks), so this is a directory
         return RUNTIME_BYTES  # nothing to load: the worker will fail with the loader's own message
     # A sharded model's ranks divide its weights and KV cache; each is a worker with its own runtime and cache.
@@ -79,6 +82,38 @@ def kv_cache_bytes(config_path: Path, context_length: int | None, value_bytes: f
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return 0
     return int(2 * layers * kv_heads * head_dim * context * value_bytes)
+
+
+def gguf_estimate_bytes(spec: ModelSpec, source: str, draft_source: str | None) -> int:
+    """llama-server: the GGUF files, a KV cache of `parallel` slots x the whole context for the model (and its
+    draft), allocated when it starts, its host-memory prompt cache (--cache-ram) and the worker's runtime."""
+    parallel = (spec.llama_cpp or LlamaCppSettings()).parallel
+    total = RUNTIME_BYTES + spec.engine.prompt_cache_bytes
+    for path in (Path(source), *([Path(draft_source)] if draft_source else [])):
+        if path.is_file():
+            total += path.stat().st_size + parallel * gguf_kv_bytes(path, spec.context_length)
+    return total
+
+
+def gguf_kv_bytes(path: Path, context_length: int | None) -> int:
+    """Keys and values (float16) for every layer over one slot's context, from the GGUF's metadata (0 if unknown)."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+        arch = fields["general.architecture"].contents()
+
+        def value(key: str, default=None):
+            field = fields.get(f"{arch}.{key}")
+            return field.contents() if field is not None else default
+
+        heads = value("attention.head_count")
+        kv_heads = value("attention.head_count_kv", heads)
+        head_dim = value("attention.key_length") or value("embedding_length") // heads
+        context = context_length or value("context_length", 4096)
+        return 2 * value("block_count") * kv_heads * head_dim * context * KV_BYTES_PER_VALUE
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return 0
 
 
 class Reporting(Protocol):

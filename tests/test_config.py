@@ -1,6 +1,8 @@
 import pytest
 
+from protocol.launch import EngineSettings, LlamaCppSettings
 from supervisor.config import load_config
+from worker.backends import ModelToLoad, load_engine
 
 
 def write(tmp_path, text):
@@ -32,12 +34,37 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
     assert config.draft_source_of(config.models["a"]) is None
 
 
+def test_a_gguf_model_may_be_a_bundled_file_with_a_draft(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            "models:\n  - {id: g, source: 'bundled:smollm2-135m-instruct', type: gguf, draft_model: ./small.gguf,"
+            " llama_cpp: {parallel: 2, threads: 1}}\n",
+        )
+    )
+    spec = config.models["g"]
+    assert config.source_of(spec).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # the packaged file, not a copy
+    assert config.draft_source_of(spec) == str(tmp_path / "small.gguf")
+    assert spec.llama_cpp == LlamaCppSettings(parallel=2, threads=1)
+
+
+def test_a_standalone_gguf_worker_refuses_the_mlx_engines_settings_before_starting_llama_server(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"engine\.kv_bits: MLX engine settings"):
+        load_engine(ModelToLoad(str(gguf), "gguf"), EngineSettings(kv_bits=8))
+
+
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
         ("models:\n  - {id: a, source: x, memroy_gb: 3}\n", "memroy_gb"),
         ("models:\n  - {id: a, source: x}\n  - {id: b, source: y, aliases: [a]}\n", "used twice"),
         ("models:\n  - {id: a, source: x, type: music}\n", "not supported"),
+        ("models:\n  - {id: a, source: x, llama_cpp: {parallel: 2}}\n", "type gguf only"),
+        ("models:\n  - {id: a, source: x.gguf, type: gguf, llama_cpp: {parallel: 0}}\n", "at least 1"),
+        ("models:\n  - {id: a, source: x.gguf, type: gguf, engine: {kv_bits: 4}}\n", "engine.kv_bits: MLX engine"),
+        ("models:\n  - {id: a, source: x.gguf, type: gguf, engine: {prompt_cache_dir: /c}}\n", "prompt_cache_dir"),
         ("models:\n  - {id: a, source: org/repo}\n", "set memory_gb"),
         ("memory_budget_gb: 0\nmodels:\n  - {id: a, source: x}\n", "memory_budget_gb"),
         ("models: []\n", "no models"),
@@ -45,7 +72,7 @@ def test_resolves_ids_aliases_and_the_default(tmp_path):
         ("models: [\n", "models.yaml"),
         ("models:\n  - {id: a, source: x, draft_model: org/small}\n", "its draft"),
         ("models:\n  - {id: a, source: x, engine: {num_draft_tokens: 0}}\n", "num_draft_tokens"),
-        ("models:\n  - {id: a, source: x, type: embedding, draft_model: b}\n", "llm only"),
+        ("models:\n  - {id: a, source: x, type: embedding, draft_model: b}\n", "llm and gguf only"),
         ("fallback_model: nope\nmodels:\n  - {id: a, source: x}\n", "fallback_model"),
         ("defaults: {temperature: 3}\nmodels:\n  - {id: a, source: x}\n", "temperature 3"),
         ("presets: {p: {max_tokens: 0}}\nmodels:\n  - {id: a, source: x}\n", "max_tokens 0"),

@@ -16,7 +16,8 @@ import pytest
 import worker.batch_engine
 import worker.sequence
 from protocol.generation import Finished, GenerateRequest, GenerationError, SamplingParams, ToolSpec
-from protocol.launch import EngineSettings
+from protocol.launch import EngineSettings, LlamaCppSettings
+from supervisor.bundled import bundled_path
 from tests.conftest import MODEL, VLM
 from tests.test_engine import PARIS, chat, finished, run, text_of
 from tests.test_failures import STORY, _model
@@ -183,6 +184,24 @@ def test_a_full_queue_refuses_instead_of_growing(loaded):
     assert engine.submit(chat("a", PARIS)) and engine.submit(chat("b", PARIS))
     assert not engine.submit(chat("c", PARIS))
     assert engine.queued == 2
+
+
+@pytest.mark.needs_tool("llama-server")
+def test_a_gguf_request_that_fails_ends_alone_and_a_full_queue_refuses():
+    model = ModelToLoad(str(bundled_path(MODEL)), "gguf", 256, llama_cpp=LlamaCppSettings(parallel=1))
+    engine, _ = load_engine(model, EngineSettings(max_waiting=2))
+    try:
+        hostile_seed = chat("bad-seed", PARIS, temperature=0.7, seed=-1, max_tokens=4)
+        assert engine.submit(hostile_seed) and engine.submit(chat("after", PARIS, **GREEDY))
+        assert not engine.submit(chat("refused", PARIS))  # two waiting for the one slot: the queue is full
+        events = []
+        while engine.busy:
+            engine.step(events.append)
+        codes = {e.request_id: e.code for e in events if isinstance(e, GenerationError)}
+        assert codes == {"bad-seed": "invalid_request"}
+        assert finished(events, "after").usage.completion_tokens > 0
+    finally:
+        engine.close()
 
 
 @pytest.fixture(scope="module")

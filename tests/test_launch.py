@@ -8,6 +8,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.control import ModelType
 from protocol.launch import (
     EngineSettings,
+    LlamaCppSettings,
     WorkerLaunch,
     decode_launch,
     encode_launch,
@@ -25,6 +26,7 @@ FULL = WorkerLaunch(
     context_length=4096,
     draft_source="/models/qwen3-small",
     engine=EngineSettings(decode_concurrency=2, prompt_cache_mb=0, num_draft_tokens=5),
+    llama_cpp=LlamaCppSettings(parallel=2, threads=3),
     data_endpoint="ipc:///run/worker-qwen3.sock",
     supervisor_endpoint="ipc:///run/supervisor-workers.sock",
     shutdown_grace=2.5,
@@ -47,9 +49,11 @@ def test_standalone_flags_build_the_same_struct_with_its_defaults(tmp_path):
     assert launch.engine == EngineSettings() and launch.supervisor_endpoint is None and not launch.exit_with_stdin
     tuned = parse_launch(
         ["--model-id", "m", "--source", "/s", "--endpoint", "ipc:///x", "--decode-concurrency", "2",
-         "--model-type", "embedding", "--supervisor", workers_endpoint(tmp_path), "--exit-with-stdin"]
+         "--model-type", "embedding", "--supervisor", workers_endpoint(tmp_path), "--exit-with-stdin",
+         "--parallel", "2", "--n-gpu-layers", "0"]
     )  # fmt: skip
     assert tuned.engine == EngineSettings(decode_concurrency=2)
+    assert tuned.llama_cpp == LlamaCppSettings(parallel=2, n_gpu_layers=0)
     assert tuned.model_type is ModelType.EMBEDDING and tuned.data_endpoint == "ipc:///x"
     assert tuned.supervisor_endpoint == workers_endpoint(tmp_path) and tuned.exit_with_stdin
     assert len(tuned.instance_id) == 12  # made up when the flags give none
@@ -64,6 +68,7 @@ def test_standalone_flags_build_the_same_struct_with_its_defaults(tmp_path):
         (["--launch", "{not json"], "JSON"),
         (["--source", "/s"], "--model-id and --source are required"),
         (["--model-id", "m", "--source", "/s", "--num-draft-tokens", "0"], "num_draft_tokens must be at least 1"),
+        (["--model-id", "m", "--source", "/s", "--parallel", "0"], "parallel and threads must be at least 1"),
     ],
 )
 def test_a_launch_the_worker_cannot_use_stops_it_with_the_reason(argv, complaint, capsys):

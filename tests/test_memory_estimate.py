@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from protocol.launch import EngineSettings
+from protocol.launch import EngineSettings, LlamaCppSettings
+from supervisor.bundled import bundled_path
 from supervisor.config import GB, ModelSpec
 from supervisor.memory_budget import RUNTIME_BYTES, estimate_bytes
 from tests.conftest import EMBEDDER, MODEL, VLM
@@ -67,3 +68,12 @@ def test_a_vision_model_is_charged_its_kv_cache_but_no_prompt_cache(model_store)
     spec = ModelSpec(id="v", source=VLM, type="vlm", context_length=1024)
     kv = 2 * 2 * 2 * 16 * 1024 * 2  # keys+values x layers x kv heads x head dim x tokens x float16
     assert estimate_bytes(spec, str(directory)) == weights + kv + RUNTIME_BYTES
+
+
+def test_a_gguf_model_is_charged_its_file_and_a_kv_cache_per_slot():
+    gguf = bundled_path(MODEL)
+    llama = LlamaCppSettings(parallel=8)
+    spec = ModelSpec(id="g", source="x", type="gguf", context_length=1024, llama_cpp=llama)
+    kv = 2 * 30 * 3 * 64 * 1024 * 2  # one slot's keys and values over its context, float16 (from the GGUF's metadata)
+    cache = 512 * 2**20  # llama.cpp's --cache-ram
+    assert estimate_bytes(spec, str(gguf)) == gguf.stat().st_size + 8 * kv + cache + RUNTIME_BYTES

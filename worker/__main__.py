@@ -22,6 +22,7 @@ from protocol.launch import (
     LOG_LEVEL_ENV,
     RUN_DIR_ENV,
     EngineSettings,
+    LlamaCppSettings,
     WorkerLaunch,
     decode_launch,
     new_instance_id,
@@ -62,12 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     flag(parser, "--shutdown-grace", "seconds to drain on SIGTERM", type=float)
     engine = parser.add_argument_group("engine")
     flag(engine, "--draft-source", "draft model (directory or repo id) for speculative decoding")
-    for field in msgspec.structs.fields(EngineSettings):
+    _struct_flags(engine, EngineSettings)
+    _struct_flags(parser.add_argument_group("llama.cpp (type gguf)"), LlamaCppSettings)
+    return parser
+
+
+def _struct_flags(group, struct: type[msgspec.Struct]) -> None:
+    """A flag per field of `struct`, typed and described by its annotation."""
+    for field in msgspec.structs.fields(struct):
         kind, meta = typing.get_args(field.type)
         kind = (typing.get_args(kind) or (kind,))[0]  # an optional setting (int | None) is given as its type
         name = f"--{field.name.replace('_', '-')}"
-        engine.add_argument(name, type=kind, help=f"{meta.description} (default: {field.default})")
-    return parser
+        group.add_argument(name, type=kind, help=f"{meta.description} (default: {field.default})")
 
 
 def parse_launch(argv: list[str] | None = None) -> WorkerLaunch:
@@ -80,12 +87,13 @@ def parse_launch(argv: list[str] | None = None) -> WorkerLaunch:
             parser.error(f"--model-id and --source are required (or {LAUNCH_FLAG})")
         fields = {name: value for name, value in args.items() if name in WorkerLaunch.__struct_fields__}
         engine = {name: value for name, value in args.items() if name in EngineSettings.__struct_fields__}
+        llama_cpp = {name: value for name, value in args.items() if name in LlamaCppSettings.__struct_fields__}
         fields.setdefault("instance_id", new_instance_id())
         if "data_endpoint" not in fields:
             run_dir = Path(args["run_dir"]).resolve() if "run_dir" in args else run_dir_from_env()
             private_run_dir(run_dir)
             fields["data_endpoint"] = worker_endpoint(run_dir, fields["model_id"])
-        return msgspec.convert(fields | {"engine": engine}, WorkerLaunch)
+        return msgspec.convert(fields | {"engine": engine, "llama_cpp": llama_cpp}, WorkerLaunch)
     except ValueError as exc:  # msgspec's errors name the field
         parser.error(str(exc))
 

@@ -1,16 +1,17 @@
 """The backend a worker runs, chosen by the model's type in the config: each loads its model and gives an
 `Engine` (batch_engine.BatchEngine for llm, vision_engine.VisionEngine for vlm, embedding_engine.EmbeddingEngine
-for embedding, stt_engine.SpeechToTextEngine for stt, tts_engine.TextToSpeechEngine for tts)."""
+for embedding, stt_engine.SpeechToTextEngine for stt, tts_engine.TextToSpeechEngine for tts, gguf_engine.GGUFEngine
+for gguf)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from protocol.control import MODEL_TYPES, bench_backend_allowed
 from protocol.errors import ErrorCode
-from protocol.launch import EngineSettings, ShardLaunch
+from protocol.launch import EngineSettings, LlamaCppSettings, ShardLaunch
 
 # Where an engine sends its events (TextChunk, Finished, GenerationError, Embeddings, RerankScores, and the speech
 # events of protocol/audio.py): the generation thread's socket, or a list in tests.
@@ -55,23 +56,34 @@ class Engine(Protocol):
         """(KV caches of the live requests, prompt cache) in bytes, for the worker's memory report."""
 
 
+class EngineFailed(RuntimeError):
+    """Raised by `step` when the engine can serve nothing more (a process it depends on died): unlike a bug in a
+    step, which ends the requests in hand, this ends the worker, and the supervisor starts another."""
+
+
 @dataclass(frozen=True)
 class ModelToLoad:
     """What a worker loads: the part of its WorkerLaunch (protocol/launch.py) the backends need."""
 
-    source: str  # a directory, or a hub repo id
+    source: str  # a directory, or a hub repo id (type gguf: a .gguf file)
     model_type: str = "llm"
     context_length: int | None = None  # None: what the model declares
-    draft_source: str | None = None  # a draft model for speculative decoding (llm only)
+    draft_source: str | None = None  # a draft model for speculative decoding (llm and gguf)
     shard: ShardLaunch | None = None  # this process's rank of a sharded model (llm only; worker/lockstep.py)
+    llama_cpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)  # type gguf: how llama-server runs it
 
 
 def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, object]:
     """(engine, loaded model) for `model`, by its type."""
-    if model.draft_source and model.model_type != "llm":
-        raise ValueError(f"a draft model is for speculative decoding of llm models, not {model.model_type}")
+    if model.draft_source and model.model_type not in ("llm", "gguf"):
+        raise ValueError(f"a draft model is for speculative decoding of llm and gguf models, not {model.model_type}")
     if model.shard is not None and (model.model_type != "llm" or model.draft_source):
         raise ValueError("a sharded model is an llm without a draft model")
+    if model.model_type == "gguf":
+        from worker.gguf_engine import GGUFEngine, load_gguf
+
+        loaded = load_gguf(model.source, model.context_length, model.draft_source, model.llama_cpp, options)
+        return GGUFEngine(loaded, options.max_waiting), loaded
     if model.model_type == "embedding":
         from worker.embedding_engine import EmbeddingEngine, load_encoder
 

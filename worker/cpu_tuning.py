@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import logging
 import os
 import sys
@@ -29,7 +30,12 @@ _blas = "reference"  # what preload_blas() achieved in this process
 
 
 def enabled() -> bool:
-    return sys.platform == "linux" and os.environ.get("MLX_SERVER_CPU_TUNING", "on") != "off"
+    return sys.platform == "linux" and os.environ.get("MLX_SERVER_CPU_TUNING", "on") != "off" and not _cuda_build()
+
+
+def _cuda_build() -> bool:
+    """MLX installed with its CUDA backend (the cuda extra, mlx[cuda]): it computes on the GPU, no CPU tuning."""
+    return any((d.metadata["Name"] or "").startswith("mlx-cuda") for d in importlib.metadata.distributions())
 
 
 def preload_blas(library: str | None = None) -> str:
@@ -76,7 +82,7 @@ def tune_model(model, total_memory: int):
     import mlx.core as mx
 
     if mx.default_device() != mx.cpu:
-        return model, "gpu"
+        return model, "gpu: cuda" if mx.cuda.is_available() else "gpu: metal"
     if not enabled():
         return model, "cpu: stock (tuning off)"
     if _blas != "openblas":

@@ -2,7 +2,8 @@
 
 A ping is answered here rather than by the socket thread, so a Pong proves the generation loop is turning.
 Nothing a request carries ends this thread: the engines contain what a request causes, and what still escapes
-a step or a message's handling ends the requests involved, with internal_error, while the loop goes on.
+a step or a message's handling ends the requests involved, with internal_error, while the loop goes on. Only an
+engine that can serve nothing more (EngineFailed: a gguf worker's llama-server died) ends it, and the worker.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, ModelType, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
 from protocol.launch import EngineSettings
-from worker.backends import Engine, ModelToLoad, load_engine
-from worker.memory import FreedMemory, bound_memory, memory_report
+from worker.backends import Engine, EngineFailed, ModelToLoad, load_engine
+from worker.memory import FreedMemory, bound_memory, memory_report, weights_in_child
 from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
 
@@ -56,6 +57,7 @@ class GenerationThread(threading.Thread):
         self._memory_charge = memory_charge
         self._freed = FreedMemory()
         self.load_failed = False
+        self.failed = False  # the engine failed after loading (EngineFailed): the worker exits with an error
         self.loaded = threading.Event()  # the model is loaded: from now on a halt is served by the loop
 
     def run(self) -> None:
@@ -65,7 +67,15 @@ class GenerationThread(threading.Thread):
             engine = self._load()
             if engine is not None:
                 self.loaded.set()
-                self._serve(engine)
+                try:
+                    self._serve(engine)
+                except EngineFailed as exc:
+                    log.error("the engine failed: %s", exc)
+                    self.failed = True
+                    engine.abort_all(self._emit, ErrorCode.WORKER_CRASHED, str(exc))
+                finally:
+                    if hasattr(engine, "close"):  # an engine that holds a process (gguf's llama-server)
+                        engine.close()
         finally:
             self._out.close(linger=1000)
 
@@ -81,15 +91,18 @@ class GenerationThread(threading.Thread):
             )
             return None
         log.info("loaded %s in %.1fs", self._model.source, loaded.load_seconds)
-        keeps_kv = self._model.model_type == ModelType.LLM  # the engine with a KV and prompt cache budget
-        bound_memory(self._memory_charge, self._options.prompt_cache_bytes if keeps_kv else 0)
+        if self._model.model_type == ModelType.GGUF:  # llama-server holds the model: MLX has nothing to bound
+            weights_in_child(loaded.weights_bytes)
+        else:
+            keeps_kv = self._model.model_type == ModelType.LLM  # the engine with a KV and prompt cache budget
+            bound_memory(self._memory_charge, self._options.prompt_cache_bytes if keeps_kv else 0)
         self._to_supervisor(
             Ready(
                 instance_id=self._instance_id,
                 memory=memory_report(),
                 context_length=loaded.context_length,
                 load_seconds=loaded.load_seconds,
-                device=device_name(),
+                device=getattr(loaded, "device", None) or device_name(),
                 mlx_version=mx.__version__,
                 compute=loaded.compute,
                 vocab_size=getattr(engine, "vocab_size", None),
@@ -133,6 +146,8 @@ class GenerationThread(threading.Thread):
         try:
             engine.step(self._emit)
             self._freed.after_step(engine.busy)
+        except EngineFailed:
+            raise
         except Exception:  # a bug the engine did not contain: its state is unknown, so what it holds ends
             log.exception("engine step failed: every request in this worker ends with internal_error")
             # If even this fails, the exception ends the thread: the worker exits and the supervisor restarts it.

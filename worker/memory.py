@@ -12,10 +12,16 @@ On Metal, MLX's buffer cache is bounded only by its memory limit (by default 1.5
 a busy worker's freed activations pile up in it: `bound_memory` caps it at what the model's budget charge
 leaves after the weights, the KV/prompt-cache budget and the process outside MLX, and sets MLX's memory limit
 to the charge itself. (On a CPU, MLX caches 32 MB by default and enforces no memory limit.)
+
+A gguf worker computes in its llama-server child, not in MLX: the report's RSS and footprint cover every process
+the worker started, and llama-server's resident set is split into weights (the GGUF files it maps, at most its
+RSS) and kv_cache (the rest: its KV cache, allocated whole at start for parallel x context, its prompt cache in
+RAM and its compute buffers), both also counted as outside MLX so the kinds still add up to the footprint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -31,6 +37,7 @@ from worker.backends import Engine
 log = logging.getLogger("worker.memory")
 _process = psutil.Process()
 _weights_bytes = 0  # MLX's active memory right after the model loaded
+_child_weights_bytes: int | None = None  # a gguf worker: the GGUF files its llama-server maps
 MIN_BUFFER_CACHE = 32 * 1024**2  # below this, every step would allocate afresh (MLX's CPU default)
 
 
@@ -115,16 +122,38 @@ def bound_memory(charge_bytes: int | None, cache_budget_bytes: int) -> None:
     )
 
 
+def weights_in_child(nbytes: int) -> None:
+    """A gguf worker, once llama-server has loaded: its weights are the `nbytes` of GGUF files that child maps."""
+    global _child_weights_bytes
+    _child_weights_bytes = nbytes
+
+
 def memory_report(engine: Engine | None = None) -> MemoryReport:
-    """`engine` adds what its KV caches and prompt cache hold; MLX's figures include them."""
+    """`engine` adds what its KV caches and prompt cache hold; MLX's figures include them. A gguf worker's
+    llama-server is its weights and KV cache, outside MLX (see the module's docstring)."""
     kv_cache, prompt_cache = engine.cache_bytes() if engine is not None else (0, 0)
+    children = _children_rss()
+    weights, outside_mlx = _weights_bytes, 0
+    if _child_weights_bytes is not None:
+        child_weights = min(_child_weights_bytes, children)
+        weights, kv_cache, outside_mlx = weights + child_weights, kv_cache + children - child_weights, children
     return MemoryReport(
         mlx_active_bytes=mx.get_active_memory(),
         mlx_peak_bytes=mx.get_peak_memory(),
         mlx_cache_bytes=mx.get_cache_memory(),
-        rss_bytes=_process.memory_info().rss,
+        rss_bytes=_process.memory_info().rss + children,
         kv_cache_bytes=kv_cache,
         prompt_cache_bytes=prompt_cache,
-        weights_bytes=_weights_bytes,
-        footprint_bytes=footprint_bytes(),
+        weights_bytes=weights,
+        footprint_bytes=footprint_bytes() + children,
+        outside_mlx_bytes=outside_mlx,
     )
+
+
+def _children_rss() -> int:
+    """The resident sets of every process this one started (a gguf worker's llama-server)."""
+    total = 0
+    for child in _process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it exited meanwhile
+            total += child.memory_info().rss
+    return total

@@ -51,7 +51,9 @@ def run(launch: WorkerLaunch) -> int:
         endpoint=launch.data_endpoint,
     )
     transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt, launch.curve)
-    model = ModelToLoad(launch.source, launch.model_type, launch.context_length, launch.draft_source, launch.shard)
+    model = ModelToLoad(
+        launch.source, launch.model_type, launch.context_length, launch.draft_source, launch.shard, launch.llama_cpp
+    )
     generation = GenerationThread(
         ctx, model, launch.engine, launch.instance_id, inbox, drain, halt, launch.memory_charge_bytes
     )
@@ -76,4 +78,4 @@ def run(launch: WorkerLaunch) -> int:
     ctx.term()
     if transport.refused is not None:
         return 2
-    return 1 if generation.load_failed else 0
+    return 1 if generation.load_failed or generation.failed else 0

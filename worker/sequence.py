@@ -11,7 +11,7 @@ import mlx.core as mx
 from protocol.generation import Finished, FinishReason, TextChunk, TokenLogprob, TopLogprob, Usage
 from worker.reasoning import ReasoningSplit
 from worker.stop_matcher import StopMatcher
-from worker.tool_calls import ToolCallScanner
+from worker.tool_calls import ToolCallScanner, scan
 
 log = logging.getLogger("worker.sequence")
 
@@ -93,12 +93,7 @@ class Sequence:
         done = finish_reason is not None or self._stops.stopped
         if done:
             text += self._stops.flush()
-        calls = []
-        if self._tool_calls is not None:
-            text, calls = self._tool_calls.feed(text)
-            if done:
-                rest, more = self._tool_calls.flush()
-                text, calls = text + rest, calls + more
+        text, calls = scan(self._tool_calls, text, done)
         if text or calls or thought:
             self._reported, reported = True, self._reported
             emit(

@@ -98,3 +98,14 @@ class ToolCallScanner:
             )
         self.made_calls = self.made_calls or bool(calls)
         return calls
+
+
+def scan(scanner: ToolCallScanner | None, text: str, done: bool) -> tuple[str, list[ToolCall]]:
+    """Generated text through a request's scanner (None: it offered no tools); at the end, what it held too."""
+    if scanner is None:
+        return text, []
+    text, calls = scanner.feed(text)
+    if done:
+        rest, more = scanner.flush()
+        text, calls = text + rest, calls + more
+    return text, calls

@@ -1,11 +1,13 @@
-"""Import a model into the model store: a GGUF file (Q4_0/Q4_1/Q8_0), a Hugging Face safetensors
-directory, or `bundled:<name>` for a model shipped as a Python package. Works without a running supervisor."""
+"""Import a model into the model store: a GGUF file (Q4_0/Q4_1/Q8_0 as they are; K-quants such as Q4_K_M,
+Q5_K, Q6_K, Q2_K/Q3_K, IQ4_NL dequantized and quantized again with MLX), a Hugging Face safetensors directory, or
+`bundled:<name>` for a model shipped as a Python package. Works without a running supervisor."""
 
 import os
 from pathlib import Path
 
+from supervisor.bundled import BUNDLED
 from supervisor.ctl.convert_options import add_convert_arguments, convert_options
-from supervisor.model_import import BUNDLED, ModelImportError, import_model
+from supervisor.model_import import ModelImportError, import_model
 
 
 def add_arguments(parser) -> None:
@@ -17,7 +19,9 @@ def add_arguments(parser) -> None:
         help="model store directory (default: $MLX_MODEL_STORE or ./models)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing model of that name")
-    add_convert_arguments(parser)  # for a safetensors directory
+    # A safetensors directory: mlx-lm's convert. A GGUF file: --q-group-size for the types MLX cannot load as they
+    # are (K-quants, at their nearest bits), --quantize --q-bits N to quantize every tensor again at N bits.
+    add_convert_arguments(parser)
 
 
 def run(client, args, out) -> int:
