@@ -1,6 +1,6 @@
 """Soak: many concurrent streams for minutes against the bundled model, watching errors, latency and memory.
 
-    uv run python bench/soak.py [--duration 300] [--streams 16] [--max-tokens 32] [--compare-trim]
+    uv run python bench/soak.py [--duration 300] [--streams 16] [--max-tokens 32] [--allocators default,trim,stock]
 
 Starts its own server (supervisor, gateway, one worker for SmolLM2-135M) in a temporary directory, then:
   1. baseline: one stream alone, a few times (latency of a request on an idle server);
@@ -10,8 +10,9 @@ and reports errors (goal 0), p50/p99 latency and time to first token against the
 the gateway and the worker at the start of the soak, every 30 s, and at the end (goal: flat). Prints only;
 nothing is asserted. It sends traffic to 127.0.0.1 only and stops by itself.
 
---compare-trim runs a second server side by side, its worker leaving glibc's freed memory in its arenas (no
-malloc_trim; worker/memory.py), each server with --streams streams of its own, and reports both.
+--allocators runs one server per name side by side, each with --streams streams of its own, and reports each:
+"default" (the worker as shipped), "trim" (malloc_trim only, glibc's dynamic mmap threshold kept), "stock"
+(neither; worker/memory.py, MLX_WORKER_BENCH_ALLOCATOR)
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def snapshot(server: Server, elapsed: float, done: int = 0) -> dict:
     }
 
 
-async def soak(server: Server, streams: int, duration: float, max_tokens: int) -> tuple[list[dict], list[dict]]:
+async def soak(
+    server: Server, streams: int, duration: float, max_tokens: int, label: str = ""
+) -> tuple[list[dict], list[dict]]:
     results: list[dict] = []
     memory = [snapshot(server, 0)]
-    label = "" if server.env.get("MLX_WORKER_BENCH_MALLOC_TRIM", "1") != "0" else " (no malloc_trim)"
     started = time.monotonic()
     deadline = started + duration
     counter = iter(range(10**9))
@@ -122,25 +124,26 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300, help="seconds of soak (default 300)")
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams (default 16)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (default 32)")
-    parser.add_argument("--compare-trim", action="store_true", help="also a server without malloc_trim, side by side")
+    parser.add_argument("--allocators", default="default", help="servers side by side, by the worker's allocator")
     args = parser.parse_args()
 
-    variants = {"malloc_trim": {}} | (
-        {"no malloc_trim": {"MLX_WORKER_BENCH_MALLOC_TRIM": "0"}} if args.compare_trim else {}
-    )
+    names = args.allocators.split(",")
+    if unknown := set(names) - {"default", "trim", "stock"}:
+        parser.error(f"unknown allocators: {', '.join(sorted(unknown))} (default, trim, stock)")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         store = Path(tmp) / "store"
         import_model(f"bundled:{MODEL}", MODEL, store)
         config = write_config(Path(tmp) / "models.yaml", store, [{"id": "smollm2", "source": MODEL}])
         servers = {}
         try:
-            for name, env in variants.items():
+            for name in names:
                 servers[name] = Server(config)
-                servers[name].env |= env
+                if name != "default":
+                    servers[name].env["MLX_WORKER_BENCH_ALLOCATOR"] = name
                 servers[name].start()
             baselines = {name: asyncio.run(_baseline(server, args.max_tokens)) for name, server in servers.items()}
             for name, baseline in baselines.items():
-                print(f"baseline, {name} (one stream alone): latency {baseline['latency']:.2f}s, "
+                print(f"baseline, {name} allocator (one stream alone): latency {baseline['latency']:.2f}s, "
                       f"ttft {baseline['ttft']:.2f}s")  # fmt: skip
             print(f"soak: {args.streams} streams per server for {args.duration:.0f}s, {args.max_tokens} tokens each")
             runs = asyncio.run(_soak_all(servers, args))
@@ -148,12 +151,15 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
     for name, (results, memory) in runs.items():
-        print(f"\n== {name} ==")
+        print(f"\n== {name} allocator ==")
         report(results, memory, baselines[name], args.duration)
 
 
 async def _soak_all(servers: dict[str, Server], args) -> dict[str, tuple[list[dict], list[dict]]]:
-    runs = await asyncio.gather(*(soak(s, args.streams, args.duration, args.max_tokens) for s in servers.values()))
+    label = (lambda name: f" ({name})") if len(servers) > 1 else (lambda name: "")
+    runs = await asyncio.gather(
+        *(soak(s, args.streams, args.duration, args.max_tokens, label(name)) for name, s in servers.items())
+    )
     return dict(zip(servers, runs, strict=True))
 
 

@@ -45,9 +45,11 @@ _process = psutil.Process()
 _weights_bytes = 0  # MLX's active memory right after the model loaded
 _child_weights_bytes: int | None = None  # a gguf worker: the GGUF files its llama-server maps
 _runtime_bytes = 0  # the footprint outside MLX as the model started to load
-# Benchmarks only (bench/soak.py --compare-trim): "0" leaves glibc's freed memory in its arenas, to measure what
-# malloc_trim saves side by side. Nothing else sets it.
-BENCH_MALLOC_TRIM = os.environ.get("MLX_WORKER_BENCH_MALLOC_TRIM", "1") != "0"
+# Benchmarks only (bench/soak.py --allocators): "trim" keeps glibc's dynamic mmap threshold (malloc_trim only),
+# "stock" does neither, to measure what each saves side by side. Nothing else sets it.
+BENCH_ALLOCATOR = os.environ.get("MLX_WORKER_BENCH_ALLOCATOR", "")
+M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+MMAP_THRESHOLD = 1 << 20
 MIN_BUFFER_CACHE = 32 * 1024**2  # below this, every step would allocate afresh (MLX's CPU default)
 
 
@@ -101,13 +103,30 @@ class FreedMemory:
             self._steps = 0
 
 
-def _malloc_trim():
-    if not sys.platform.startswith("linux") or not BENCH_MALLOC_TRIM:
+def _glibc(function: str):
+    if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), function)
     except (OSError, AttributeError):  # not glibc
         return None
+
+
+def _malloc_trim():
+    return None if BENCH_ALLOCATOR == "stock" else _glibc("malloc_trim")
+
+
+def map_large_buffers() -> None:
+    """Called before the model loads: every allocation of 1 MB or more (MLX's weights, KV caches, logits and
+    prefill activations) gets pages of its own from mmap, handed back to the OS the moment it is freed.
+    glibc's default threshold rises to the largest chunk freed (up to 32 MB), after which such buffers come from
+    the arenas, where what they leave behind stays resident until malloc_trim, and where the pieces that stay
+    in use (small Python and tokenizer objects among them) pin whole pages: measured under the 15-minute soak
+    with malloc_trim alone, the worker's memory outside MLX kept growing. Setting the threshold also stops it
+    moving. MLX's buffer cache still keeps freed buffers for reuse, so steady decoding maps nothing new."""
+    mallopt = _glibc("mallopt") if BENCH_ALLOCATOR not in ("stock", "trim") else None
+    if mallopt is not None and not mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+        log.warning("mallopt(M_MMAP_THRESHOLD) failed: large buffers stay in glibc's arenas")
 
 
 def mark_runtime() -> None:
