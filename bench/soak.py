@@ -1,6 +1,6 @@
 """Soak: many concurrent streams for minutes against the bundled model, watching errors, latency and memory.
 
-    uv run python bench/soak.py [--duration 300] [--streams 16] [--max-tokens 32]
+    uv run python bench/soak.py [--duration 300] [--streams 16] [--max-tokens 32] [--allocators default,trim,stock]
 
 Starts its own server (supervisor, gateway, one worker for SmolLM2-135M) in a temporary directory, then:
   1. baseline: one stream alone, a few times (latency of a request on an idle server);
@@ -9,6 +9,10 @@ Starts its own server (supervisor, gateway, one worker for SmolLM2-135M) in a te
 and reports errors (goal 0), p50/p99 latency and time to first token against the baseline, and the RSS of
 the gateway and the worker at the start of the soak, every 30 s, and at the end (goal: flat). Prints only;
 nothing is asserted. It sends traffic to 127.0.0.1 only and stops by itself.
+
+--allocators runs one server per name side by side, each with --streams streams of its own, and reports each:
+"default" (the worker as shipped), "trim" (malloc_trim only, glibc's dynamic mmap threshold kept), "stock"
+(neither; worker/memory.py, MLX_WORKER_BENCH_ALLOCATOR)
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ def snapshot(server: Server, elapsed: float, done: int = 0) -> dict:
     }
 
 
-async def soak(server: Server, streams: int, duration: float, max_tokens: int) -> tuple[list[dict], list[dict]]:
+async def soak(
+    server: Server, streams: int, duration: float, max_tokens: int, label: str = ""
+) -> tuple[list[dict], list[dict]]:
     results: list[dict] = []
     memory = [snapshot(server, 0)]
     started = time.monotonic()
@@ -99,7 +105,7 @@ async def soak(server: Server, streams: int, duration: float, max_tokens: int) -
             await asyncio.sleep(min(SAMPLE_SECONDS, max(1.0, deadline - time.monotonic())))
             memory.append(snapshot(server, time.monotonic() - started, len(results)))
             now, errors = memory[-1], sum(1 for r in results if r["error"])
-            print(f"  {now['t']:>4}s: {len(results)} requests, {errors} errors, "
+            print(f"  {now['t']:>4}s{label}: {len(results)} requests, {errors} errors, "
                   f"gateway {now['gateway_mb']:.0f} MB, worker {now['workers_mb']:.0f} MB", flush=True)  # fmt: skip
 
     limits = httpx.Limits(max_connections=streams + 4)
@@ -118,21 +124,43 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300, help="seconds of soak (default 300)")
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams (default 16)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (default 32)")
+    parser.add_argument("--allocators", default="default", help="servers side by side, by the worker's allocator")
     args = parser.parse_args()
 
+    names = args.allocators.split(",")
+    if unknown := set(names) - {"default", "trim", "stock"}:
+        parser.error(f"unknown allocators: {', '.join(sorted(unknown))} (default, trim, stock)")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         store = Path(tmp) / "store"
         import_model(f"bundled:{MODEL}", MODEL, store)
         config = write_config(Path(tmp) / "models.yaml", store, [{"id": "smollm2", "source": MODEL}])
-        server = Server(config).start()
+        servers = {}
         try:
-            baseline = asyncio.run(_baseline(server, args.max_tokens))
-            print(f"baseline (one stream alone): latency {baseline['latency']:.2f}s, ttft {baseline['ttft']:.2f}s")
-            print(f"soak: {args.streams} streams for {args.duration:.0f}s, {args.max_tokens} tokens each")
-            results, memory = asyncio.run(soak(server, args.streams, args.duration, args.max_tokens))
+            for name in names:
+                servers[name] = Server(config)
+                if name != "default":
+                    servers[name].env["MLX_WORKER_BENCH_ALLOCATOR"] = name
+                servers[name].start()
+            baselines = {name: asyncio.run(_baseline(server, args.max_tokens)) for name, server in servers.items()}
+            for name, baseline in baselines.items():
+                print(f"baseline, {name} allocator (one stream alone): latency {baseline['latency']:.2f}s, "
+                      f"ttft {baseline['ttft']:.2f}s")  # fmt: skip
+            print(f"soak: {args.streams} streams per server for {args.duration:.0f}s, {args.max_tokens} tokens each")
+            runs = asyncio.run(_soak_all(servers, args))
         finally:
-            server.stop()
-    report(results, memory, baseline, args.duration)
+            for server in servers.values():
+                server.stop()
+    for name, (results, memory) in runs.items():
+        print(f"\n== {name} allocator ==")
+        report(results, memory, baselines[name], args.duration)
+
+
+async def _soak_all(servers: dict[str, Server], args) -> dict[str, tuple[list[dict], list[dict]]]:
+    label = (lambda name: f" ({name})") if len(servers) > 1 else (lambda name: "")
+    runs = await asyncio.gather(
+        *(soak(s, args.streams, args.duration, args.max_tokens, label(name)) for name, s in servers.items())
+    )
+    return dict(zip(servers, runs, strict=True))
 
 
 async def _baseline(server: Server, max_tokens: int) -> dict:

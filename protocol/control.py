@@ -52,6 +52,7 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
     # Of weights and kv_cache, what processes outside MLX hold (a gguf worker's llama-server); rss_bytes and
     # footprint_bytes include them.
     outside_mlx_bytes: int = 0
+    runtime_bytes: int = 0  # the process before its model loaded: interpreter, libraries, sockets (outside MLX)
 
     @property
     def resident_bytes(self) -> int:
@@ -61,17 +62,20 @@ class MemoryReport(msgspec.Struct, frozen=True, kw_only=True):
 
     def by_kind(self) -> dict[str, int]:
         """The resident bytes split by what holds them; `activations` is MLX's active memory beyond the weights
-        and caches (a step's temporaries), `other` the process outside MLX (Python, tokenizer, allocator) less
-        what llama-server holds as weights and KV."""
+        and caches (a step's temporaries), `runtime` the process as it was before the model loaded (the
+        interpreter and its libraries), `other` the rest outside MLX (the tokenizer, Python objects, the
+        allocator's free pages) less what llama-server holds as weights and KV."""
         in_mlx = self.weights_bytes + self.kv_cache_bytes + self.prompt_cache_bytes - self.outside_mlx_bytes
         beyond_mlx = self.resident_bytes - self.mlx_active_bytes - self.mlx_cache_bytes - self.outside_mlx_bytes
+        runtime = min(self.runtime_bytes, max(beyond_mlx, 0))
         return {
             "weights": self.weights_bytes,
             "kv_cache": self.kv_cache_bytes,
             "prompt_cache": self.prompt_cache_bytes,
             "activations": max(self.mlx_active_bytes - in_mlx, 0),
             "mlx_buffer_cache": self.mlx_cache_bytes,
-            "other": max(beyond_mlx, 0),
+            "runtime": runtime,
+            "other": max(beyond_mlx, 0) - runtime,
         }
 
 

@@ -140,12 +140,12 @@ def test_the_disk_tier_keeps_its_budget_reads_its_index_and_skips_what_it_cannot
         disk.save(tokens, state, sum(x.nbytes for x in state), limit_pending=1 << 30)
         assert disk.flush(60)
     # Each file holds a 256-token KV buffer (64 KB): the budget keeps the two newest.
-    assert len(disk) == 2 and disk.usable_prefix([*a, 1]) == (DiskCache.key(b), 100)
+    assert len(disk) == 2 and disk.usable_prefix([*a, 1]) == (disk.key(b), 100)
 
     again = DiskCache(tmp_path, budget_bytes=150_000, identity="a" * 64, layers=2)  # a new worker: the index
     assert sorted(e.tokens for e in again._entries.values()) == sorted([b, c])
     key, length = again.usable_prefix(b)  # the whole prompt is cached: all but its last token
-    assert (key, length) == (DiskCache.key(b), len(b) - 1)
+    assert (key, length) == (again.key(b), len(b) - 1)
     tokens, state = again.restore(key)
     expected = kv_state(len(b), seed=1)
     assert tokens == b and state[0].offset == len(b)
@@ -153,9 +153,32 @@ def test_the_disk_tier_keeps_its_budget_reads_its_index_and_skips_what_it_cannot
 
     other = DiskCache(tmp_path, budget_bytes=150_000, identity="b" * 64, layers=2)  # another model's folder
     assert len(other) == 0 and len(DiskCache(tmp_path, 150_000, "a" * 64, layers=2)) == 2
-    path = again._entries[DiskCache.key(c)].path
+    path = again._entries[again.key(c)].path
     path.write_bytes(path.read_bytes()[:-10])
     with caplog.at_level("WARNING", logger="worker.disk_cache"):
         third = DiskCache(tmp_path, budget_bytes=150_000, identity="a" * 64, layers=2)
     assert len(third) == 1 and not path.exists()
     assert f"{path.name} skipped and removed: its size is not" in caplog.text
+
+
+def test_a_state_written_under_other_kv_settings_is_a_miss_kept_for_a_worker_of_those_settings(tmp_path, caplog):
+    from worker.disk_cache import DiskCache, kv_settings
+
+    def tier(bits: int | None, group_size: int = 64) -> DiskCache:
+        return DiskCache(tmp_path, 1 << 20, "a" * 64, layers=2, kv=kv_settings(bits, group_size))
+
+    tokens = list(range(100))
+    eight = tier(8)
+    state = kv_state(len(tokens), seed=0)
+    eight.save(tokens, state, sum(x.nbytes for x in state), limit_pending=1 << 30)
+    assert eight.flush(60) and eight.usable_prefix(tokens) == (eight.key(tokens), 99)
+
+    with caplog.at_level("DEBUG", logger="worker.disk_cache"):
+        for other in (tier(4), tier(None), tier(8, group_size=32)):  # a worker restarted with other kv settings
+            assert other.usable_prefix(tokens) == (None, 0)
+            assert len(other) == 1  # kept, and counted in the folder's budget
+    assert "not offered: written at KV bits=8,group_size=64, not bits=4,group_size=64" in caplog.text
+    again = tier(8)  # back to kv_bits 8: served again
+    assert again.usable_prefix([*tokens, 1]) == (again.key(tokens), 100)
+    tokens_back, restored = again.restore(again.key(tokens))
+    assert tokens_back == tokens and restored[0].offset == len(tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import mlx.core as mx
+import msgspec
 
 from protocol.control import MemoryReport
 from tests.harness import wait_until
@@ -23,6 +24,7 @@ def test_the_report_splits_what_the_process_holds_by_kind():
         weights_bytes=500 * MB,
         kv_cache_bytes=120 * MB,
         prompt_cache_bytes=60 * MB,
+        runtime_bytes=90 * MB,
     )
     kinds = report.by_kind()
     assert report.resident_bytes == 1100 * MB
@@ -32,9 +34,13 @@ def test_the_report_splits_what_the_process_holds_by_kind():
         "prompt_cache": 60 * MB,
         "activations": 20 * MB,
         "mlx_buffer_cache": 30 * MB,
-        "other": 370 * MB,
+        "runtime": 90 * MB,
+        "other": 280 * MB,
     }
     assert sum(kinds.values()) == report.resident_bytes
+    # A runtime larger than all outside MLX (pages the OS has since reclaimed) is capped: no kind is negative.
+    shrunk = msgspec.structs.replace(report, runtime_bytes=500 * MB).by_kind()
+    assert shrunk["runtime"] == 370 * MB and shrunk["other"] == 0 and sum(shrunk.values()) == report.resident_bytes
 
 
 def test_a_gguf_workers_llama_server_is_its_weights_and_kv_cache_outside_mlx():
@@ -55,6 +61,7 @@ def test_a_gguf_workers_llama_server_is_its_weights_and_kv_cache_outside_mlx():
         "prompt_cache": 0,
         "activations": 0,
         "mlx_buffer_cache": 0,
+        "runtime": 0,  # not measured in this report
         "other": 200 * MB,  # the worker's own process
     }
     assert sum(kinds.values()) == report.resident_bytes
@@ -88,6 +95,15 @@ def test_a_served_model_reports_its_weights_and_footprint_and_logs_its_bounds(cl
     report = server.models()["smollm2"].worker_memory
     assert report.weights_bytes > 50 * MB  # the bundled model's weights (4-bit, or float32 on a Linux CPU)
     assert report.footprint_bytes >= report.rss_bytes > report.weights_bytes
+    # The runtime, measured before the weights loaded: the interpreter with MLX, mlx-lm and transformers imported
+    # (about 90 MB on Linux), not yet any of the model.
+    assert 30 * MB < report.runtime_bytes < report.footprint_bytes - report.weights_bytes
+    kinds = report.by_kind()
+    assert kinds["runtime"] == report.runtime_bytes
+    # Every byte the OS charges is in one kind. The kinds are exact but for activations, clamped at 0 when MLX
+    # holds less than its accounts (never by more than a step's worth): 5% of the footprint is generous.
+    assert abs(sum(kinds.values()) - report.footprint_bytes) <= 0.05 * report.footprint_bytes, kinds
+    assert all(v >= 0 for v in kinds.values()), kinds
     pattern = r"worker\[smollm2\].*memory: charge (\d+) MB.*buffer cache bounded at (\d+) MB"
     bounds = re.findall(pattern, server.log_text())
     assert bounds and int(bounds[-1][0]) == round(0.3 * 1024)  # the config's memory_gb: 0.3

@@ -25,7 +25,7 @@ from protocol.generation import Finished, FinishReason, GenerateRequest, Usage, 
 from protocol.launch import EngineSettings
 from worker.constrained import json_schema_processor, tool_call_processor
 from worker.containment import SamplerGuard, failed, guard_processors, internal_failure, tripped
-from worker.disk_cache import DiskCache
+from worker.disk_cache import DiskCache, kv_settings
 from worker.model_loader import LoadedModel
 from worker.prompt_cache import PromptCache
 from worker.prompt_encoding import encode_prompt, max_tokens_for
@@ -66,7 +66,12 @@ class BatchEngine:
         if not options.prompt_cache_dir or options.prompt_cache_bytes <= 0:  # restores go through the memory tier
             return None
         return DiskCache.for_model(
-            options.prompt_cache_dir, options.prompt_cache_disk_bytes, loaded.source, loaded.config, loaded.model
+            options.prompt_cache_dir,
+            options.prompt_cache_disk_bytes,
+            loaded.source,
+            loaded.config,
+            loaded.model,
+            kv=kv_settings(options.kv_bits, options.kv_group_size),
         )
 
     def _new_generator(self):
@@ -219,7 +224,7 @@ class BatchEngine:
         processors = guard_processors(logits_processors_for(params) + constraints)
         cache, cached = self._prompt_cache.fetch(prompt, live_bytes=self._generator.prompt_cache_nbytes)
         if cache is not None and (cache := conform(cache, self.options.kv_bits, self.options.kv_group_size)) is None:
-            cached = 0  # held at other kv settings (a disk file from an earlier configuration): computed afresh
+            cached = 0  # held at other kv settings (the disk tier offers none; a safety net): computed afresh
         if cache is None:  # quantized KV: a fresh cache of that kind (None: mlx-lm's float one)
             cache = make_cache(self._model, self.options.kv_bits, self.options.kv_group_size)
         sequence = Sequence(

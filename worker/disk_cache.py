@@ -2,8 +2,11 @@
 
 Entries the memory tier evicts, and every entry when the worker drains, are written in mlx-lm's
 `save_prompt_cache` format (safetensors) to `<prompt_cache_dir>/<model identity>/<key>.safetensors`, the key
-a hash of the token prefix. The file's metadata holds the identity and the tokens, so the index is the files'
-headers, read when the worker starts (a few KB each; the arrays stay on disk until a request needs them). A
+a hash of the token prefix and the KV settings. The file's metadata holds the identity, the KV settings
+(kv_bits and kv_group_size) and the tokens, so the index is the files' headers, read when the worker starts (a
+few KB each; the arrays stay on disk until a request needs them). A file written under other KV settings is a
+miss: it stays in the folder (and in its budget) for a worker of those settings, but is never offered to this
+one, whose batch cannot mix KV kinds and would otherwise convert, or drop, the restored state. A
 request whose prompt shares a longer prefix with a file than with anything in memory restores that file into
 the memory tier. A file that is truncated, unreadable, of another format or model, is skipped with a log line
 and removed; it is never served.
@@ -35,11 +38,16 @@ from mlx_lm.models.cache import PromptTrie, load_prompt_cache, make_prompt_cache
 
 log = logging.getLogger("worker.disk_cache")
 
-FORMAT = "mlx-llm-server.prompt-cache.v1"
+FORMAT = "mlx-llm-server.prompt-cache.v2"  # v2: the KV settings are in the key and the metadata
 _MODEL = "model"  # PromptTrie's model key: one model per folder
 _FILE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 _PARTIAL = ".partial.safetensors"  # mx.save_safetensors insists on the extension
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".npz", ".bin", ".json", ".model", ".txt")
+
+
+def kv_settings(bits: int | None, group_size: int) -> str:
+    """The KV settings a state was computed under, as its file's metadata records them."""
+    return "float" if bits is None else f"bits={bits},group_size={group_size}"
 
 
 def model_identity(source: str, config: dict, model) -> str:
@@ -68,11 +76,13 @@ class DiskEntry:
     tokens: list[int]
     nbytes: int
     used: float  # the file's mtime: written or last restored
+    offered: bool = True  # written under this worker's KV settings (others are kept, counted, never served)
 
 
 class DiskCache:
-    def __init__(self, folder: str | Path, budget_bytes: int, identity: str, layers: int):
+    def __init__(self, folder: str | Path, budget_bytes: int, identity: str, layers: int, kv: str = "float"):
         self.budget_bytes = budget_bytes
+        self.kv = kv  # kv_settings(): only files written under these are offered
         self.folder = Path(folder) / identity[:32]
         self._identity = identity
         self._layers = layers  # a cache of another length is not this model's
@@ -87,8 +97,11 @@ class DiskCache:
         self._writer.start()
 
     @classmethod
-    def for_model(cls, folder: str | Path, budget_bytes: int, source: str, config: dict, model) -> DiskCache:
-        return cls(folder, budget_bytes, model_identity(source, config, model), len(make_prompt_cache(model)))
+    def for_model(
+        cls, folder: str | Path, budget_bytes: int, source: str, config: dict, model, kv: str = "float"
+    ) -> DiskCache:
+        identity = model_identity(source, config, model)
+        return cls(folder, budget_bytes, identity, len(make_prompt_cache(model)), kv)
 
     @property
     def nbytes(self) -> int:
@@ -102,17 +115,24 @@ class DiskCache:
             if path.name.endswith(_PARTIAL):  # a write the last worker did not finish
                 path.unlink(missing_ok=True)
             elif _FILE.match(path.name):
-                tokens = self._check_header(path)
-                if tokens is not None:
+                header = self._check_header(path)
+                if header is not None:
+                    tokens, kv = header
+                    if kv != self.kv:
+                        log.debug("prompt cache file %s not offered: written at KV %s, not %s", path.name, kv, self.kv)
                     stat = path.stat()
-                    self._add(
-                        path.name.removesuffix(".safetensors"), DiskEntry(path, tokens, stat.st_size, stat.st_mtime)
-                    )
+                    entry = DiskEntry(path, tokens, stat.st_size, stat.st_mtime, offered=kv == self.kv)
+                    self._add(path.name.removesuffix(".safetensors"), entry)
         if self._entries:
-            log.info("prompt cache on disk: %d entries, %.1f MB in %s", len(self), self.nbytes / 2**20, self.folder)
+            offered = sum(e.offered for e in self._entries.values())
+            log.info(
+                "prompt cache on disk: %d entries (%d at this worker's KV settings), %.1f MB in %s",
+                len(self), offered, self.nbytes / 2**20, self.folder,
+            )  # fmt: skip
 
-    def _check_header(self, path: Path) -> list[int] | None:
-        """The tokens a file holds the KV state of, or None (logged, and the file removed) if it cannot be used."""
+    def _check_header(self, path: Path) -> tuple[list[int], str] | None:
+        """The tokens a file holds the KV state of and the KV settings it was computed under, or None (logged,
+        and the file removed) if it cannot be used."""
         try:
             with path.open("rb") as file:
                 (length,) = struct.unpack("<Q", file.read(8))
@@ -123,7 +143,7 @@ class DiskCache:
                 return self._skip(path, f"its size is not the {8 + length + end} bytes its header describes")
             if metadata.get("0.format") != FORMAT or metadata.get("0.identity") != self._identity:
                 return self._skip(path, "it was written for another model or format")
-            return json.loads(metadata["0.tokens"])
+            return json.loads(metadata["0.tokens"]), metadata["0.kv"]
         except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
             return self._skip(path, f"its header cannot be read ({exc})")
 
@@ -136,19 +156,23 @@ class DiskCache:
     def _add(self, key: str, entry: DiskEntry) -> None:
         with self._lock:
             self._entries[key] = entry
-            self._trie.add(_MODEL, entry.tokens, key)
+            if entry.offered:
+                self._trie.add(_MODEL, entry.tokens, key)
 
     def _remove(self, key: str) -> None:
         with self._lock:
             entry = self._entries.pop(key, None)
-            if entry is not None:
+            if entry is not None and entry.offered:
                 self._trie.pop(_MODEL, entry.tokens)
         if entry is not None:
             entry.path.unlink(missing_ok=True)
 
-    @staticmethod
-    def key(tokens: list[int]) -> str:
-        return hashlib.sha256(struct.pack(f"<{len(tokens)}q", *tokens)).hexdigest()
+    def key(self, tokens: list[int]) -> str:
+        """The file name for `tokens` under this worker's KV settings: the same prefix under other settings is
+        another file."""
+        digest = hashlib.sha256(self.kv.encode())
+        digest.update(struct.pack(f"<{len(tokens)}q", *tokens))
+        return digest.hexdigest()
 
     def usable_prefix(self, tokens: list[int]) -> tuple[str | None, int]:
         """(key, length) of the file sharing the longest prefix with `tokens`, at most all but the last token
@@ -171,7 +195,11 @@ class DiskCache:
         try:
             cache, metadata = load_prompt_cache(str(entry.path), return_metadata=True)
             mx.eval([c.state for c in cache])
-            if metadata.get("identity") != self._identity or len(cache) != self._layers:
+            if (
+                metadata.get("identity") != self._identity
+                or metadata.get("kv") != self.kv
+                or len(cache) != self._layers
+            ):
                 raise ValueError("it does not match this model")
         except Exception as exc:  # mx.load and from_state say little about a damaged file; all mean the same here
             log.warning("prompt cache file %s skipped and removed: it cannot be loaded (%s)", entry.path.name, exc)
@@ -226,7 +254,7 @@ class DiskCache:
     def _write(self, key: str, tokens: list[int], cache: list) -> None:
         path = self.folder / f"{key}.safetensors"
         partial = self.folder / f"{key}{_PARTIAL}"
-        metadata = {"format": FORMAT, "identity": self._identity, "tokens": json.dumps(tokens)}
+        metadata = {"format": FORMAT, "identity": self._identity, "kv": self.kv, "tokens": json.dumps(tokens)}
         save_prompt_cache(str(partial), cache, metadata)
         os.replace(partial, path)
         self._add(key, DiskEntry(path, tokens, path.stat().st_size, time.time()))

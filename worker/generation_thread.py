@@ -22,7 +22,14 @@ from protocol.control import LoadFailed, ModelType, Ping, Pong, Ready
 from protocol.generation import TERMINAL, Abort, failure
 from protocol.launch import EngineSettings
 from worker.backends import Engine, EngineFailed, ModelToLoad, load_engine
-from worker.memory import FreedMemory, bound_memory, memory_report, weights_in_child
+from worker.memory import (
+    FreedMemory,
+    bound_memory,
+    map_large_buffers,
+    mark_runtime,
+    memory_report,
+    weights_in_child,
+)
 from worker.model_loader import device_name
 from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
 
@@ -80,6 +87,10 @@ class GenerationThread(threading.Thread):
             self._out.close(linger=1000)
 
     def _load(self) -> Engine | None:
+        import mlx_lm  # noqa: F401  (the engines' libraries, transformers with it: part of the runtime measured)
+
+        map_large_buffers()  # before the weights are allocated
+        mark_runtime()
         try:
             engine, loaded = load_engine(self._model, self._options)
         except Exception as exc:
