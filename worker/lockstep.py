@@ -27,6 +27,7 @@ import numpy as np
 from protocol.errors import ErrorCode
 from protocol.generation import GenerateRequest
 from protocol.launch import ShardLaunch
+from worker.backends import EngineFailed
 from worker.model_loader import LoadedModel, context_length_of
 
 log = logging.getLogger("worker.lockstep")
@@ -117,6 +118,12 @@ def _all_sum(group, values: np.ndarray) -> np.ndarray:
     return np.array(summed)
 
 
+def all_present(group) -> bool:
+    """Whether every rank took part in this collective. MLX's ring does not raise when a peer has died: the
+    dead rank's share of a sum is simply missing, so every rank adds 1 and the total says who was there."""
+    return int(_all_sum(group, np.ones(1, np.int32))[0]) == group.size()
+
+
 def broadcast(group, payload: bytes | None) -> bytes:
     """Rank 0's `payload` on every rank (the others pass None): an all_sum to which only rank 0 adds."""
     frame = np.zeros(FRAME_BYTES, np.uint8)
@@ -160,7 +167,13 @@ class LeaderEngine:
     def step(self, emit) -> None:
         calls, self._calls = self._calls, []
         broadcast(self._group, msgspec.msgpack.encode(Turn(calls=calls)))
-        self._engine.step(emit)
+        events = []
+        self._engine.step(events.append)
+        if not all_present(self._group):
+            # A lost rank's share of every collective is missing, so this step's tokens are garbage: none is sent.
+            raise EngineFailed(f"a rank of this sharded model is gone ({self._group.size()} ranks were joined)")
+        for event in events:
+            emit(event)
 
 
 def _discard(event) -> None:
@@ -190,6 +203,9 @@ class Follower:
                 self._engine.step(_discard)
             except Exception:  # rank 0's step failed alike: it aborts every request, which comes next
                 log.exception("engine step failed")
+            if not all_present(self._group):
+                log.warning("lost rank 0 or another rank: exiting")
+                return
 
     def _replay(self, call) -> None:
         if isinstance(call, Admit):
