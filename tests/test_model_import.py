@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 
@@ -41,13 +42,20 @@ def test_import_refuses_to_overwrite_without_force(model_store):
 
 
 def test_import_of_a_broken_gguf_leaves_nothing_behind(tmp_path):
-    bogus = tmp_path / "bogus.gguf"
-    bogus.write_bytes(b"GGUF" + b"\x00" * 64)
+    # A well-formed GGUF v3 header with no tensors and no metadata, then one whose version field is 0.
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
+    unreadable = tmp_path / "bogus.gguf"
+    unreadable.write_bytes(b"GGUF" + b"\x00" * 64)
     store = tmp_path / "store"
-    result = run_import(str(bogus), "bogus", "--store", str(store))
+    result = run_import(str(empty), "empty", "--store", str(store))
     assert result.returncode == 1
-    assert f"error: {bogus} cannot be imported: GGUF metadata lacks 'general.architecture'" in result.stdout
-    assert "Traceback" not in result.stdout + result.stderr
+    assert f"error: {empty} cannot be imported: GGUF metadata lacks 'general.architecture'" in result.stdout
+    unread = run_import(str(unreadable), "bogus", "--store", str(store))
+    assert unread.returncode == 1 and f"error: {unreadable} cannot be imported: " in unread.stdout
+    assert "version 0" in unread.stdout  # the reader's own words, not a traceback
+    for each in (result, unread):
+        assert "Traceback" not in each.stdout + each.stderr
     assert store.is_dir() and list(store.iterdir()) == []  # no model, no temporary directory
 
 
