@@ -13,6 +13,7 @@ from protocol.codec import Call, Message, decoder
 from protocol.control import MemoryReport, ModelType
 from protocol.errors import ErrorCode
 from protocol.generation import SamplingDefaults
+from protocol.ranks import RANK_CALLS, RANK_REPLIES
 from protocol.store import STORE_CALLS, STORE_REPLIES
 
 
@@ -148,6 +149,9 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     transitions: dict[str, int] = {}  # lifecycle transitions since the supervisor started, e.g. "ready->stopping"
     ranks: list[RankInfo] = []  # a sharded model's processes, rank 0 first; [] for a model in one process
     shard_mode: str = ""  # a sharded model's mode (tensor, pipeline); "" for a model in one process
+    # Only in Status replies of a fleet's host: ranks it runs for a model served by this host (rank 0's): a row
+    # that is not a model of this host's to load or place.
+    ranks_for: str = ""
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -244,9 +248,9 @@ class CallFailed(Message, tag="call_failed"):
 
 # Every call a supervisor answers (supervisor/ctl/ holds a handler for each), and every reply.
 CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status, Heartbeat, Plan, AddAlias, RemoveAlias, ListAliases,
-         *STORE_CALLS)  # fmt: skip
+         *STORE_CALLS, *RANK_CALLS)  # fmt: skip
 REPLIES = (Located, Unloaded, Pinned, ModelList, StatusReport, HostAlive, LoadPlan, AliasTable, *STORE_REPLIES,
-           CallFailed)  # fmt: skip
+           *RANK_REPLIES, CallFailed)  # fmt: skip
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:
