@@ -149,9 +149,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     transitions: dict[str, int] = {}  # lifecycle transitions since the supervisor started, e.g. "ready->stopping"
     ranks: list[RankInfo] = []  # a sharded model's processes, rank 0 first; [] for a model in one process
     shard_mode: str = ""  # a sharded model's mode (tensor, pipeline); "" for a model in one process
-    # Only in Status replies of a fleet's host: ranks it runs for a model served by this host (rank 0's): a row
-    # that is not a model of this host's to load or place.
-    ranks_for: str = ""
+    ranks_for: str = ""  # in StatusReport.guest_ranks: the host whose model these ranks are (its rank 0's)
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,6 +179,9 @@ class StatusReport(Message, tag="status_report"):
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
     host: str = ""
+    # Ranks this host runs for models sharded over hosts and served by another (rank 0's host): charged in this
+    # budget, but no model of this host's to load, place or ping.
+    guest_ranks: list[ModelInfo] = []
 
 
 class HostAlive(Message, tag="host_alive"):

@@ -45,6 +45,7 @@ class Guest:
         self.ranks: list[LocalRank] = []
         self.renewed = time.monotonic()
         self.started = time.monotonic()
+        self.starting = True  # evicting and spawning: the lease runs from the StartRanks answer
 
     @property
     def running(self) -> list[LocalRank]:
@@ -111,6 +112,7 @@ class GuestRanks:
             self._release(guest)
             raise
         fleet.budget.attach(charge, guest)
+        guest.starting, guest.renewed = False, time.monotonic()
         log.info("%s: ranks %s for host %s started (pids %s, lease %s)", spec.id, call.ranks, call.owner,
                  [r.pid for r in guest.ranks], call.lease)  # fmt: skip
         return self.held(guest, call.call_id)
@@ -179,7 +181,7 @@ class GuestRanks:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             for model, guest in list(self.guests.items()):
-                if time.monotonic() - guest.renewed >= LEASE_SECONDS:
+                if not guest.starting and time.monotonic() - guest.renewed >= LEASE_SECONDS:
                     running = guest.running
                     log.error("%s: host %s has not renewed the lease of ranks %s (pids %s) for %.0fs: %s", model,
                               guest.owner, [r.rank for r in running], [r.pid for r in running], LEASE_SECONDS,

@@ -62,7 +62,9 @@ def status(host: FleetHost) -> StatusReport:
 
 
 def row(host: FleetHost, model: str = "spread") -> ModelInfo | None:
-    return next((m for m in status(host).models if m.id == model), None)
+    """The model's row in the host's `ctl ps`: its own model's, or the ranks it runs for another host's."""
+    report = status(host)
+    return next((m for m in [*report.models, *report.guest_ranks] if m.id == model), None)
 
 
 def rank_processes(fleet) -> list[psutil.Process]:
@@ -88,13 +90,16 @@ def test_spread_over_two_hosts_it_answers_as_the_whole_model_and_each_host_charg
     assert owner.ranks[0].pid in a.worker_pids() and all(r.memory_bytes > 0 for r in owner.ranks)
     # Each host charges its rank's share: half the model's estimate on each.
     assert guest.ranks_for == "a" and guest.charged_bytes == owner.charged_bytes > 0
+    assert [m.id for m in status(b).models] == []  # not b's model: nothing a gateway would place or ping there
     assert status(b).memory.used_bytes == guest.charged_bytes
     ps = fleet.ctl("ps", "--host", "a")
     assert ps.returncode == 0, ps.stderr
     [line] = [line for line in ps.stdout.splitlines() if line.startswith("spread")]
-    assert "r0@here" in line and "r1@b" in line
+    assert "r0@here" in line and "r1@b" in line and f"{owner.ranks[0].pid},{owner.ranks[1].pid}@b" in line
     ps_b = fleet.ctl("ps", "--host", "b")
     assert "ranks for host a" in ps_b.stdout, ps_b.stdout
+    status_b = fleet.ctl("status", "--host", "b")
+    assert status_b.returncode == 0 and f"spread: ranks 1 for host a, pids {guest.ranks[0].pid}" in status_b.stdout
 
 
 def test_killing_the_rank_on_b_mid_stream_stops_every_rank_on_both_hosts(fleet, client):

@@ -39,7 +39,7 @@ async def execute(supervisor: Supervisor, call: Status) -> StatusReport:
     models = [
         fleet.info(slot, alive=alive if slot.worker else None, ping_ms=ms)
         for slot, (alive, ms) in zip(slots, pings, strict=True)
-    ] + (supervisor.guests.infos() if supervisor.guests else [])
+    ]
     return StatusReport(
         call_id=call.call_id,
         pid=os.getpid(),
@@ -49,4 +49,5 @@ async def execute(supervisor: Supervisor, call: Status) -> StatusReport:
         models=models,
         memory=fleet.budget.report(),
         host=supervisor.host_name,
+        guest_ranks=supervisor.guests.infos() if supervisor.guests else [],
     )
