@@ -162,6 +162,7 @@ def test_every_command_has_help_from_its_docstring():
 class FakeSupervisor:
     def __init__(self, fleet, host_name: str = ""):
         self.fleet, self.started, self.host_name = fleet, time.monotonic(), host_name
+        self.guests = None  # no other host's ranks: not a fleet's host
 
 
 class Spawned:
