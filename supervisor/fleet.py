@@ -196,6 +196,7 @@ class Fleet:
             self.budget.attach(slot.charge, worker)
             self.by_instance[worker.instance_id] = worker
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
+            await self._start_peers(slot, worker)
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.load_timeout_seconds)
             slot.last_used, slot.crashed = time.monotonic(), False
             where = f"{ready.device}, {ready.compute} (pid {worker.pid})"
@@ -218,6 +219,19 @@ class Fleet:
                 self.budget.release(slot.charge)
             slot.transition = None
             self._notify()
+
+    async def _start_peers(self, slot: ModelSlot, worker: WorkerProcess) -> None:
+        """A model sharded over hosts: their ranks, now that rank 0 is known here. Another host without room
+        refuses the load as this host's budget would (the model stays stopped, the caller may retry)."""
+        try:
+            await worker.start_peers()
+        except WorkerStartError as exc:
+            if exc.code not in (ErrorCode.WORKER_UNAVAILABLE, ErrorCode.INSUFFICIENT_MEMORY):
+                raise
+            worker.kill()
+            await worker.exited
+            slot.worker = None
+            raise FleetError(exc.code, str(exc), retryable=exc.code is ErrorCode.WORKER_UNAVAILABLE) from None
 
     def _launch(self, slot: ModelSlot) -> WorkerLaunch:
         return WorkerLaunch(

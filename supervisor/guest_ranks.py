@@ -91,10 +91,14 @@ class GuestRanks:
         if fleet.budget.exceeds(charge) or victims is None:
             fleet.budget.close(charge)
             budget, free = fleet.budget.total / GB, fleet.budget.report().free_bytes / GB
+            needs = f"ranks {call.ranks} of {spec.id} need {charge.estimate / GB:.2f} GB"
+            if fleet.budget.exceeds(charge):
+                raise FleetError(ErrorCode.INSUFFICIENT_MEMORY, f"{needs}, more than its whole {budget:.2f} GB budget")
             raise FleetError(
-                ErrorCode.INSUFFICIENT_MEMORY,
-                f"no memory for ranks {call.ranks} of {spec.id} ({charge.estimate / GB:.2f} GB): {free:.2f} GB of "
-                f"its {budget:.2f} GB budget is free, and its busy or pinned models hold the rest",
+                ErrorCode.WORKER_UNAVAILABLE,
+                f"{needs}: {free:.2f} GB of its {budget:.2f} GB budget is free, and busy or pinned models hold the "
+                f"rest",
+                retryable=True,
             )
         fleet.budget.grant(charge)  # no await since the plan: the victims and the grant are one step
         guest = self.guests[spec.id] = Guest(spec, call.owner, call.lease, charge)

@@ -54,14 +54,15 @@ class WorkerProcess:
         self.followers: list = []
         self.rank_exits: list[str] = []  # how each rank ended, in the order the supervisor saw them end
         self._ending_followers = False  # rank 0 is gone: the followers still running are stopped with it
+        self._peers: tuple | None = None  # (this host, the shard, the ring) until start_peers has run
         self.exited = asyncio.ensure_future(self._all_exited())
 
     @classmethod
     async def spawn(
         cls, launch: WorkerLaunch, shard: ShardSpec | None = None, host: Host | None = None
     ) -> WorkerProcess:
-        """Start the worker for `launch`; for a sharded model, one process per rank, rank 0 the worker, and with
-        shard.hosts, the other hosts' ranks started by their supervisors (`host`: this one)."""
+        """Start the worker for `launch`; for a sharded model, one process per rank of this host, rank 0 the worker
+        (with shard.hosts, the other hosts' ranks follow in `start_peers`; `host`: this one)."""
         if shard is None:
             return cls(launch, await start_process(launch))
         try:
@@ -76,18 +77,26 @@ class WorkerProcess:
         try:
             for rank_launch in launches[1:]:
                 worker._follow(LocalRank(rank_launch.shard.rank, await start_process(rank_launch)))
-            if shard.hosts:
-                for remote in await remote_ranks.start_peers(host, launch, shard, ring):
-                    worker._follow(remote)
         except OSError:
             worker.kill()
             await worker.exited
             raise
-        except PeerError as exc:  # a peer refused its ranks (no room in its budget) or did not answer
-            worker.kill()
-            await worker.exited
-            raise WorkerStartError(exc.code, str(exc)) from None
+        if shard.hosts:
+            worker._peers = (host, shard, ring)
         return worker
+
+    async def start_peers(self) -> None:
+        """A model sharded over hosts: have the other hosts' supervisors start their ranks (they may first evict
+        models there). Called once rank 0 is known to the supervisor, whose Hello must not be missed meanwhile;
+        WorkerStartError if a host cannot (no room in its budget) or does not answer (the caller kills the rest)."""
+        if self._peers is None:
+            return
+        (host, shard, ring), self._peers = self._peers, None
+        try:
+            for remote in await remote_ranks.start_peers(host, self.launch, shard, ring):
+                self._follow(remote)
+        except PeerError as exc:
+            raise WorkerStartError(exc.code, str(exc)) from None
 
     def _follow(self, follower) -> None:
         self.followers.append(follower)

@@ -26,6 +26,8 @@ from tests.tiny_llama import build_tiny_llama
 
 PROMPTS = ["Hello", "Tell me about the sea."]
 SPREAD = {"id": "spread", "source": "spread-llama", "shard": {"ranks": 2, "hosts": ["a", "b"]}}
+# 8 GB a host: room on a (12 GB), more than b's whole budget (4 GB).
+HUGE = {"id": "huge", "source": "spread-llama", "memory_gb": 16, "shard": {"ranks": 2, "hosts": ["a", "b"]}}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ def fleet(tmp_path_factory, model_store):
     fleet = Fleet(
         tmp_path_factory.mktemp("sharded-hosts"),
         model_store,
-        [{"id": "whole", "source": "spread-llama", "memory_gb": 0.3, "hosts": ["a"]}, SPREAD],
+        [{"id": "whole", "source": "spread-llama", "memory_gb": 0.3, "hosts": ["a"]}, SPREAD, HUGE],
+        host_settings={"a": {"memory_budget_gb": 12}},
         memory_budget_gb=4,
         heartbeat_seconds=0.5,
         crash_limit=100,
@@ -136,6 +139,19 @@ def test_unload_stops_every_rank_and_frees_both_hosts(fleet, client):
     assert b_is_clear(fleet)
     info = row(fleet.hosts["a"])
     assert info.state == "stopped" and info.ranks == [] and info.charged_bytes == 0
+
+
+def test_a_host_without_room_for_its_ranks_refuses_the_load_and_nothing_of_it_is_left(fleet, client):
+    a = fleet.hosts["a"]
+    before = set(a.worker_pids())
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(client, "huge", PROMPTS[0])
+    assert caught.value.status_code == 507
+    assert "host b: ranks [1] of huge need 8.00 GB, more than its whole 4.00 GB budget" in caught.value.message
+    info = row(a, "huge")
+    assert info.state == "stopped" and info.charged_bytes == 0 and "host b" in info.last_error
+    assert wait_until(lambda: set(a.worker_pids()) <= before, timeout=30)  # rank 0 spawned on a is gone
+    assert b_is_clear(fleet)
 
 
 def test_b_answers_the_rank_calls_and_stops_its_ranks_when_the_lease_is_not_renewed(fleet):
