@@ -6,7 +6,6 @@ lease is not renewed. The model is the tiny random-weight Llama of test_sharded.
 
 from __future__ import annotations
 
-import signal
 import socket
 
 import openai
@@ -21,7 +20,7 @@ from supervisor.config import load_config
 from supervisor.ctl_client import CtlError
 from tests.conftest import MODEL, TEST_SECRETS
 from tests.fleet_harness import Fleet, FleetHost
-from tests.harness import gone, wait_until, write_config
+from tests.harness import gone, killed_mid_stream, wait_until, write_config
 from tests.tiny_llama import build_tiny_llama
 
 PROMPTS = ["Hello", "Tell me about the sea."]
@@ -109,17 +108,8 @@ def test_killing_the_rank_on_b_mid_stream_stops_every_rank_on_both_hosts(fleet, 
     ask(client, "spread", PROMPTS[0])
     before = rank_processes(fleet)
     crashes = row(fleet.hosts["a"]).crashes
-    stream = client.chat.completions.create(
-        model="spread", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=400, temperature=0,
-        stream=True,
-    )  # fmt: skip
-    received = []
-    with pytest.raises(openai.APIError) as caught:
-        for chunk in stream:
-            received.append(chunk)
-            if len(received) == 2:  # the role chunk, then the first text: mid-generation
-                before[1].send_signal(signal.SIGKILL)
-    assert caught.value.code == "worker_crashed"
+    error = killed_mid_stream(client, "spread", PROMPTS[1], before[1])
+    assert error is not None and error.code == "worker_crashed"
     assert wait_until(lambda: all(gone(p) for p in before), timeout=30), "a rank outlived the one killed"
     assert wait_until(lambda: b_is_clear(fleet), timeout=30), status(fleet.hosts["b"])
     assert wait_until(lambda: row(fleet.hosts["a"]).crashes > crashes, timeout=30)
