@@ -3,9 +3,9 @@ starts one, and the launch of each rank.
 
 The ranks join with mx.distributed from the environment mlx.launch would give them (worker/lockstep.py); the
 supervisor only chooses each rank's ring address and starts the processes (with `shard.hosts`, each host's
-supervisor its own block of ranks: supervisor/remote_ranks.py and guest_ranks.py). mlx-lm's `model.shard(group)` divides
-every layer's heads and MLP rows by the rank count without checking, so a model whose counts do not divide
-would load and answer garbage: refused here, with the counts, before anything is spawned.
+supervisor its own block of ranks: supervisor/remote_ranks.py and guest_ranks.py). mlx-lm's `model.shard(group)`
+divides every layer's heads and MLP rows by the rank count without checking, so a model whose counts do not
+divide would load and answer garbage: refused here, with the counts, before anything is spawned.
 """
 
 from __future__ import annotations
