@@ -168,6 +168,7 @@ class ModelList(Message, tag="model_list"):
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
     host: str = ""  # the answering host's name in a fleet ("" for a single host)
+    guest_ranks: list[ModelInfo] = []  # as in StatusReport: other hosts' ranks charged here (`ctl memory` shows them)
 
 
 class StatusReport(Message, tag="status_report"):

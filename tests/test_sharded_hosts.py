@@ -100,6 +100,8 @@ def test_spread_over_two_hosts_it_answers_as_the_whole_model_and_each_host_charg
     assert "r0@here" in line and "r1@b" in line and f"{owner.ranks[0].pid},{owner.ranks[1].pid}@b" in line
     ps_b = fleet.ctl("ps", "--host", "b")
     assert "ranks for host a" in ps_b.stdout, ps_b.stdout
+    memory_b = fleet.ctl("memory", "--host", "b")
+    assert any(line.split()[:5] == ["spread", "ranks", "for", "host", "a"] for line in memory_b.stdout.splitlines())
     status_b = fleet.ctl("status", "--host", "b")
     assert status_b.returncode == 0 and f"spread: ranks 1 for host a, pids {guest.ranks[0].pid}" in status_b.stdout
 

@@ -144,18 +144,18 @@ def ranks_cell(m) -> str:
 
 
 def memory_view(reply) -> list[RenderableType | str]:
-    """A ModelList as `ctl memory` shows it: the budget line, then each model's share."""
+    """A ModelList as `ctl memory` shows it: the budget line, then each model's share (and other hosts' ranks')."""
     rows = [
         [
             m.id,
-            styled(m.state),
+            styled(m.state, f"ranks for host {m.ranks_for}" if m.ranks_for else m.state),
             gigabytes(m.charged_bytes),
             gigabytes(m.memory_bytes),
             gigabytes(m.memory_estimate_bytes),
             "yes" if m.pinned else "no",
             str(m.priority),
         ]
-        for m in reply.models
+        for m in [*reply.models, *reply.guest_ranks]
     ]
     headers = ["MODEL", "STATE", "CHARGED", "RESIDENT", "ESTIMATE", "PINNED", "PRIORITY"]
     return [budget_line(reply.memory), table(headers, rows)]
