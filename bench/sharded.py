@@ -1,6 +1,6 @@
 """What does sharding a model over 2 ranks (tensor-parallel, ring over 127.0.0.1) cost here? One run, side by side.
 
-    uv run python bench/sharded.py [--rounds 3] [--tokens 32] [--streams 4]
+    uv run python bench/sharded.py [--rounds 3] [--tokens 32] [--streams 4] [--hosts]
 
 One server (supervisor + gateway) serves each model twice: whole in one worker, and sharded over 2 ranks.
 Models: the tiny random Llama of the tests (64 wide, 2 layers), and a larger random Llama shaped like SmolLM2
@@ -13,6 +13,10 @@ Models: the tiny random Llama of the tests (64 wide, 2 layers), and a larger ran
             step" is their sum over the sharded single stream's time per token
 The whole and the sharded model alternate round by round. On 2 shared cores a gain is not expected: the ratios
 say what the ring costs on loopback. Prints only; nothing is asserted.
+
+--hosts: instead, the tiny model in a fleet of two hosts on this machine (two supervisors on loopback TCP ports
+and one gateway, tests/fleet_harness.py): whole on host a, 2 ranks both on a, and 2 ranks over hosts a and b
+(`shard.hosts`, each host's supervisor starting its own rank), all through the same gateway, side by side.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from supervisor.model_import import import_model  # noqa: E402
+from tests.fleet_harness import Fleet  # noqa: E402
 from tests.harness import Server, write_config  # noqa: E402
 from tests.tiny_llama import build_tiny_llama  # noqa: E402
 
@@ -107,11 +112,50 @@ def ring_ms(hidden: int, layers: int, scratch: Path) -> tuple[float, float]:
     return float(model), float(turn)
 
 
+def measure(url: str, pair: list[str], args) -> dict[str, tuple[float, float, float]]:
+    """Each model's median ttft, tok/s and batch tok/s, the models alternating round by round."""
+    for model in pair:  # loaded and warmed before anything is timed
+        stream(url, model, 4)
+    ttft, rate, batch = ({m: [] for m in pair} for _ in range(3))
+    for round_ in range(args.rounds):
+        for model in pair if round_ % 2 == 0 else pair[::-1]:
+            first, total, generated = stream(url, model, args.tokens)
+            ttft[model].append(first)
+            rate[model].append(generated / total)
+            batch[model].append(batch_rate(url, model, args.tokens, args.streams))
+    return {m: (statistics.median(ttft[m]), statistics.median(rate[m]), statistics.median(batch[m])) for m in pair}
+
+
+def across_hosts(store: Path, scratch: Path, args) -> None:
+    """--hosts: the tiny model whole, over 2 ranks on host a, and over hosts a and b, through one fleet gateway."""
+    on_a = {"source": "tiny", "memory_gb": 1.5, "hosts": ["a"]}
+    specs = [
+        {"id": "tiny-1", **on_a},
+        {"id": "tiny-2", **on_a, "shard": {"ranks": 2}},
+        {"id": "tiny-2ab", "source": "tiny", "memory_gb": 3, "shard": {"ranks": 2, "hosts": ["a", "b"]}},
+    ]
+    fleet = Fleet(scratch / "fleet", store, specs, memory_budget_gb=6)
+    try:
+        fleet.start()
+        measured = measure(fleet.url, [s["id"] for s in specs], args)
+    finally:
+        fleet.stop()
+    print(f"fleet of 2 hosts on this machine (TCP + CURVE); greedy, {args.tokens} tokens, median of {args.rounds} "
+          f"rounds; batch: {args.streams} concurrent streams; {os.cpu_count()} cores")  # fmt: skip
+    print("model     ranks        ttft ms  tok/s  batch tok/s  ttft x  tok/s x  batch x")
+    base = measured["tiny-1"]
+    for model, where in (("tiny-1", "1"), ("tiny-2", "2 on a"), ("tiny-2ab", "2 on a, b")):
+        ttft, rate, batch = measured[model]
+        ratios = f"{ttft / base[0]:6.2f}x {rate / base[1]:7.2f}x {batch / base[2]:7.2f}x"
+        print(f"{model:<9} {where:<11} {ttft * 1000:8.0f} {rate:6.1f} {batch:12.1f} {ratios}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--hosts", action="store_true", help="the tiny model over two hosts of a fleet instead")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-sharded-"))
@@ -119,6 +163,9 @@ def main() -> None:
     try:
         store = scratch / "store"
         import_model(f"bundled:{BUNDLED}", BUNDLED, store)  # for its tokenizer
+        if args.hosts:
+            build_tiny_llama(store / "tiny", store / BUNDLED, tie_word_embeddings=False)
+            return across_hosts(store, scratch, args)
         specs = []
         for name, shape in MODELS.items():
             build_tiny_llama(store / name, store / BUNDLED, tie_word_embeddings=False, **shape)
@@ -127,20 +174,9 @@ def main() -> None:
         server = Server(write_config(scratch / "models.yaml", store, specs, memory_budget_gb=12)).start()
         rows = {}
         for name, shape in MODELS.items():
-            pair = [f"{name}-1", f"{name}-2"]
-            for model in pair:  # loaded and warmed before anything is timed
-                stream(server.url, model, 4)
-            ttft, rate, batch = ({m: [] for m in pair} for _ in range(3))
-            for round_ in range(args.rounds):
-                for model in pair if round_ % 2 == 0 else pair[::-1]:
-                    first, total, generated = stream(server.url, model, args.tokens)
-                    ttft[model].append(first)
-                    rate[model].append(generated / total)
-                    batch[model].append(batch_rate(server.url, model, args.tokens, args.streams))
+            measured = measure(server.url, [f"{name}-1", f"{name}-2"], args)
             config = {"hidden_size": 64, "num_hidden_layers": 2} | shape
-            ring = ring_ms(config["hidden_size"], config["num_hidden_layers"], scratch)
-            rows[name] = ({m: (statistics.median(ttft[m]), statistics.median(rate[m]), statistics.median(batch[m]))
-                           for m in pair}, ring)  # fmt: skip
+            rows[name] = (measured, ring_ms(config["hidden_size"], config["num_hidden_layers"], scratch))
     finally:
         if server is not None:
             server.stop()

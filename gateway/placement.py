@@ -10,8 +10,9 @@ asked for its Plan of the model (in parallel; each answers from its own memory b
 3. else, of the hosts the config allows it on, the one with the most budget left after its own eviction plan
    (where it fits first). That host's supervisor still decides its memory when the load arrives.
 
-Every gateway asks the same supervisors and applies the same rules, so N gateways place alike. A model spread
-over several hosts (sharded) is placed here too, once it exists.
+Every gateway asks the same supervisors and applies the same rules, so N gateways place alike. A model sharded
+over several hosts is placed like any other: only rank 0's host answers that it may run it (its supervisor starts
+the other hosts' ranks).
 """
 
 from __future__ import annotations

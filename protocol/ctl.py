@@ -13,6 +13,7 @@ from protocol.codec import Call, Message, decoder
 from protocol.control import MemoryReport, ModelType
 from protocol.errors import ErrorCode
 from protocol.generation import SamplingDefaults
+from protocol.ranks import RANK_CALLS, RANK_REPLIES
 from protocol.store import STORE_CALLS, STORE_REPLIES
 
 
@@ -148,6 +149,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     transitions: dict[str, int] = {}  # lifecycle transitions since the supervisor started, e.g. "ready->stopping"
     ranks: list[RankInfo] = []  # a sharded model's processes, rank 0 first; [] for a model in one process
     shard_mode: str = ""  # a sharded model's mode (tensor, pipeline); "" for a model in one process
+    ranks_for: str = ""  # in StatusReport.guest_ranks: the host whose model these ranks are (its rank 0's)
 
 
 class BudgetInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +168,7 @@ class ModelList(Message, tag="model_list"):
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
     host: str = ""  # the answering host's name in a fleet ("" for a single host)
+    guest_ranks: list[ModelInfo] = []  # as in StatusReport: other hosts' ranks charged here (`ctl memory` shows them)
 
 
 class StatusReport(Message, tag="status_report"):
@@ -177,6 +180,9 @@ class StatusReport(Message, tag="status_report"):
     models: list[ModelInfo]
     memory: BudgetInfo | None = None
     host: str = ""
+    # Ranks this host runs for models sharded over hosts and served by another (rank 0's host): charged in this
+    # budget, but no model of this host's to load, place or ping.
+    guest_ranks: list[ModelInfo] = []
 
 
 class HostAlive(Message, tag="host_alive"):
@@ -244,9 +250,9 @@ class CallFailed(Message, tag="call_failed"):
 
 # Every call a supervisor answers (supervisor/ctl/ holds a handler for each), and every reply.
 CALLS = (EnsureLoaded, Load, Unload, Pin, ListModels, Status, Heartbeat, Plan, AddAlias, RemoveAlias, ListAliases,
-         *STORE_CALLS)  # fmt: skip
+         *STORE_CALLS, *RANK_CALLS)  # fmt: skip
 REPLIES = (Located, Unloaded, Pinned, ModelList, StatusReport, HostAlive, LoadPlan, AliasTable, *STORE_REPLIES,
-           CallFailed)  # fmt: skip
+           *RANK_REPLIES, CallFailed)  # fmt: skip
 
 
 def call_decoder() -> msgspec.msgpack.Decoder:

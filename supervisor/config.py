@@ -51,10 +51,11 @@ class ShardSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     ranks: int
     mode: str = "tensor"  # tensor: every rank holds a slice of every layer; pipeline: each rank a run of layers
     backend: str = "ring"  # ring (TCP), jaccl (Thunderbolt RDMA, macOS) or mpi
-    # Where the ranks run. Today every rank runs on the model's host (ring over 127.0.0.1); ranks on other hosts
-    # of a fleet are refused until each host's supervisor starts and charges its own ranks.
+    # Where the ranks run: hosts of the config's `hosts:` (a fleet), rank 0's host first, each running a contiguous
+    # block of ranks (rank r on hosts[r * len(hosts) // ranks]), each host's supervisor starting and charging its
+    # own; the model is served from hosts[0]. []: every rank on the model's host.
     hosts: list[str] = []
-    address: str = "127.0.0.1"  # the ring's address on this host
+    address: str = "127.0.0.1"  # the ring's address with every rank on one host (a fleet's: each host's data address)
     env: dict[str, str] = {}  # more environment for every rank, as mlx.launch would set it (jaccl, mpi)
 
     def __post_init__(self) -> None:
@@ -64,11 +65,17 @@ class ShardSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError(f"shard.mode {self.mode!r} is not one of {', '.join(SHARD_MODES)}")
         if self.backend not in SHARD_BACKENDS:
             raise ValueError(f"shard.backend {self.backend!r} is not one of {', '.join(SHARD_BACKENDS)}")
-        if self.hosts:
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError(f"shard.hosts {self.hosts}: a host is listed twice")
+        if self.hosts and self.ranks % len(self.hosts):
             raise ValueError(
-                "shard.hosts: ranks on other hosts are not supported yet; leave it out and every rank runs on the "
-                "model's host"
+                f"shard.ranks is {self.ranks}, which the {len(self.hosts)} shard.hosts cannot share evenly; "
+                f"choose a rank count divisible by the number of hosts"
             )
+
+    def rank_hosts(self) -> list[str]:
+        """The host of each rank, rank 0's first ([] with every rank on the model's host)."""
+        return [self.hosts[r * len(self.hosts) // self.ranks] for r in range(self.ranks)] if self.hosts else []
 
 
 class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -209,15 +216,37 @@ class Config:
             if unknown:
                 listed = ", ".join(self.hosts) or "none"
                 raise ValueError(f"model {spec.id!r}: hosts {unknown} are not in the config's hosts ({listed})")
+        for spec in settings.models:
+            if spec.shard is not None and spec.shard.hosts:
+                self._check_shard_hosts(spec)
         if host is not None and host not in self.hosts:
             raise ValueError(f"host {host!r} is not in the config's hosts ({', '.join(self.hosts) or 'none'})")
         self.host = self.hosts[host] if host is not None else None  # the host this supervisor is, in a fleet
         budget = self.host.memory_budget_gb if self.host and self.host.memory_budget_gb else None
         self.memory_budget_gb = budget or settings.memory_budget_gb
 
+    def _check_shard_hosts(self, spec: ModelSpec) -> None:
+        shard = spec.shard
+        if not self.hosts:
+            raise ValueError(f"model {spec.id!r}: shard.hosts names hosts, but the config lists no hosts (a fleet)")
+        unknown = [h for h in shard.hosts if h not in self.hosts]
+        if unknown:
+            raise ValueError(f"model {spec.id!r}: shard.hosts {unknown} are not in the config's hosts "
+                             f"({', '.join(self.hosts)})")  # fmt: skip
+        if spec.hosts and spec.hosts != shard.hosts[:1]:
+            raise ValueError(
+                f"model {spec.id!r}: a model sharded over hosts is served from rank 0's host, shard.hosts[0] "
+                f"({shard.hosts[0]}); its hosts {spec.hosts} say otherwise (leave hosts out)"
+            )
+
+    def served_on(self, spec: ModelSpec) -> list[str]:
+        """The hosts that may serve `spec` ([]: any): a model sharded over hosts, rank 0's host only."""
+        return spec.shard.hosts[:1] if spec.shard is not None and spec.shard.hosts else list(spec.hosts)
+
     def runs_here(self, spec: ModelSpec) -> bool:
         """Whether this supervisor serves `spec`: any model on a single host, else those allowed on its host."""
-        return self.host is None or not spec.hosts or self.host.name in spec.hosts
+        served_on = self.served_on(spec)
+        return self.host is None or not served_on or self.host.name in served_on
 
     def _configured(self, setting: str, name: str) -> str:
         model_id = self.names.configured(name)

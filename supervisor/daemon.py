@@ -32,6 +32,7 @@ from protocol.run_dir import bind_private, private_run_dir
 from supervisor.config import Config
 from supervisor.ctl import HANDLERS
 from supervisor.fleet import Fleet, FleetError
+from supervisor.guest_ranks import GuestRanks
 from supervisor.host import Host
 from supervisor.model_names import NameRefused
 from supervisor.orphans import WorkerRegistry
@@ -51,6 +52,8 @@ class Supervisor:
         self.registry = WorkerRegistry(run_dir)
         self.fleet = Fleet(config, str(run_dir), self.workers_endpoint, self.registry, host)
         self.fleet.pinger = self._ping
+        # Ranks this host runs for models sharded over hosts whose rank 0 is on another (a fleet's host only).
+        self.guests = GuestRanks(self.fleet, host) if host else None
         self.pulls = Pulls(config)  # downloads into the model store (`ctl pull`), one child process each
         self.started = time.monotonic()
         self._ctx = zmq.asyncio.Context()
@@ -71,7 +74,7 @@ class Supervisor:
         sockets = [ctl, self._workers]
         allow = None
         if self.host is not None:
-            allow = AllowList(self._ctx, self.host.allowed, f"host {self.host.name}")
+            allow = AllowList(self._ctx, self.host.ctl_allowed, f"host {self.host.name}")
             sockets.append(remote := self._ctx.socket(zmq.ROUTER))
             secure_server(remote, self.host.keys)
             remote.bind(self.host.bind)
@@ -86,11 +89,14 @@ class Supervisor:
             *(asyncio.create_task(self._serve_ctl(sock)) for sock in sockets if sock is not self._workers),
             asyncio.create_task(self._serve_workers()),
             asyncio.create_task(self._heartbeat()),
+            *([asyncio.create_task(self.guests.watch())] if self.guests else []),
         ]
         self._spawn(self.fleet.auto_load())
         await self._stopping.wait()
         log.info("stopping: unloading every model")
-        await asyncio.gather(self.fleet.stop_all(), self.pulls.stop_all())
+        await asyncio.gather(
+            self.fleet.stop_all(), self.pulls.stop_all(), *([self.guests.stop_all()] if self.guests else [])
+        )
         for task in loops:
             task.cancel()
         for sock in sockets:
@@ -98,6 +104,14 @@ class Supervisor:
         if allow is not None:
             allow.stop()
         self._ctx.term()
+
+    def guest_ranks(self) -> GuestRanks:
+        """For other hosts' calls about their models' ranks here; FleetError on a supervisor outside a fleet."""
+        if self.guests is None:
+            raise FleetError(
+                ErrorCode.INVALID_REQUEST, "this supervisor is not a fleet's host: it runs no other host's ranks"
+            )
+        return self.guests
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

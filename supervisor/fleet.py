@@ -55,7 +55,7 @@ class Fleet:
         self.workers_endpoint = workers_endpoint
         self.registry = registry
         self.host = host  # in a fleet: workers bind on its TCP address, as CURVE servers
-        self.budget = MemoryBudget(int(config.memory_budget_gb * GB))
+        self.budget = MemoryBudget(int(config.memory_budget_gb * GB), host.name if host else "")
         self.slots: dict[str, ModelSlot] = {}  # the models this host serves
         for spec in filter(config.runs_here, self.settings.models):
             slot = ModelSlot(spec, config.source_of(spec), self.budget.open(spec.id), config.draft_source_of(spec))
@@ -189,13 +189,14 @@ class Fleet:
             slot.last_error = None
             self.budget.estimate(slot.charge, slot.spec, slot.source, slot.draft_source)
             victims = await self._make_room(slot)
-            worker = await WorkerProcess.spawn(self._launch(slot), slot.spec.shard)
+            worker = await WorkerProcess.spawn(self._launch(slot), slot.spec.shard, self.host)
             for pid in worker.pids:
                 self.registry.add(pid)
             slot.worker = worker
             self.budget.attach(slot.charge, worker)
             self.by_instance[worker.instance_id] = worker
             worker.exited.add_done_callback(lambda _: self._on_exit(slot, worker))
+            await self._start_peers(slot, worker)
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.load_timeout_seconds)
             slot.last_used, slot.crashed = time.monotonic(), False
             where = f"{ready.device}, {ready.compute} (pid {worker.pid})"
@@ -218,6 +219,19 @@ class Fleet:
                 self.budget.release(slot.charge)
             slot.transition = None
             self._notify()
+
+    async def _start_peers(self, slot: ModelSlot, worker: WorkerProcess) -> None:
+        """A model sharded over hosts: their ranks, now that rank 0 is known here. Another host without room
+        refuses the load as this host's budget would (the model stays stopped, the caller may retry)."""
+        try:
+            await worker.start_peers()
+        except WorkerStartError as exc:
+            if exc.code not in (ErrorCode.WORKER_UNAVAILABLE, ErrorCode.INSUFFICIENT_MEMORY):
+                raise
+            worker.kill()
+            await worker.exited
+            slot.worker = None
+            raise FleetError(exc.code, str(exc), retryable=exc.code is ErrorCode.WORKER_UNAVAILABLE) from None
 
     def _launch(self, slot: ModelSlot) -> WorkerLaunch:
         return WorkerLaunch(
@@ -260,10 +274,14 @@ class Fleet:
             await self._refresh(s for s in others if s.state is State.READY and not s.idle)
         # Decided: from here to the first await nothing else runs, so the victims and the grant are one step.
         budget.grant(slot.charge)
+        return await self.evict(victims, slot.spec.id)
+
+    async def evict(self, victims: list[ModelSlot], room_for: str) -> list[str]:
+        """Stop the idle models a budget plan named, to make room for `room_for`; returns once they have exited."""
         for victim in victims:
             victim.evictions += 1
             idle = time.monotonic() - victim.last_used
-            self._begin_stop(victim, f"evicted to make room for {slot.spec.id} (idle {idle:.0f}s)")
+            self._begin_stop(victim, f"evicted to make room for {room_for} (idle {idle:.0f}s)")
         await asyncio.gather(*(_quietly(v.transition) for v in victims if v.transition is not None))
         return [v.spec.id for v in victims]
 

@@ -9,13 +9,22 @@ supervisor-worker control link stays on ipc://, inside the host.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.curve import HOST_KEY_ENV, KeyPair, fingerprint, key_pair_from_file, public_key
 from protocol.launch import CurveServer, tcp_host_of
 from supervisor.config import Config
 
 HOST_ENV = "MLX_SERVER_HOST"  # which of the config's hosts this supervisor is
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another host of the same config, as this one calls it (ranks of a model sharded over hosts)."""
+
+    name: str
+    endpoint: str
+    public_key: bytes  # Z85
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,13 @@ class Host:
     keys: KeyPair
     key_file: str  # the key pair's file, which its workers read
     allowed: list[bytes]  # Z85 public keys of the clients let in
+    peers: dict[str, Peer] = field(default_factory=dict)  # the config's other hosts, by name
+
+    @property
+    def ctl_allowed(self) -> list[bytes]:
+        """Who may call its ctl plane: the config's host_clients and its other hosts (their ranks' calls). The
+        workers' data planes let in host_clients only."""
+        return [*self.allowed, *(p.public_key for p in self.peers.values())]
 
     @property
     def data_address(self) -> str:
@@ -65,4 +81,9 @@ def host_of(config: Config, key_file: str | None) -> Host | None:
         keys=keys,
         key_file=os.path.abspath(os.path.expanduser(key_file)),
         allowed=allowed,
+        peers={
+            h.name: Peer(h.name, h.endpoint, public_key(h.public_key, config.base_dir))
+            for h in config.hosts.values()
+            if h.name != spec.name
+        },
     )

@@ -9,8 +9,9 @@ estimate is seen as it happens; while stopping, until its process is gone. A mod
 models evicted for it have exited, so the processes that exist never hold more than the budget by a decision
 of the supervisor.
 
-A charge belongs to one process: each configured model's slot owns one today; one rank of a model sharded over
-several hosts will own one on each host it runs on.
+A charge belongs to one model's processes on this host: each configured model's slot owns one; a model sharded
+over several hosts owns one on each, for that host's ranks (supervisor/guest_ranks.py on the hosts other than
+rank 0's).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from protocol.control import MemoryReport
 from protocol.ctl import BudgetInfo
 from protocol.launch import LlamaCppSettings
 from supervisor.config import GB, ModelSpec
+from supervisor.sharding import host_share
 
 if TYPE_CHECKING:
     from supervisor.model_slot import ModelSlot
@@ -148,8 +150,9 @@ class Charge:
 class MemoryBudget:
     """The budget and every charge against it. One per host (supervisor)."""
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, host: str = ""):
         self.total = budget_bytes
+        self.host = host  # its name in a fleet: a model sharded over hosts charges each its ranks' share
         self._charges: dict[str, Charge] = {}
 
     def open(self, key: str) -> Charge:
@@ -160,8 +163,9 @@ class MemoryBudget:
         return charge
 
     def estimate(self, charge: Charge, spec: ModelSpec, source: str, draft_source: str | None = None) -> int:
-        """Set and return what `charge` will be granted at its next load (see estimate_bytes)."""
-        charge.estimate = estimate_bytes(spec, source, draft_source)
+        """Set and return what `charge` will be granted at its next load (see estimate_bytes): for a model sharded
+        over hosts, this host's ranks' share."""
+        charge.estimate = int(estimate_bytes(spec, source, draft_source) * host_share(spec, self.host))
         return charge.estimate
 
     def exceeds(self, charge: Charge) -> bool:
@@ -206,6 +210,12 @@ class MemoryBudget:
     def release(self, charge: Charge) -> None:
         """Its process is gone, or was never started: it counts nothing any more."""
         charge.granted, charge.process = False, None
+
+    def close(self, charge: Charge) -> bool:
+        """Its owner is gone for good (a load of another host's ranks): released and forgotten. False if it was
+        closed already."""
+        self.release(charge)
+        return self._charges.pop(charge.key, None) is not None
 
     def committed(self) -> int:
         return sum(c.bytes for c in self._charges.values())

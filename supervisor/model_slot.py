@@ -18,8 +18,6 @@ import logging
 import time
 from collections import Counter, deque
 
-import psutil
-
 from protocol.control import ModelType
 from protocol.ctl import ModelInfo, RankInfo
 from protocol.ctl import ModelState as State
@@ -161,12 +159,8 @@ class ModelSlot:
 
 
 def rank_infos(worker: WorkerProcess) -> list[RankInfo]:
-    """Each rank of a sharded model's worker: rank 0 as it reports itself, the others as the system sees them."""
+    """Each rank of a sharded model's worker: rank 0 as it reports itself, the others as their host sees them (this
+    one's RSS, another's as its last lease answer said)."""
     ranks = [RankInfo(rank=0, pid=worker.pid, memory_bytes=worker.memory.resident_bytes if worker.memory else 0)]
-    for rank, follower in enumerate(worker.followers, 1):
-        try:
-            rss = psutil.Process(follower.pid).memory_info().rss
-        except psutil.Error:  # gone or going: the exit is handled as the model's
-            rss = 0
-        ranks.append(RankInfo(rank=rank, pid=follower.pid, memory_bytes=rss))
+    ranks += [RankInfo(rank=f.rank, pid=f.pid, host=f.host, memory_bytes=f.memory_bytes) for f in worker.followers]
     return ranks

@@ -2,9 +2,10 @@
 starts one, and the launch of each rank.
 
 The ranks join with mx.distributed from the environment mlx.launch would give them (worker/lockstep.py); the
-supervisor only chooses each rank's ring address and starts the processes. mlx-lm's `model.shard(group)` divides
-every layer's heads and MLP rows by the rank count without checking, so a model whose counts do not divide
-would load and answer garbage: refused here, with the counts, before anything is spawned.
+supervisor only chooses each rank's ring address and starts the processes (with `shard.hosts`, each host's
+supervisor its own block of ranks: supervisor/remote_ranks.py and guest_ranks.py). mlx-lm's `model.shard(group)`
+divides every layer's heads and MLP rows by the rank count without checking, so a model whose counts do not
+divide would load and answer garbage: refused here, with the counts, before anything is spawned.
 """
 
 from __future__ import annotations
@@ -81,13 +82,30 @@ def ring_hosts(address: str, ranks: int) -> list[list[str]]:
             s.close()
 
 
-def rank_launches(leader: WorkerLaunch, shard: ShardSpec) -> list[WorkerLaunch]:
-    """Every rank's launch, rank 0's first: rank 0 is `leader` (the worker gateways talk to) joined to the group;
-    the others load the same model and follow it, so they need no data plane and no supervisor socket."""
-    ring = ring_hosts(shard.address, shard.ranks) if shard.backend == "ring" else []
-    per_rank = leader.memory_charge_bytes and leader.memory_charge_bytes // shard.ranks
+def ranks_on(shard: ShardSpec, host: str) -> list[int]:
+    """The ranks `host` runs: every rank with no shard.hosts, else its contiguous block (ShardSpec.rank_hosts)."""
+    if not shard.hosts:
+        return list(range(shard.ranks))
+    return [rank for rank, name in enumerate(shard.rank_hosts()) if name == host]
+
+
+def host_share(spec: ModelSpec, host: str) -> float:
+    """The part of `spec`'s memory that `host` charges: its ranks over all (1 for a model on one host)."""
+    if spec.shard is None or not spec.shard.hosts:
+        return 1.0
+    return len(ranks_on(spec.shard, host)) / spec.shard.ranks
+
+
+def rank_launches(
+    leader: WorkerLaunch, shard: ShardSpec, ring: list[list[str]], ranks: list[int]
+) -> list[WorkerLaunch]:
+    """The launches of this host's `ranks`, joined to `ring` (every rank's host:port): from `leader`, whose
+    memory_charge_bytes is what this host charges for them all. Rank 0 (where it is here, first) is the worker
+    gateways talk to; the others load the same model and follow it, so they need no data plane and no supervisor
+    socket."""
+    per_rank = leader.memory_charge_bytes and leader.memory_charge_bytes // len(ranks)
     launches = []
-    for rank in range(shard.ranks):
+    for rank in ranks:
         joined = ShardLaunch(
             rank=rank, ranks=shard.ranks, mode=shard.mode, backend=shard.backend, ring_hosts=ring, env=shard.env
         )

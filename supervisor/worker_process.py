@@ -9,11 +9,16 @@ import os
 import signal
 import time
 
+import psutil
+
 from protocol import ErrorCode
 from protocol.control import LoadFailed, MemoryReport, Ready
 from protocol.launch import WorkerLaunch, worker_argv
+from supervisor import remote_ranks
 from supervisor.config import ShardSpec
-from supervisor.sharding import rank_launches
+from supervisor.host import Host
+from supervisor.peer_client import PeerError
+from supervisor.sharding import rank_launches, ranks_on, ring_hosts
 
 log = logging.getLogger("supervisor.worker")
 FOLLOWER_GRACE = 1.0  # seconds a sharded model's other ranks have to exit of themselves once rank 0 has
@@ -44,33 +49,65 @@ class WorkerProcess:
         self.pong_at = 0.0  # monotonic time of the last Ready or Pong: proof the generation loop turns
         self.identity: bytes | None = None  # its control socket's ZeroMQ identity, learnt from Hello
         self.wedged = False  # killed for answering no ping: a request may have caused it
-        # A sharded model's other ranks (supervisor/sharding.py): they live and die with this one, rank 0.
-        self.followers: list[asyncio.subprocess.Process] = []
+        # A sharded model's other ranks (supervisor/sharding.py): they live and die with this one, rank 0. Each a
+        # LocalRank, or a RemoteRank on another host (supervisor/remote_ranks.py): pid, host, wait(), kill(), ended.
+        self.followers: list = []
         self.rank_exits: list[str] = []  # how each rank ended, in the order the supervisor saw them end
         self._ending_followers = False  # rank 0 is gone: the followers still running are stopped with it
+        self._peers: tuple | None = None  # (this host, the shard, the ring) until start_peers has run
         self.exited = asyncio.ensure_future(self._all_exited())
 
     @classmethod
-    async def spawn(cls, launch: WorkerLaunch, shard: ShardSpec | None = None) -> WorkerProcess:
-        """Start the worker for `launch`; for a sharded model, one process per rank, rank 0 the worker."""
-        launches = rank_launches(launch, shard) if shard is not None else [launch]
-        worker = cls(launches[0], await _start(launches[0]))
-        for rank_launch in launches[1:]:
-            try:
-                worker.followers.append(await _start(rank_launch))
-            except OSError:
-                worker.kill()
-                raise
-            follower = worker.followers[-1]
-            if not worker.alive:  # rank 0 ended while its followers started: they would wait for it forever
-                worker.kill()
-            asyncio.ensure_future(follower.wait()).add_done_callback(lambda _, p=follower: worker._on_rank_exit(p))
+    async def spawn(
+        cls, launch: WorkerLaunch, shard: ShardSpec | None = None, host: Host | None = None
+    ) -> WorkerProcess:
+        """Start the worker for `launch`; for a sharded model, one process per rank of this host, rank 0 the worker
+        (with shard.hosts, the other hosts' ranks follow in `start_peers`; `host`: this one)."""
+        if shard is None:
+            return cls(launch, await start_process(launch))
+        try:
+            if shard.hosts:
+                ring = await remote_ranks.reserve_ring(host, launch.model_id, shard)
+            else:
+                ring = ring_hosts(shard.address, shard.ranks) if shard.backend == "ring" else []
+        except PeerError as exc:
+            raise WorkerStartError(exc.code, str(exc)) from None
+        launches = rank_launches(launch, shard, ring, ranks_on(shard, host.name if shard.hosts else ""))
+        worker = cls(launches[0], await start_process(launches[0]))
+        try:
+            for rank_launch in launches[1:]:
+                worker._follow(LocalRank(rank_launch.shard.rank, await start_process(rank_launch)))
+        except OSError:
+            worker.kill()
+            await worker.exited
+            raise
+        if shard.hosts:
+            worker._peers = (host, shard, ring)
         return worker
+
+    async def start_peers(self) -> None:
+        """A model sharded over hosts: have the other hosts' supervisors start their ranks (they may first evict
+        models there). Called once rank 0 is known to the supervisor, whose Hello must not be missed meanwhile;
+        WorkerStartError if a host cannot (no room in its budget) or does not answer (the caller kills the rest)."""
+        if self._peers is None:
+            return
+        (host, shard, ring), self._peers = self._peers, None
+        try:
+            for remote in await remote_ranks.start_peers(host, self.launch, shard, ring):
+                self._follow(remote)
+        except PeerError as exc:
+            raise WorkerStartError(exc.code, str(exc)) from None
+
+    def _follow(self, follower) -> None:
+        self.followers.append(follower)
+        if not self.alive:  # rank 0 ended while its followers started: they would wait for it forever
+            self.kill()
+        asyncio.ensure_future(follower.wait()).add_done_callback(lambda _: self._on_rank_exit(follower))
 
     @property
     def pids(self) -> list[int]:
-        """Every rank's process id, rank 0 first."""
-        return [self.pid, *(p.pid for p in self.followers)]
+        """Every rank's process id on this host, rank 0 first."""
+        return [self.pid, *(p.pid for p in self.followers if not p.host)]
 
     @property
     def rank_failure(self) -> str | None:
@@ -89,15 +126,15 @@ class WorkerProcess:
         await asyncio.wait([asyncio.ensure_future(p.wait()) for p in self.followers], timeout=FOLLOWER_GRACE)
         self._ending_followers = True
         for follower in self.followers:
-            _signal_group(follower.pid, signal.SIGKILL)
+            follower.kill()
         await asyncio.gather(*(p.wait() for p in self.followers))
         return code
 
-    def _on_rank_exit(self, follower: asyncio.subprocess.Process) -> None:
+    def _on_rank_exit(self, follower) -> None:
         if self._ending_followers:
             return  # stopped with rank 0
-        rank = self.followers.index(follower) + 1
-        self.rank_exits.append(f"rank {rank} (pid {follower.pid}) {describe_exit(follower.returncode)}")
+        where = f" on host {follower.host}" if follower.host else ""
+        self.rank_exits.append(f"rank {follower.rank} (pid {follower.pid}{where}) {follower.ended}")
         if self.alive:  # a follower went first: the model cannot step without it
             log.error("%s: %s: stopping every rank", self.model_id, self.rank_exits[-1])
             self.kill()
@@ -147,14 +184,42 @@ class WorkerProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        for pid in self.pids:
-            _signal_group(pid, signal.SIGKILL)
+        _signal_group(self.pid, signal.SIGKILL)
+        for follower in self.followers:
+            follower.kill()
 
     def _signal_group(self, sig: int) -> None:
         _signal_group(self.pid, sig)
 
 
-async def _start(launch: WorkerLaunch) -> asyncio.subprocess.Process:
+class LocalRank:
+    """A rank > 0 of a sharded model, a process of this host."""
+
+    host = ""  # this one
+
+    def __init__(self, rank: int, proc: asyncio.subprocess.Process):
+        self.rank, self.proc, self.pid = rank, proc, proc.pid
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def kill(self) -> None:
+        _signal_group(self.pid, signal.SIGKILL)
+
+    @property
+    def ended(self) -> str | None:
+        """How it ended; None while it runs."""
+        return None if self.proc.returncode is None else describe_exit(self.proc.returncode)
+
+    @property
+    def memory_bytes(self) -> int:
+        try:
+            return psutil.Process(self.pid).memory_info().rss
+        except psutil.Error:  # gone or going: its exit is handled as the model's
+            return 0
+
+
+async def start_process(launch: WorkerLaunch) -> asyncio.subprocess.Process:
     # Own process group: stopping it reaches anything the worker started. stdin is the lifeline pipe.
     proc = await asyncio.create_subprocess_exec(
         *worker_argv(launch), stdin=asyncio.subprocess.PIPE, start_new_session=True

@@ -112,14 +112,22 @@ class FleetHost:
 
 
 class Fleet:
-    def __init__(self, root: Path, store: Path, models: list[dict], **settings):
+    def __init__(self, root: Path, store: Path, models: list[dict], host_settings: dict | None = None, **settings):
         self.root = root
         self.keys = root / "keys"
         for name in (*HOSTS, "gateway"):
             make_key_pair(self.keys, name)
         self.client_keys = key_pair_from_file(self.keys / "gateway.key_secret")
         self.hosts = {name: FleetHost(self, name) for name in HOSTS}
-        hosts = [dict(name=h.name, endpoint=h.endpoint, public_key=f"keys/{h.name}.key") for h in self.hosts.values()]
+        hosts = [
+            dict(
+                name=h.name,
+                endpoint=h.endpoint,
+                public_key=f"keys/{h.name}.key",
+                **(host_settings or {}).get(h.name, {}),
+            )
+            for h in self.hosts.values()
+        ]  # host_settings: more of a host's entry (its memory_budget_gb), by name
         self.config = write_config(
             root / "models.yaml", store, models, hosts=hosts, host_clients=["keys/gateway.key"], **settings
         )

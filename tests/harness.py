@@ -342,3 +342,20 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def killed_mid_stream(client, model: str, prompt: str, process: psutil.Process):
+    """Stream a long greedy chat completion through the openai SDK `client` and SIGKILL `process` once the first
+    text has arrived (mid-generation): the openai.APIError the stream ended with, or None if it ended without."""
+    import openai
+
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=400, temperature=0, stream=True
+    )
+    try:
+        for received, _ in enumerate(stream, 1):
+            if received == 2:  # the role chunk, then the first text
+                process.send_signal(signal.SIGKILL)
+    except openai.APIError as exc:
+        return exc
+    return None

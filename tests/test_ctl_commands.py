@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import msgspec
 import pytest
 
 from protocol import ErrorCode
@@ -27,6 +28,7 @@ from protocol.ctl import (
     ModelList,
     Pin,
     Pinned,
+    RankInfo,
     RemoveAlias,
     Status,
     StatusReport,
@@ -121,6 +123,19 @@ def test_memory_shows_the_budget_and_each_models_share():
     assert second.split() == ["phi-3", "starting", "20.00", "GB", "-", "15.00", "GB", "yes", "0"]
 
 
+def test_ps_and_memory_show_the_ranks_a_host_runs_for_another_hosts_model():
+    guest = model(id="deepseek", charged_bytes=200 * GB, memory_bytes=190 * GB, memory_estimate_bytes=200 * GB,
+                  pid=5151, compute="ranks for host m3", shard_mode="tensor", ranks_for="m3", aliases=[],
+                  ranks=[RankInfo(rank=1, pid=5151, host="m3-2", memory_bytes=190 * GB)])  # fmt: skip
+    code, out, _ = run("ps", msgspec.structs.replace(report(), guest_ranks=[guest]))
+    [row] = [line for line in out.splitlines() if line.startswith("deepseek")]
+    assert code == 0 and "5151@m3-2" in row and "ranks for host m3" in row and "r1@m3-2 190.00 GB" in row
+    code, out, _ = run("memory", ModelList(call_id="c1", models=[], memory=BUDGET, guest_ranks=[guest]))
+    assert code == 0 and out.splitlines()[-1].split()[:6] == ["deepseek", "ranks", "for", "host", "m3", "200.00"]
+    code, out, _ = run("status", msgspec.structs.replace(report(), guest_ranks=[guest]))
+    assert "deepseek: ranks 1 for host m3, pids 5151" in out
+
+
 def test_pin_and_unpin_send_the_flag():
     code, out, calls = run("pin", Pinned(call_id="c1", model_id="qwen3-14b", pinned=True), "qwen3")
     assert code == 0 and out.strip() == "qwen3-14b pinned" and calls[0].pinned is True
@@ -162,6 +177,7 @@ def test_every_command_has_help_from_its_docstring():
 class FakeSupervisor:
     def __init__(self, fleet, host_name: str = ""):
         self.fleet, self.started, self.host_name = fleet, time.monotonic(), host_name
+        self.guests = None  # no other host's ranks: not a fleet's host
 
 
 class Spawned:

@@ -9,9 +9,10 @@
   FleetError (or NameRefused) to fail with a code; the daemon turns that into CallFailed.
 
 Commands that send a call another module answers (`unpin` sends Pin, `ps` sends Status, `memory` sends
-ListModels) have no `execute`; calls only gateways send (EnsureLoaded, ListModels, Heartbeat, Plan) have a
-module with no CLI part; `import` and `keygen` need no supervisor. The daemon dispatches each decoded call by
-its type through HANDLERS. How they print (rich tables, plain text, --json) is format.py's.
+ListModels) have no `execute`; calls only gateways send (EnsureLoaded, ListModels, Heartbeat, Plan), and those
+only other hosts send (ReserveRanks, StartRanks, RankLease, StopRanks), have a module with no CLI part; `import`
+and `keygen` need no supervisor. The daemon dispatches each decoded call by its type through HANDLERS. How they
+print (rich tables, plain text, --json) is format.py's.
 """
 
 from supervisor.ctl import (
@@ -31,9 +32,13 @@ from supervisor.ctl import (
     ps,
     pull,
     pulls,
+    rank_lease,
+    reserve_ranks,
     rm,
     service,
+    start_ranks,
     status,
+    stop_ranks,
     unalias,
     unload,
     unpin,
@@ -66,5 +71,5 @@ PER_HOST_VIEWS = ("ps", "memory", "status")
 
 # Call type -> the supervisor's handler for it.
 SERVED = (ensure_loaded, list_models, load, unload, pin, status, heartbeat, plan, alias, unalias, aliases, pull, pulls,
-          cancel_pull, models, rm)  # fmt: skip
+          cancel_pull, models, rm, reserve_ranks, start_ranks, rank_lease, stop_ranks)  # fmt: skip
 HANDLERS = {module.REQUEST: module.execute for module in SERVED}

@@ -111,12 +111,13 @@ def duration(seconds: float | None) -> str:
 def ps_view(report) -> list[RenderableType | str]:
     """A StatusReport as `ctl ps` shows it: the budget line, then one row per configured model (a sharded model's
     ranks in a column of their own, shown where a model is sharded)."""
-    sharded = any(m.shard_mode for m in report.models)
+    models = [*report.models, *report.guest_ranks]
+    sharded = any(m.shard_mode for m in models)
     rows = [
         [
             m.id + (" (pinned)" if m.pinned else ""),
             styled(m.state, m.state + ("" if m.alive in (None, True) else " (no pong)")),
-            ",".join(str(r.pid) for r in m.ranks) or str(m.pid or "-"),
+            ",".join(f"{r.pid}@{r.host}" if r.host else str(r.pid) for r in m.ranks) or str(m.pid or "-"),
             gigabytes(m.charged_bytes),
             gigabytes(m.memory_bytes),
             duration(m.uptime_seconds),
@@ -126,7 +127,7 @@ def ps_view(report) -> list[RenderableType | str]:
             *([ranks_cell(m)] if sharded else []),
             ", ".join(m.aliases) or "-",
         ]
-        for m in report.models
+        for m in models
     ]
     headers = ["MODEL", "STATE", "PID", "CHARGED", "RESIDENT", "UPTIME", "IDLE", "IN-FLIGHT", "COMPUTE"]
     headers += ["RANKS", "ALIASES"] if sharded else ["ALIASES"]
@@ -143,18 +144,18 @@ def ranks_cell(m) -> str:
 
 
 def memory_view(reply) -> list[RenderableType | str]:
-    """A ModelList as `ctl memory` shows it: the budget line, then each model's share."""
+    """A ModelList as `ctl memory` shows it: the budget line, then each model's share (and other hosts' ranks')."""
     rows = [
         [
             m.id,
-            styled(m.state),
+            styled(m.state, f"ranks for host {m.ranks_for}" if m.ranks_for else m.state),
             gigabytes(m.charged_bytes),
             gigabytes(m.memory_bytes),
             gigabytes(m.memory_estimate_bytes),
             "yes" if m.pinned else "no",
             str(m.priority),
         ]
-        for m in reply.models
+        for m in [*reply.models, *reply.guest_ranks]
     ]
     headers = ["MODEL", "STATE", "CHARGED", "RESIDENT", "ESTIMATE", "PINNED", "PRIORITY"]
     return [budget_line(reply.memory), table(headers, rows)]
@@ -174,4 +175,6 @@ def status_view(report) -> list[RenderableType | str]:
         lines.append(Text.assemble(f"  {m.id}: ", styled(m.state), f", pid {m.pid}, ", ping))
     lines += [Text.assemble(f"  {m.id}: ", styled("failed"), f": {m.last_error}") for m in report.models
               if m.state == "failed"]  # fmt: skip
+    lines += [f"  {m.id}: ranks {', '.join(str(r.rank) for r in m.ranks)} for host {m.ranks_for}, pids "
+              f"{', '.join(str(r.pid) for r in m.ranks)}" for m in report.guest_ranks]  # fmt: skip
     return lines

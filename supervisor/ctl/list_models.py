@@ -16,4 +16,11 @@ REQUEST = ListModels
 async def execute(supervisor: Supervisor, call: ListModels) -> ModelList:
     fleet = supervisor.fleet
     models = [fleet.info(s) for s in fleet.slots.values() if fleet.config.allows(s.spec, call.allowed)]
-    return ModelList(call_id=call.call_id, models=models, memory=fleet.budget.report(), host=supervisor.host_name)
+    guests = supervisor.guests.infos() if supervisor.guests else []
+    return ModelList(
+        call_id=call.call_id,
+        models=models,
+        memory=fleet.budget.report(),
+        host=supervisor.host_name,
+        guest_ranks=guests,
+    )

@@ -21,7 +21,7 @@ async def execute(supervisor: Supervisor, call: Plan) -> LoadPlan:
     # As EnsureLoaded resolves it (the fallback model for a name that leads nowhere): the same answer on every host.
     spec = fleet.resolve(call.model, call.allowed, fallback=True)
     slot = fleet.slots.get(spec.id)
-    plan = LoadPlan(call_id=call.call_id, model_id=spec.id, here=slot is not None, hosts=list(spec.hosts))
+    plan = LoadPlan(call_id=call.call_id, model_id=spec.id, here=slot is not None, hosts=fleet.config.served_on(spec))
     if slot is None:
         return plan
     plan = msgspec.structs.replace(plan, state=slot.state, in_flight=slot.worker.in_flight if slot.worker else 0)

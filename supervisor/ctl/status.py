@@ -49,4 +49,5 @@ async def execute(supervisor: Supervisor, call: Status) -> StatusReport:
         models=models,
         memory=fleet.budget.report(),
         host=supervisor.host_name,
+        guest_ranks=supervisor.guests.infos() if supervisor.guests else [],
     )
