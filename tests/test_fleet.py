@@ -38,6 +38,11 @@ def states(fleet, model: str) -> dict[str, str]:
     return {name: models[model] for name, models in listed.items() if model in models}
 
 
+def in_flight(fleet, host: str, model: str) -> int:
+    """The model's requests in flight on `host`, as its supervisor last heard from the worker."""
+    return next((m.in_flight for m in fleet.hosts[host].models().models if m.id == model), 0)
+
+
 def test_the_openai_sdk_gets_answers_from_both_hosts_and_every_view_lists_both(fleet):
     client = openai(fleet)
     reply = client.chat.completions.create(model="tiny", messages=PARIS, temperature=0, max_tokens=8)
@@ -169,7 +174,10 @@ def _stream(fleet, done: threading.Event) -> None:
 def test_a_host_killed_mid_stream_ends_its_streams_and_its_models_move_then_it_rejoins(fleet):
     for name in HOSTS:
         assert fleet.ctl("load", "chat", "--host", name).returncode == 0
-    # Two streams at once: placement gives each replica one (the fewest in flight, ties in turn).
+    # Two streams at once: placement gives each replica one (the fewest in flight, ties in turn). Its second key is
+    # the in-flight count each supervisor last heard from its worker (refreshed once a heartbeat), so an earlier
+    # test's requests must be seen finished first, or both streams can go to the replica that looks idler.
+    assert wait_until(lambda: all(in_flight(fleet, name, "chat") == 0 for name in HOSTS), timeout=60)
     lines: list[list[str]] = [[], []]
     started = [threading.Event(), threading.Event()]
     stop = threading.Event()
@@ -189,6 +197,9 @@ def test_a_host_killed_mid_stream_ends_its_streams_and_its_models_move_then_it_r
         reader.start()
     try:
         assert all(event.wait(180) for event in started)
+        assert wait_until(lambda: all(in_flight(fleet, name, "chat") == 1 for name in HOSTS), timeout=60), {
+            name: in_flight(fleet, name, "chat") for name in HOSTS
+        }  # one stream on each host, so killing b ends exactly one
         fleet.hosts["b"].kill()
         assert wait_until(lambda: any('"error"' in line for stream in lines for line in stream), timeout=30)
     finally:
