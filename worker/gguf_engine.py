@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from worker.tool_calls import ToolCallScanner, openai_tools, parser_for
 from worker.waiting import MAX_WAITING, Waiting
 
 log = logging.getLogger("worker.gguf")
+SERVER_EXIT_SECONDS = 1.0  # a stream broken by llama-server's end: how long its exit may take to be seen
 EVENT_WAIT_SECONDS = 0.02  # step() runs the event loop this long at most without an event, then sees the inbox
 
 
@@ -180,6 +182,8 @@ class GGUFEngine:
             if not isinstance(event, TextChunk):
                 del self._live[event.request_id]
             emit(event)
+        if not self._server.alive:  # now, not at the next request, which would be taken for the crash's cause
+            raise EngineFailed(f"llama-server exited (exit code {self._server.proc.returncode})")
 
     def close(self) -> None:
         for live in self._live.values():
@@ -199,7 +203,9 @@ class GGUFEngine:
             await self._generate(request)
         except asyncio.CancelledError:
             raise
-        except ERRORS as exc:  # llama-server went away mid-request; step() will see it exited
+        except ERRORS as exc:  # llama-server went away mid-request: step() sees it exited, once it has
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self._server.proc.wait, SERVER_EXIT_SECONDS)
             self._put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"llama-server: {exc!r}"))
         except Exception as exc:  # this request's failure (RequestRejected: the client's) ends this request alone
             self._put(failed(request, exc, "generating with llama.cpp"))
