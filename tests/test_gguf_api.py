@@ -240,6 +240,22 @@ def test_worker_killed_mid_stream_is_an_error_and_the_next_request_works(gguf_se
     assert "Berlin" in reply.choices[0].message.content
 
 
+def test_llama_server_killed_mid_stream_ends_the_stream_and_its_worker(gguf_server, gclient):
+    gclient.chat.completions.create(model="g", messages=PARIS, max_tokens=1)
+    worker, llama = gguf_server.worker("g"), _llama_server(gguf_server)
+    stream = gclient.chat.completions.create(model="g", messages=STORY, temperature=0, max_tokens=300, stream=True)
+    with pytest.raises(openai.APIError):  # the stream's connection to llama-server broke: worker_crashed
+        for received, _ in enumerate(stream):
+            if received == 2:
+                llama.kill()
+    # The worker can serve nothing more: it exits now (not at the next request, which would then be taken for the
+    # crash's cause), and the supervisor sees it gone; the next request gets a new worker.
+    assert wait_until(lambda: gone(worker), timeout=30)
+    assert wait_until(lambda: _model(gguf_server, "g").pid != worker.pid, timeout=30)
+    reply = gclient.chat.completions.create(model="g", messages=BERLIN, temperature=0, max_tokens=16)
+    assert "Berlin" in reply.choices[0].message.content
+
+
 def test_eviction_stops_llama_server(gguf_server, gclient):
     gclient.chat.completions.create(model="g", messages=PARIS, max_tokens=1)
     llama = _llama_server(gguf_server)

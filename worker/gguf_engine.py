@@ -3,25 +3,26 @@
 It is an Engine (worker/backends.py) like the MLX ones and runs on the generation thread like them, but the
 decoding happens in llama-server, which batches its slots continuously. Requests wait in the engine's bounded
 queue (worker/waiting.py: priority order, refused when full) until a slot is free; each admitted request is one
-coroutine on the engine's own event loop thread: render and tokenize the prompt, check it against the context,
-then stream /completion and turn its chunks into protocol events on a queue that step() hands to the worker's
-socket. A request's failure is its own error event (worker/containment.py). Aborting a request cancels its
-coroutine, which closes its HTTP stream; llama-server then stops the sequence and frees its slot. A dead
+task on the engine's event loop: render and tokenize the prompt, check it against the context, then stream
+/completion and turn its chunks into protocol events. The generation thread runs that loop itself, in step(),
+until an event is ready (or EVENT_WAIT_SECONDS pass, to see the worker's inbox): a token crosses no thread
+between llama-server's socket and the worker's, since every wake-up per token takes CPU from llama-server's
+compute threads. A request's failure is its own error event (worker/containment.py). Aborting a request
+cancels its task, which closes its connection; llama-server then stops the sequence and frees its slot. A dead
 llama-server is EngineFailed: the worker exits and the supervisor starts another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import queue
-import threading
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import msgspec
 from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
@@ -30,15 +31,17 @@ from protocol.launch import EngineSettings, LlamaCppSettings, refuse_mlx_only_se
 from worker.backends import EngineFailed
 from worker.containment import failed
 from worker.llama_server import LlamaServer, build_backend
-from worker.llama_stream import StreamTranslator, completion_body
+from worker.llama_stream import StreamTranslator, completion_body, decode_chunk
 from worker.llama_template import LlamaTemplate, TemplateError, error_message
 from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_for
 from worker.sampling import check_sampling
+from worker.sse_client import ERRORS, EventSource
 from worker.tool_calls import ToolCallScanner, openai_tools, parser_for
 from worker.waiting import MAX_WAITING, Waiting
 
 log = logging.getLogger("worker.gguf")
-EVENT_WAIT_SECONDS = 0.02  # step() waits this long for llama-server's next token before the worker's inbox
+SERVER_EXIT_SECONDS = 1.0  # a stream broken by llama-server's end: how long its exit may take to be seen
+EVENT_WAIT_SECONDS = 0.02  # step() runs the event loop this long at most without an event, then sees the inbox
 
 
 @dataclass
@@ -99,7 +102,7 @@ def gguf_metadata(path: str) -> tuple[int, int | None]:
 
 @dataclass
 class _Live:
-    future: object  # the coroutine's concurrent.futures.Future
+    task: asyncio.Task
     started: bool = False  # its first chunk went out
 
 
@@ -111,14 +114,11 @@ class GGUFEngine:
         self.vocab_size = loaded.vocab_size  # the worker's Ready carries it: top_k is checked at the edge
         self.context_length = loaded.context_length
         self._waiting = Waiting(max_waiting)  # accepted, not yet handed to llama-server
-        self._events: queue.Queue = queue.Queue()  # from the coroutines, for step()
+        self._events: list = []  # from the tasks, for step()
         self._live: dict[str, _Live] = {}  # handed to llama-server: at most one per slot
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="worker-llama-http", daemon=True).start()
-        self._http: httpx.AsyncClient = asyncio.run_coroutine_threadsafe(self._client(), self._loop).result()
-
-    async def _client(self) -> httpx.AsyncClient:
-        return self._server.async_client()
+        self._loop = asyncio.new_event_loop()  # run by the generation thread, in step() (and abort())
+        self._stepping = False  # step() runs the loop: an event stops it
+        self._http = EventSource(self._server.socket)
 
     @property
     def in_flight(self) -> int:
@@ -141,7 +141,7 @@ class GGUFEngine:
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         live = self._live.pop(request_id, None)
         if live is not None:
-            live.future.cancel()  # closes its HTTP stream: llama-server stops the sequence and frees the slot
+            self._cancel(live.task)
         elif not self._waiting.drop(request_id):
             return False
         emit(failure(request_id, code, reason))
@@ -151,23 +151,29 @@ class GGUFEngine:
         for request_id in [*self._live, *(r.request_id for r in self._waiting)]:
             self.abort(request_id, emit, code=code, reason=reason)
 
+    def _cancel(self, task: asyncio.Task) -> None:
+        """Cancel a request's task and run the loop until it has ended: its connection is closed before this returns,
+        so llama-server stops the sequence and frees the slot even if no step() follows."""
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            self._loop.run_until_complete(task)
+
     def step(self, emit) -> None:
-        """Hand waiting requests to free slots, then over what the coroutines produced (waiting briefly for it)."""
+        """Hand waiting requests to free slots, then over what the tasks produced (running the loop until some)."""
         if not self._server.alive:
             raise EngineFailed(f"llama-server exited (exit code {self._server.proc.returncode})")
         while self._waiting and len(self._live) < self._slots:
             request = self._waiting.popleft()
-            future = asyncio.run_coroutine_threadsafe(self._serve(request), self._loop)
-            self._live[request.request_id] = _Live(future)
-        try:
-            events = [self._events.get(timeout=EVENT_WAIT_SECONDS)]
-        except queue.Empty:
-            return
-        while True:
+            self._live[request.request_id] = _Live(self._loop.create_task(self._serve(request)))
+        if not self._events:
+            timer = self._loop.call_later(EVENT_WAIT_SECONDS, self._loop.stop)
+            self._stepping = True
             try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                break
+                self._loop.run_forever()  # until _put() or the timer stops it
+            finally:
+                self._stepping = False
+                timer.cancel()
+        events, self._events = self._events, []
         for event in events:
             live = self._live.get(event.request_id)
             if live is None:  # aborted: it already had its answer
@@ -176,52 +182,61 @@ class GGUFEngine:
             if not isinstance(event, TextChunk):
                 del self._live[event.request_id]
             emit(event)
+        if not self._server.alive:  # now, not at the next request, which would be taken for the crash's cause
+            raise EngineFailed(f"llama-server exited (exit code {self._server.proc.returncode})")
 
     def close(self) -> None:
+        for live in self._live.values():
+            self._cancel(live.task)
         self._server.close()
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.close()
 
-    # -- on the event loop thread ------------------------------------------------------------------------------
+    # -- on the event loop, as step() runs it -------------------------------------------------------------------
+
+    def _put(self, event) -> None:
+        self._events.append(event)
+        if self._stepping:
+            self._loop.stop()  # after this turn of the loop: the events of every chunk ready now go out together
 
     async def _serve(self, request) -> None:
         try:
             await self._generate(request)
         except asyncio.CancelledError:
             raise
-        except httpx.TransportError as exc:  # llama-server went away mid-request; step() will see it exited
-            self._events.put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"llama-server: {exc!r}"))
+        except ERRORS as exc:  # llama-server went away mid-request: step() sees it exited, once it has
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self._server.proc.wait, SERVER_EXIT_SECONDS)
+            self._put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"llama-server: {exc!r}"))
         except Exception as exc:  # this request's failure (RequestRejected: the client's) ends this request alone
-            self._events.put(failed(request, exc, "generating with llama.cpp"))
+            self._put(failed(request, exc, "generating with llama.cpp"))
 
     async def _generate(self, request) -> None:
         prompt, prefix, schema = await asyncio.to_thread(self._prompt, request)
         rid = request.request_id
         if request.count_only:
             usage = Usage(prompt_tokens=len(prompt), completion_tokens=0)
-            self._events.put(Finished(request_id=rid, finish_reason=FinishReason.STOP, usage=usage))
+            self._put(Finished(request_id=rid, finish_reason=FinishReason.STOP, usage=usage))
             return
         max_tokens = max_tokens_for(request, len(prompt), self.context_length)
         scanner = ToolCallScanner(self._template, request.tools) if _offers_tools(request) else None
         translator = StreamTranslator(request, len(prompt), scanner, prefix)
-        body = completion_body(request, prompt, max_tokens, schema)
-        async with self._http.stream("POST", "/completion", json=body) as response:
-            if response.status_code != 200:
-                message = error_message(await response.aread())
-                code = ErrorCode.INVALID_REQUEST if response.status_code == 400 else ErrorCode.INTERNAL
-                self._events.put(failure(rid, code, f"llama.cpp: {message}"))
+        body = msgspec.json.encode(completion_body(request, prompt, max_tokens, schema))
+        async with self._http.post("/completion", body) as response:
+            if response.status != 200:
+                message = error_message(await response.read())
+                code = ErrorCode.INVALID_REQUEST if response.status == 400 else ErrorCode.INTERNAL
+                self._put(failure(rid, code, f"llama.cpp: {message}"))
                 return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = json.loads(line.removeprefix("data: "))
-                if "error" in data:
-                    self._events.put(failure(rid, ErrorCode.INTERNAL, f"llama.cpp: {error_message(line[6:].encode())}"))
+            async for payload in response.events():
+                data = decode_chunk(payload)
+                if data.error is not None:
+                    self._put(failure(rid, ErrorCode.INTERNAL, f"llama.cpp: {error_message(payload)}"))
                     return
                 for event in translator.feed(data):
-                    self._events.put(event)
-                if data.get("stop"):
+                    self._put(event)
+                if data.stop:
                     return
-        self._events.put(failure(rid, ErrorCode.WORKER_CRASHED, "llama-server ended the stream early"))
+        self._put(failure(rid, ErrorCode.WORKER_CRASHED, "llama-server ended the stream early"))
 
     def _prompt(self, request) -> tuple[list[int], str, dict | None]:
         """(prompt tokens, text already in the prompt of the answer, JSON schema the answer must follow)."""

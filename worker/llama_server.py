@@ -93,7 +93,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" el
 
 
 class LlamaServer:
-    """A running llama-server; `client` and `async_client()` reach it over its unix socket."""
+    """A running llama-server; `client` reaches it over its unix socket (and the engine's streams, `socket`)."""
 
     def __init__(
         self,
@@ -109,11 +109,6 @@ class LlamaServer:
         log.info("starting %s", " ".join(argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.client = httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://llama", timeout=60)
-
-    def async_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=self.socket), base_url="http://llama", timeout=None
-        )
 
     @property
     def alive(self) -> bool:

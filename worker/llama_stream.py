@@ -3,18 +3,60 @@
 The prompt goes as token ids (rendered and tokenized as worker/llama_template.py does), so the prompt cache
 compares tokens and the worker knows the prompt's length before generation. Stop sequences, sampling, seeds,
 log-probabilities and JSON schemas (llama.cpp compiles them to a grammar) are llama.cpp's own; tool calls are
-read from the text with the model's mlx-lm parser, as the MLX worker does.
+read from the text with the model's mlx-lm parser, as the MLX worker does. Each chunk is decoded into a typed
+struct of the fields used (msgspec skips the rest), once per token.
 """
 
 from __future__ import annotations
 
 import time
 
+import msgspec
+
 from protocol.generation import Finished, FinishReason, GenerateRequest, TextChunk, TokenLogprob, TopLogprob, Usage
 from worker.tool_calls import ToolCallScanner, scan
 
 REPETITION_CONTEXT = 20  # tokens a repetition penalty looks back over: mlx-lm's default, which the MLX worker uses
 _FINISH = {"eos": FinishReason.STOP, "word": FinishReason.STOP, "limit": FinishReason.LENGTH}
+
+
+class _Timings(msgspec.Struct):
+    cache_n: int = 0  # prompt tokens that came from the cache (every chunk has it, with timings_per_token)
+    prompt_per_second: float | None = None  # null where llama.cpp's figure is not finite
+    predicted_per_second: float | None = None
+    draft_n_accepted: int = 0
+
+
+class _Top(msgspec.Struct):
+    token: str
+    logprob: float
+
+
+class _Probability(_Top):
+    top_logprobs: list[_Top] = []
+
+
+class LlamaChunk(msgspec.Struct):
+    """One `data:` object of llama-server's /completion stream: the fields the worker reads."""
+
+    content: str = ""
+    stop: bool = False
+    tokens_predicted: int | None = None
+    stop_type: str = ""
+    stopping_word: str = ""
+    timings: _Timings | None = None
+    completion_probabilities: list[_Probability] = []
+    error: object = None
+
+
+_decoder = msgspec.json.Decoder(LlamaChunk)
+
+
+def decode_chunk(payload: bytes) -> LlamaChunk:
+    try:
+        return _decoder.decode(payload)
+    except msgspec.DecodeError:  # bytes that are not UTF-8: decoded as a text decoder would, with replacements
+        return _decoder.decode(payload.decode(errors="replace").encode())
 
 
 def completion_body(request: GenerateRequest, prompt: list[int], max_tokens: int, json_schema: dict | None) -> dict:
@@ -63,16 +105,17 @@ class StreamTranslator:
         self._started = time.perf_counter()
         self.first_token_at: float | None = None
 
-    def feed(self, data: dict) -> list:
+    def feed(self, data: LlamaChunk) -> list:
         """Events for one `data:` object of the stream."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-            self._cached = int(data.get("timings", {}).get("cache_n", 0))
-        self._completion_tokens = int(data.get("tokens_predicted", self._completion_tokens))
+            self._cached = data.timings.cache_n if data.timings is not None else 0
+        if data.tokens_predicted is not None:
+            self._completion_tokens = data.tokens_predicted
         if self._top_logprobs is not None:
-            self._pending += [self._logprob(p) for p in data.get("completion_probabilities", [])]
-        text, self._prefix = self._prefix + data.get("content", ""), ""
-        done = bool(data.get("stop"))
+            self._pending += [self._logprob(p) for p in data.completion_probabilities]
+        text, self._prefix = self._prefix + data.content, ""
+        done = data.stop
         text, calls = scan(self._tool_calls, text, done)
         events = []
         if text or calls or (done and self._pending):
@@ -94,25 +137,25 @@ class StreamTranslator:
             cached_tokens=0 if reported else self._cached,
         )
 
-    def _logprob(self, p: dict) -> TokenLogprob:
-        top = [TopLogprob(token=t["token"], logprob=t["logprob"]) for t in p.get("top_logprobs", [])]
-        return TokenLogprob(token=p["token"], logprob=p["logprob"], top_logprobs=top[: self._top_logprobs])
+    def _logprob(self, p: _Probability) -> TokenLogprob:
+        top = [TopLogprob(token=t.token, logprob=t.logprob) for t in p.top_logprobs[: self._top_logprobs]]
+        return TokenLogprob(token=p.token, logprob=p.logprob, top_logprobs=top)
 
-    def _finished(self, data: dict) -> Finished:
-        reason = _FINISH.get(data.get("stop_type", ""), FinishReason.STOP)
+    def _finished(self, data: LlamaChunk) -> Finished:
+        reason = _FINISH.get(data.stop_type, FinishReason.STOP)
         if reason is FinishReason.STOP and self._tool_calls is not None and self._tool_calls.made_calls:
             reason = FinishReason.TOOL_CALLS
-        timings = data.get("timings", {})
+        timings = data.timings or _Timings()
         return Finished(
             request_id=self._request_id,
             finish_reason=reason,
-            stop_sequence=data.get("stopping_word") or None,
+            stop_sequence=data.stopping_word or None,
             usage=Usage(
                 prompt_tokens=self._prompt_tokens,
                 completion_tokens=self._completion_tokens,
                 cached_tokens=self._cached,
             ),
-            prompt_tps=float(timings.get("prompt_per_second", 0.0)),
-            generation_tps=float(timings.get("predicted_per_second", 0.0)),
-            draft_accepted_tokens=int(timings.get("draft_n_accepted", 0)),
+            prompt_tps=timings.prompt_per_second or 0.0,
+            generation_tps=timings.predicted_per_second or 0.0,
+            draft_accepted_tokens=timings.draft_n_accepted,
         )
