@@ -234,21 +234,25 @@ class Fleet:
             raise FleetError(exc.code, str(exc), retryable=exc.code is ErrorCode.WORKER_UNAVAILABLE) from None
 
     def _launch(self, slot: ModelSlot) -> WorkerLaunch:
+        return self.launch(slot.spec, slot.source, slot.charge.estimate, slot.draft_source)
+
+    def launch(self, spec: ModelSpec, source: str, charge_bytes: int, draft_source: str | None = None) -> WorkerLaunch:
+        """A worker's launch for `spec` on this host: a slot's, or the ranks it runs for another host's model."""
         return WorkerLaunch(
-            model_id=slot.spec.id,
+            model_id=spec.id,
             instance_id=new_instance_id(),
-            source=slot.source,
-            model_type=ModelType(slot.spec.type),
-            context_length=slot.spec.context_length,
-            draft_source=slot.draft_source,
-            engine=slot.spec.engine,
-            llama_cpp=slot.spec.llama_cpp or LlamaCppSettings(),
-            data_endpoint=worker_endpoint(self.run_dir, slot.spec.id, self.host and self.host.data_address),
+            source=source,
+            model_type=ModelType(spec.type),
+            context_length=spec.context_length,
+            draft_source=draft_source,
+            engine=spec.engine,
+            llama_cpp=spec.llama_cpp or LlamaCppSettings(),
+            data_endpoint=worker_endpoint(self.run_dir, spec.id, self.host and self.host.data_address),
             curve=self.host and self.host.worker_curve(),
             supervisor_endpoint=self.workers_endpoint,
             shutdown_grace=self.settings.shutdown_grace_seconds,
             exit_with_stdin=True,
-            memory_charge_bytes=slot.charge.estimate,
+            memory_charge_bytes=charge_bytes,
         )
 
     async def _make_room(self, slot: ModelSlot) -> list[str]:

@@ -21,7 +21,6 @@ import time
 from protocol import ErrorCode
 from protocol.control import ModelType
 from protocol.ctl import ModelInfo, ModelState, RankInfo
-from protocol.launch import WorkerLaunch, new_instance_id, worker_endpoint
 from protocol.ranks import LEASE_SECONDS, GuestRank, RanksHeld, StartRanks
 from supervisor.config import GB, ModelSpec
 from supervisor.fleet import Fleet, FleetError
@@ -104,7 +103,8 @@ class GuestRanks:
         guest = self.guests[spec.id] = Guest(spec, call.owner, call.lease, charge)
         try:
             await fleet.evict(victims, f"ranks {call.ranks} of {spec.id} for host {call.owner}")
-            for launch in rank_launches(self._launch(spec, charge), spec.shard, call.ring_hosts, call.ranks):
+            leader = fleet.launch(spec, fleet.config.source_of(spec), charge.estimate)
+            for launch in rank_launches(leader, spec.shard, call.ring_hosts, call.ranks):
                 rank = LocalRank(launch.shard.rank, await start_process(launch))
                 guest.ranks.append(rank)
                 fleet.registry.add(rank.pid)
@@ -120,21 +120,6 @@ class GuestRanks:
         log.info("%s: ranks %s for host %s started (pids %s, lease %s)", spec.id, call.ranks, call.owner,
                  [r.pid for r in guest.ranks], call.lease)  # fmt: skip
         return self.held(guest, call.call_id)
-
-    def _launch(self, spec: ModelSpec, charge: Charge) -> WorkerLaunch:
-        fleet = self.fleet
-        return WorkerLaunch(
-            model_id=spec.id,
-            instance_id=new_instance_id(),
-            source=fleet.config.source_of(spec),
-            model_type=ModelType(spec.type),
-            context_length=spec.context_length,
-            engine=spec.engine,
-            data_endpoint=worker_endpoint(fleet.run_dir, spec.id),  # a follower binds none
-            shutdown_grace=fleet.settings.shutdown_grace_seconds,
-            exit_with_stdin=True,
-            memory_charge_bytes=charge.estimate,
-        )
 
     def _on_exit(self, guest: Guest, rank: LocalRank) -> None:
         self.fleet.registry.remove(rank.pid)

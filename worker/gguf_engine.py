@@ -160,8 +160,8 @@ class GGUFEngine:
 
     def step(self, emit) -> None:
         """Hand waiting requests to free slots, then over what the tasks produced (running the loop until some)."""
-        if not self._server.alive:
-            raise EngineFailed(f"llama-server exited (exit code {self._server.proc.returncode})")
+        if self._waiting:
+            self._check_server()  # before a request goes to it
         while self._waiting and len(self._live) < self._slots:
             request = self._waiting.popleft()
             self._live[request.request_id] = _Live(self._loop.create_task(self._serve(request)))
@@ -182,7 +182,10 @@ class GGUFEngine:
             if not isinstance(event, TextChunk):
                 del self._live[event.request_id]
             emit(event)
-        if not self._server.alive:  # now, not at the next request, which would be taken for the crash's cause
+        self._check_server()  # now, not at the next request, which would be taken for the crash's cause
+
+    def _check_server(self) -> None:
+        if not self._server.alive:
             raise EngineFailed(f"llama-server exited (exit code {self._server.proc.returncode})")
 
     def close(self) -> None:
