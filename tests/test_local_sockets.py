@@ -20,13 +20,22 @@ from gateway.errors import APIError
 from gateway.supervisor_client import SupervisorClient
 from gateway.worker_client import WorkerClient
 from protocol import PROTOCOL_VERSION, encode
-from protocol.control import Hello, Ping, Refused, to_worker_decoder
+from protocol.control import Hello, Ping, Refused, from_worker_decoder, to_worker_decoder
 from protocol.ctl import CallFailed, ListModels, Located, Status, call_decoder, reply_decoder
-from protocol.generation import Abort, Finished, GenerateRequest, SamplingParams, Usage, worker_outbound_decoder
+from protocol.generation import (
+    Abort,
+    Finished,
+    GenerateRequest,
+    SamplingParams,
+    TextChunk,
+    Usage,
+    worker_outbound_decoder,
+)
 from protocol.run_dir import private_run_dir
 from supervisor.ctl_client import CtlClient
 from tests.harness import Server, short_run_dir, wait_until
-from worker.transport import Transport
+from worker.data_plane import DataPlane
+from worker.supervisor_link import SupervisorLink
 
 GARBAGE = [[b"\x00", b"two frames"], [b"a", b"b", b"c"], [b"\xc1not msgpack"]]  # as a peer's DEALER sends them
 
@@ -110,8 +119,8 @@ def test_supervisor_and_worker_sockets_are_private_and_survive_garbage(server_co
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_worker_control_socket_drops_garbage_and_a_full_inbox_refuses_requests(tmp_path):
-    """The worker's socket thread alone, against a stand-in supervisor: no model needed."""
+def test_worker_supervisor_link_drops_garbage_and_hands_on_pings(tmp_path):
+    """The worker's supervisor link alone, against a stand-in supervisor: no model needed."""
     ctx = zmq.Context()
     endpoints = short_run_dir()
     supervisor = ctx.socket(zmq.ROUTER)
@@ -119,30 +128,63 @@ def test_worker_control_socket_drops_garbage_and_a_full_inbox_refuses_requests(t
     supervisor.bind(f"ipc://{endpoints}/sup.sock")
     inbox: queue.Queue = queue.Queue(maxsize=2)
     hello = Hello(protocol_version=PROTOCOL_VERSION, model_id="m", instance_id="i", pid=os.getpid(), endpoint="")
-    transport = Transport(ctx, f"ipc://{endpoints}/w.sock", f"ipc://{endpoints}/sup.sock", inbox, hello,
-                          threading.Event())  # fmt: skip
-    transport.start()
+    link = SupervisorLink(ctx, f"ipc://{endpoints}/sup.sock", inbox, hello, threading.Event())
+    link.start()
     try:
-        identity, _ = supervisor.recv_multipart()  # its Hello
+        identity, frame = supervisor.recv_multipart()
+        assert from_worker_decoder().decode(frame) == hello  # sent at once, before any model loads
         for frames in GARBAGE:
             supervisor.send_multipart([identity, *frames])
         supervisor.send_multipart([identity, encode(Ping(call_id="p1"))])
         assert inbox.get(timeout=30) == Ping(call_id="p1")
-        assert mode(Path(f"{endpoints}/w.sock")) == 0o600
-
-        gateway = dealer(ctx, f"ipc://{endpoints}/w.sock")
-        gateway.send_multipart([b"a", b"b"])
-        for rid in ("r1", "r2", "r3"):  # the inbox takes two; the third is refused at once
-            gateway.send(encode(GenerateRequest(request_id=rid, prompt="hi")))
-        refusal = worker_outbound_decoder().decode(gateway.recv())
-        assert (refusal.request_id, refusal.code, refusal.retryable) == ("r3", "overloaded", True)
-        assert [inbox.get_nowait().request_id for _ in range(2)] == ["r1", "r2"]
-        gateway.send(encode(Abort(request_id="r1")))
-        assert inbox.get(timeout=30) == Abort(request_id="r1")
-        assert transport.is_alive()
+        assert link.is_alive()
     finally:
-        transport.closing.set()
-        transport.join(timeout=10)
+        link.closing.set()
+        link.join(timeout=10)
+        ctx.destroy(linger=0)
+        shutil.rmtree(endpoints, ignore_errors=True)
+
+
+def read(data: DataPlane, count: int) -> list:
+    got: list = []
+    for _ in range(20):  # a minute at most: what never comes fails the test
+        if len(got) >= count:
+            break
+        got += data.read(3_000)
+    return got
+
+
+def test_worker_data_socket_answers_garbage_and_duplicates_and_routes_events_back():
+    """The worker's data socket alone, as the generation thread uses it: a private ipc file, malformed frames and a
+    request_id already in flight answered at once, each event to the gateway that sent its request."""
+    ctx = zmq.Context()
+    endpoints = short_run_dir()
+    data = DataPlane(ctx, f"ipc://{endpoints}/w.sock", None, "m")
+    try:
+        assert mode(Path(f"{endpoints}/w.sock")) == 0o600
+        first, second = dealer(ctx, data.endpoint), dealer(ctx, data.endpoint)
+        first.send_multipart([b"a", b"b"])  # two frames from a DEALER: three at the ROUTER, dropped
+        first.send(b"\xc1not msgpack")
+        first.send(encode(GenerateRequest(request_id="r1", prompt="hi")))
+        assert [(type(m).__name__, m.request_id) for m in read(data, 1)] == [("GenerateRequest", "r1")]
+        second.send(encode(GenerateRequest(request_id="r2", prompt="hi")))
+        second.send(encode(GenerateRequest(request_id="r1", prompt="again")))
+        second.send(encode(Abort(request_id="r2")))
+        got = read(data, 2)
+        assert [(type(m).__name__, m.request_id) for m in got] == [("GenerateRequest", "r2"), ("Abort", "r2")]
+        decoder = worker_outbound_decoder()
+        malformed = decoder.decode(first.recv())
+        assert malformed.code == "malformed_frame"
+        duplicate = decoder.decode(second.recv())
+        assert (duplicate.request_id, duplicate.code) == ("r1", "invalid_request")
+        done = Finished(request_id="r1", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=0))
+        data.send(done)
+        assert decoder.decode(first.recv()) == done  # r1's events go to the socket that sent r1
+        data.send(done)  # its route ended with its last event: a second one goes nowhere
+        assert not first.poll(200)
+        assert data.read(0) == []
+    finally:
+        data.close()
         ctx.destroy(linger=0)
         shutil.rmtree(endpoints, ignore_errors=True)
 
@@ -175,6 +217,44 @@ def test_gateway_dealers_drop_garbage_and_take_the_next_reply():
             done = Finished(request_id="g", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=0))
             await peer.send_multipart([identity, encode(done)])
             assert await stream.next() == done
+            worker.close()
+        finally:
+            peer.close(linger=0)
+            ctx.term()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(endpoints, ignore_errors=True)
+
+
+def test_a_silent_worker_ends_the_stream_with_a_timeout_and_a_talking_one_does_not():
+    endpoints = short_run_dir()
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        peer = ctx.socket(zmq.ROUTER)
+        peer.bind(f"ipc://{endpoints}/peer.sock")
+        try:
+            located = Located(call_id="c", model_id="m", endpoint=f"ipc://{endpoints}/peer.sock", instance_id="i")
+            worker = WorkerClient(ctx, located, silence_timeout=0.5)
+            talking = await worker.open(GenerateRequest(request_id="t", prompt="hi"), connect_timeout=30)
+            silent = await worker.open(GenerateRequest(request_id="s", prompt="hi"), connect_timeout=30)
+            identity, _ = await peer.recv_multipart()
+            await peer.recv_multipart()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for i in range(8):  # a token every 0.2s for 1.6s: longer than the timeout, no gap as long
+                chunk = TextChunk(request_id="t", text=str(i), completion_tokens=i + 1)
+                await peer.send_multipart([identity, encode(chunk)])
+                assert await talking.next() == chunk
+                last = loop.time()
+                await asyncio.sleep(0.2)
+            failure = await silent.next()  # waited on only now: its worker has said nothing since it was sent
+            assert (failure.code, loop.time() - started < 5) == ("timeout", True)
+            assert "sent nothing for" in failure.message
+            assert (await talking.next()).code == "timeout"  # now it too stays silent past the timeout
+            assert loop.time() - last >= 0.5  # a timeout counts from the last event heard
             worker.close()
         finally:
             peer.close(linger=0)

@@ -1,6 +1,7 @@
-"""The one thread that owns MLX: it loads the model, then runs the engine and answers pings between tokens.
+"""The one thread that owns MLX: it loads the model, then runs the engine; between two steps it reads the data
+socket (worker/data_plane.py) and answers pings, and it sends each event the moment the engine makes it.
 
-A ping is answered here rather than by the socket thread, so a Pong proves the generation loop is turning.
+A ping is answered here rather than by the supervisor link, so a Pong proves the generation loop is turning.
 Nothing a request carries ends this thread: the engines contain what a request causes, and what still escapes
 a step or a message's handling ends the requests involved, with internal_error, while the loop goes on. Only an
 engine that can serve nothing more (EngineFailed: a gguf worker's llama-server died) ends it, and the worker.
@@ -19,9 +20,10 @@ import zmq
 
 from protocol import ErrorCode, encode
 from protocol.control import LoadFailed, ModelType, Ping, Pong, Ready
-from protocol.generation import TERMINAL, Abort, failure
+from protocol.generation import Abort, failure
 from protocol.launch import EngineSettings
 from worker.backends import Engine, EngineFailed, ModelToLoad, load_engine
+from worker.data_plane import DataPlane
 from worker.memory import (
     FreedMemory,
     bound_memory,
@@ -31,7 +33,7 @@ from worker.memory import (
     weights_in_child,
 )
 from worker.model_loader import device_name
-from worker.transport import EVENTS_ENDPOINT, TO_GATEWAY, TO_GATEWAY_FINAL, TO_SUPERVISOR
+from worker.supervisor_link import TO_SUPERVISOR_ENDPOINT
 
 log = logging.getLogger("worker.generation")
 # Tests only (tests/test_poison_request.py): a request with this X-Request-ID makes the worker exit with an error
@@ -39,6 +41,7 @@ log = logging.getLogger("worker.generation")
 # variable is set nowhere but in that test's server.
 TEST_FAULT_TRACE = os.environ.get("MLX_WORKER_TEST_FAULT_TRACE") or None
 TEST_FAULT_EXIT = 70
+IDLE_WAIT_MS = 50  # idle, the data socket is waited on this long, then pings and the stop flags are seen
 
 
 class GenerationThread(threading.Thread):
@@ -48,7 +51,8 @@ class GenerationThread(threading.Thread):
         model: ModelToLoad,
         options: EngineSettings,
         instance_id: str,
-        inbox: queue.Queue,
+        data: DataPlane,
+        inbox: queue.Queue,  # from the supervisor link: pings
         drain: threading.Event,
         halt: threading.Event,
         memory_charge: int | None = None,  # the supervisor's charge for this model: MLX's memory is bounded by it
@@ -58,6 +62,8 @@ class GenerationThread(threading.Thread):
         self._model = model
         self._options = options
         self._instance_id = instance_id
+        self._data = data
+        self._emit = data.send  # each event goes out the moment it is made
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
@@ -70,7 +76,7 @@ class GenerationThread(threading.Thread):
     def run(self) -> None:
         self._out = self._ctx.socket(zmq.PUSH)
         try:
-            self._out.connect(EVENTS_ENDPOINT)
+            self._out.connect(TO_SUPERVISOR_ENDPOINT)
             engine = self._load()
             if engine is not None:
                 self.loaded.set()
@@ -84,6 +90,7 @@ class GenerationThread(threading.Thread):
                     if hasattr(engine, "close"):  # an engine that holds a process (gguf's llama-server)
                         engine.close()
         finally:
+            self._data.close()
             self._out.close(linger=1000)
 
     def _load(self) -> Engine | None:
@@ -124,23 +131,23 @@ class GenerationThread(threading.Thread):
 
     def _serve(self, engine: Engine) -> None:
         while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
-            try:
-                # Idle: block briefly for work. Busy: take what has arrived, then produce the next token.
-                message = self._inbox.get(timeout=0.05) if not engine.busy else self._inbox.get_nowait()
-                self._handle_contained(message, engine)
-                continue
-            except queue.Empty:
-                pass
+            # Idle: wait briefly for work. Busy: take what has arrived, then produce the next token.
+            self._take_arrived(engine, 0 if engine.busy else IDLE_WAIT_MS)
             if engine.busy:
                 self._step(engine)
         if engine.busy:
             engine.abort_all(self._emit, ErrorCode.SHUTTING_DOWN, "the worker is shutting down")
-        while True:  # requests that arrived after the loop stopped still get an answer
+        self._take_arrived(engine, 0)  # requests that arrived after the loop stopped still get an answer
+        self._persist(engine)
+
+    def _take_arrived(self, engine: Engine, timeout_ms: int) -> None:
+        for message in self._data.read(timeout_ms):
+            self._handle_contained(message, engine)
+        while True:
             try:
                 self._handle_contained(self._inbox.get_nowait(), engine)
             except queue.Empty:
-                break
-        self._persist(engine)
+                return
 
     @staticmethod
     def _persist(engine: Engine) -> None:
@@ -198,9 +205,5 @@ class GenerationThread(threading.Thread):
             reason = "This model's worker has as many requests waiting as it accepts; retry shortly."
             self._emit(failure(message.request_id, ErrorCode.OVERLOADED, reason))
 
-    def _emit(self, event) -> None:
-        kind = TO_GATEWAY_FINAL if isinstance(event, TERMINAL) else TO_GATEWAY
-        self._out.send_multipart([kind, event.request_id.encode(), encode(event)])
-
     def _to_supervisor(self, message) -> None:
-        self._out.send_multipart([TO_SUPERVISOR, b"", encode(message)])
+        self._out.send(encode(message))

@@ -1,4 +1,4 @@
-"""The worker's main loop: start the two threads, then watch for the reasons to stop.
+"""The worker's main loop: bind the data socket, start the two threads, then watch for the reasons to stop.
 
 Shutdown is a state: running -> draining (finish in-flight, refuse new) -> stopped. Signal handlers only
 set flags; a drain that outlives its grace period becomes a halt (abort everything, exit).
@@ -20,8 +20,9 @@ from protocol import PROTOCOL_VERSION
 from protocol.control import Hello
 from protocol.launch import WorkerLaunch
 from worker.backends import ModelToLoad
+from worker.data_plane import DataPlane
 from worker.generation_thread import GenerationThread
-from worker.transport import INBOX_LIMIT, Transport
+from worker.supervisor_link import INBOX_LIMIT, SupervisorLink
 
 log = logging.getLogger("worker")
 
@@ -43,21 +44,23 @@ def run(launch: WorkerLaunch) -> int:
 
     ctx = zmq.Context()
     inbox: queue.Queue = queue.Queue(maxsize=INBOX_LIMIT)
+    data = DataPlane(ctx, launch.data_endpoint, launch.curve, launch.model_id)  # the generation thread's from now
+    log.info("serving %s at %s%s (pid %d)", launch.model_id, data.endpoint, " (CURVE)" * data.curve, os.getpid())
     hello = Hello(
         protocol_version=PROTOCOL_VERSION,
         model_id=launch.model_id,
         instance_id=launch.instance_id,
         pid=os.getpid(),
-        endpoint=launch.data_endpoint,
+        endpoint=data.endpoint,
     )
-    transport = Transport(ctx, launch.data_endpoint, launch.supervisor_endpoint, inbox, hello, halt, launch.curve)
+    link = SupervisorLink(ctx, launch.supervisor_endpoint, inbox, hello, halt)
     model = ModelToLoad(
         launch.source, launch.model_type, launch.context_length, launch.draft_source, launch.shard, launch.llama_cpp
     )
     generation = GenerationThread(
-        ctx, model, launch.engine, launch.instance_id, inbox, drain, halt, launch.memory_charge_bytes
+        ctx, model, launch.engine, launch.instance_id, data, inbox, drain, halt, launch.memory_charge_bytes
     )
-    transport.start()
+    link.start()
     generation.start()
 
     deadline = None
@@ -66,16 +69,16 @@ def run(launch: WorkerLaunch) -> int:
         if drain.is_set() and deadline is None:
             deadline = time.monotonic() + launch.shutdown_grace
             log.info("draining (grace %.1fs)", launch.shutdown_grace)
-        if (deadline is not None and time.monotonic() > deadline) or not transport.is_alive():
+        if (deadline is not None and time.monotonic() > deadline) or not link.is_alive():
             halt.set()
         if halt.is_set() and not generation.loaded.is_set():
             # Orphaned or stopped mid-load (minutes for a large model): go now. The loading thread still holds
             # its socket, so the context is not terminated; __main__ ends the process with os._exit.
             log.warning("stopping before the model has loaded")
-            return 2 if transport.refused is not None else 1
-    transport.closing.set()
-    transport.join(timeout=3)
+            return 2 if link.refused is not None else 1
+    link.closing.set()
+    link.join(timeout=3)
     ctx.term()
-    if transport.refused is not None:
+    if link.refused is not None:
         return 2
     return 1 if generation.load_failed or generation.failed else 0
