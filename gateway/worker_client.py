@@ -1,5 +1,7 @@
 """The gateway's data-plane connections: one DEALER per worker instance, demultiplexed by request_id.
 
+Events are read by a callback on the socket's file descriptor that takes every message waiting, with no future
+or task per message: each token of every stream passes here, on a host whose cores may all be decoding.
 A socket monitor watches each connection: when the worker process dies its socket closes, and every request
 still streaming from it gets a `worker_crashed` event at once instead of waiting for tokens that never come.
 When a fleet's host goes down (gateway/hosts.py), every request streaming from its workers gets
@@ -9,7 +11,9 @@ When a fleet's host goes down (gateway/hosts.py), every request streaming from i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 
 import zmq
 import zmq.asyncio
@@ -29,36 +33,56 @@ log = logging.getLogger("gateway.worker")
 
 
 class RequestStream:
-    """The events of one generation; `WorkerClient.release` ends it (an Abort if it had not finished)."""
+    """The events of one generation; `WorkerClient.release` ends it (an Abort if it had not finished).
+
+    A worker silent for `silence_timeout` while the stream waits ends it with a timeout error. One timer per
+    stream watches for that, moved on only when it fires, rather than a deadline armed and cancelled per token.
+    """
 
     def __init__(self, request_id: str, silence_timeout: float):
         self.request_id = request_id
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._events: deque = deque()
+        self._waiter: asyncio.Future | None = None
+        self._loop = asyncio.get_running_loop()
         self._silence = silence_timeout
+        self._heard = self._loop.time()
+        self._watch = self._loop.call_at(self._heard + silence_timeout, self._check_silence)
         self.done = False
         self.observer = None  # called with every event handed out (the request's telemetry record)
 
     def put(self, event) -> None:
-        self._queue.put_nowait(event)
+        self._events.append(event)
+        self._heard = self._loop.time()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self):
-        if not self._queue.empty():  # per token, when the stream is behind the worker: no timer to arm and cancel
-            event = self._queue.get_nowait()
-        else:
-            event = await self._wait()
+        while not self._events:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self._events.popleft()
         if isinstance(event, TERMINAL):
             self.done = True
+            self._watch.cancel()
         if self.observer is not None:
             self.observer(event)
         return event
 
-    async def _wait(self):
-        try:
-            # asyncio.timeout is a deadline on this task; wait_for would wrap a new task each time.
-            async with asyncio.timeout(self._silence):
-                return await self._queue.get()
-        except TimeoutError:
-            return failure(self.request_id, ErrorCode.TIMEOUT, f"the worker sent nothing for {self._silence:.0f}s")
+    def _check_silence(self) -> None:
+        now = self._loop.time()
+        if self._waiter is None:  # nobody waits (the client reads slowly): silence counts once someone does
+            self._watch = self._loop.call_at(now + self._silence, self._check_silence)
+            return
+        if now - self._heard < self._silence:  # heard from since this timer was set
+            self._watch = self._loop.call_at(self._heard + self._silence, self._check_silence)
+            return
+        self.put(failure(self.request_id, ErrorCode.TIMEOUT, f"the worker sent nothing for {self._silence:.0f}s"))
+
+    def close(self) -> None:
+        self._watch.cancel()
 
 
 class WorkerClient:
@@ -74,16 +98,23 @@ class WorkerClient:
         self.instance_id = located.instance_id
         self.vocab_size = located.vocab_size  # None: unknown (the worker checks top_k itself anyway)
         self._silence = silence_timeout
-        self._sock = ctx.socket(zmq.DEALER)
+        # A plain (not asyncio) socket on the gateway's context: _drain reads it when its descriptor signals.
+        self._sock = zmq.Context.shadow(ctx.underlying).socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         if curve is not None:
             secure_client(self._sock, *curve)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        monitor = f"inproc://worker-monitor-{id(self)}"
+        self._sock.monitor(monitor, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._monitor = ctx.socket(zmq.PAIR)
+        self._monitor.connect(monitor)
         self._sock.connect(self.endpoint)
         self._streams: dict[str, RequestStream] = {}
         self.connected = asyncio.Event()
         self.dead = False
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+        self._decoder = worker_outbound_decoder()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.FD, self._drain)
+        self._tasks = [asyncio.create_task(self._watch())]
 
     async def open(self, request: GenerateRequest, connect_timeout: float) -> RequestStream:
         if not self.dead and not self.connected.is_set():
@@ -100,21 +131,39 @@ class WorkerClient:
             stream.put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"the worker for {self.model_id} is gone"))
             return stream
         self._streams[request.request_id] = stream
-        await self._sock.send(frame)
+        await self._send(frame)
         return stream
 
+    async def _send(self, frame: bytes) -> None:
+        # The worker's queue for this socket is full only if it stopped reading (a step of minutes): wait for it.
+        while True:
+            try:
+                self._sock.send(frame, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                await asyncio.sleep(0.01)
+        # Sending can take the descriptor's signal for events that arrived meanwhile: read them now.
+        self._loop.call_soon(self._drain)
+
     def release(self, stream: RequestStream) -> None:
+        stream.close()
         if self._streams.pop(stream.request_id, None) is not None and not stream.done and not self.dead:
             # The client went away mid-generation: free the worker's slot (fire and forget).
             abort = Abort(request_id=stream.request_id)
-            self._sock.send(encode(abort))
+            with contextlib.suppress(zmq.Again):  # a worker that reads nothing more has no slot to free
+                self._sock.send(encode(abort), zmq.NOBLOCK)
+            self._loop.call_soon(self._drain)
             if stream.observer is not None:
                 stream.observer(abort)  # the generation ended here: observers charge what it produced so far
 
-    async def _read(self) -> None:
-        decoder = worker_outbound_decoder()
-        while True:
-            frames = await self._sock.recv_multipart()
+    def _drain(self) -> None:
+        """Every event waiting on the socket, to its stream (the descriptor signals edges: read until none)."""
+        sock, decoder, streams = self._sock, self._decoder, self._streams
+        while not sock.closed:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             if len(frames) != 1:  # an event is one frame: anything else is dropped whole, not read part by part
                 log.error("malformed message from worker %s dropped: %d frames", self.model_id, len(frames))
                 continue
@@ -123,7 +172,7 @@ class WorkerClient:
             except DecodeError as exc:
                 log.error("malformed frame from worker %s ignored: %s", self.model_id, exc)
                 continue
-            stream = self._streams.get(event.request_id)
+            stream = streams.get(event.request_id)
             if stream is not None:
                 stream.put(event)
 
@@ -149,6 +198,7 @@ class WorkerClient:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self._loop.remove_reader(self._sock.FD)
         self._sock.disable_monitor()
         self._monitor.close()
         self._sock.close()
