@@ -38,6 +38,7 @@ class DataPlane:
             secure_server(self._sock, key_pair_from_file(curve.key_file))
         bind_private(self._sock, endpoint)
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.fd = self._sock.FD  # readable when the socket may have something to read (ZeroMQ's signal)
         self.curve = self._allow is not None
         self._decoder = worker_inbound_decoder()
         self._poller = zmq.Poller()

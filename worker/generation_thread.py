@@ -79,6 +79,8 @@ class GenerationThread(threading.Thread):
             self._out.connect(TO_SUPERVISOR_ENDPOINT)
             engine = self._load()
             if engine is not None:
+                if hasattr(engine, "wake_on"):  # an engine that waits in an event loop of its own (gguf)
+                    engine.wake_on(self._data.fd)
                 self.loaded.set()
                 try:
                     self._serve(engine)

@@ -138,6 +138,15 @@ class GGUFEngine:
     def submit(self, request) -> bool:
         return self._waiting.offer(request)
 
+    def wake_on(self, fd: int) -> None:
+        """A descriptor that signals work for the generation thread (the data socket's): step() stops waiting when
+        it does, so a request or an abort that arrives mid-step is taken at once, not after EVENT_WAIT_SECONDS."""
+        self._loop.add_reader(fd, self._wake)
+
+    def _wake(self) -> None:
+        if self._stepping:
+            self._loop.stop()
+
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
         live = self._live.pop(request_id, None)
         if live is not None:
