@@ -164,17 +164,15 @@ class WorkerClient:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 1:  # an event is one frame: anything else is dropped whole, not read part by part
-                log.error("malformed message from worker %s dropped: %d frames", self.model_id, len(frames))
-                continue
-            try:
-                event = decoder.decode(frames[0])
-            except DecodeError as exc:
-                log.error("malformed frame from worker %s ignored: %s", self.model_id, exc)
-                continue
-            stream = streams.get(event.request_id)
-            if stream is not None:
-                stream.put(event)
+            for frame in frames:  # a frame per event: what one step of the worker made for this gateway
+                try:
+                    event = decoder.decode(frame)
+                except DecodeError as exc:
+                    log.error("malformed frame from worker %s ignored: %s", self.model_id, exc)
+                    continue
+                stream = streams.get(event.request_id)
+                if stream is not None:
+                    stream.put(event)
 
     async def _watch(self) -> None:
         while True:

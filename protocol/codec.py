@@ -12,7 +12,7 @@ from typing import Any, Union
 import msgspec
 
 # Bump on any change an older peer cannot read. New optional fields with defaults do not need a bump.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: a worker's message to a gateway holds one or more events, a frame each
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):

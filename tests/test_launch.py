@@ -62,7 +62,13 @@ def test_standalone_flags_build_the_same_struct_with_its_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "complaint"),
     [
-        (["--launch", encode_launch(FULL).replace('"protocol_version":1', '"protocol_version":99')], "version 99"),
+        (
+            [
+                "--launch",
+                encode_launch(FULL).replace(f'"protocol_version":{PROTOCOL_VERSION}', '"protocol_version":99'),
+            ],
+            "version 99",
+        ),
         (["--launch", encode_launch(FULL).replace('"model_id":"qwen3"', '"model_id":7')], "$.model_id"),
         (["--launch", encode_launch(FULL).replace('"model_type":"vlm"', '"model_type":"diffusion"')], "$.model_type"),
         (["--launch", "{not json"], "JSON"),

@@ -178,9 +178,18 @@ def test_worker_data_socket_answers_garbage_and_duplicates_and_routes_events_bac
         duplicate = decoder.decode(second.recv())
         assert (duplicate.request_id, duplicate.code) == ("r1", "invalid_request")
         done = Finished(request_id="r1", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=0))
+        chunk = TextChunk(request_id="r1", text="Hi", completion_tokens=1)
+        other = TextChunk(request_id="r2", text="Yo", completion_tokens=1)
+        data.send(chunk)
+        data.send(other)
         data.send(done)
-        assert decoder.decode(first.recv()) == done  # r1's events go to the socket that sent r1
-        data.send(done)  # its route ended with its last event: a second one goes nowhere
+        assert not first.poll(200)  # events wait for the flush at the end of the step
+        data.flush()
+        # One message per gateway, a frame per event in order: r1's to the socket that sent r1.
+        assert [decoder.decode(frame) for frame in first.recv_multipart()] == [chunk, done]
+        assert [decoder.decode(frame) for frame in second.recv_multipart()] == [other]
+        data.send(done)  # r1's route ended with its last event: a second one goes nowhere
+        data.flush()
         assert not first.poll(200)
         assert data.read(0) == []
     finally:

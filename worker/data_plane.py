@@ -2,11 +2,12 @@
 the gateway that asked.
 
 The main thread binds it (the Hello names its endpoint, a TCP port of the system's choosing included) and hands
-it to the generation thread, which alone uses it from then on: it reads between two steps and sends each event
-as the engine makes it. A token therefore crosses no thread inside the worker: on a host whose cores llama.cpp
-keeps busy, each wake-up per token is taken from its compute. On a host serving other machines the socket is a
-CURVE server that lets in only the allowed gateways' keys. A malformed or wrong-length message is answered or
-dropped with a log line here; it never reaches the engine.
+it to the generation thread, which alone uses it from then on: it reads between two steps, and after each step
+sends what the step made, one message per gateway with a frame per event. A token therefore crosses no thread
+inside the worker, and a step of eight streams wakes ZeroMQ's I/O threads and the gateway once, not eight times:
+on a host whose cores llama.cpp keeps busy, each wake-up is taken from its compute. On a host serving other
+machines the socket is a CURVE server that lets in only the allowed gateways' keys. A malformed or wrong-length
+message is answered or dropped with a log line here; it never reaches the engine.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class DataPlane:
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._routes: dict[str, bytes] = {}  # request_id -> identity of the gateway socket that sent it
+        self._outbox: dict[bytes, list[bytes]] = {}  # identity -> encoded events not yet sent
 
     def read(self, timeout_ms: int) -> list:
         """The requests and aborts that have arrived, waiting up to `timeout_ms` for the first one."""
@@ -80,13 +82,22 @@ class DataPlane:
         return message
 
     def send(self, event) -> None:
-        """An event to the gateway whose request it belongs to; a request's last event forgets its route."""
+        """An event for the gateway whose request it belongs to, sent at the next flush(); a request's last event
+        forgets its route."""
         rid = event.request_id
         identity = self._routes.pop(rid, None) if isinstance(event, TERMINAL) else self._routes.get(rid)
         if identity is not None:
-            self._sock.send_multipart([identity, encode(event)])
+            self._outbox.setdefault(identity, []).append(encode(event))
+
+    def flush(self) -> None:
+        """What send() took since the last flush, in order: one message per gateway."""
+        if self._outbox:
+            outbox, self._outbox = self._outbox, {}
+            for identity, frames in outbox.items():
+                self._sock.send_multipart([identity, *frames])
 
     def close(self) -> None:
+        self.flush()
         self._sock.close()
         if self._allow is not None:
             self._allow.stop()

@@ -1,5 +1,5 @@
 """The one thread that owns MLX: it loads the model, then runs the engine; between two steps it reads the data
-socket (worker/data_plane.py) and answers pings, and it sends each event the moment the engine makes it.
+socket (worker/data_plane.py) and answers pings, and it sends what each step made as the step ends.
 
 A ping is answered here rather than by the supervisor link, so a Pong proves the generation loop is turning.
 Nothing a request carries ends this thread: the engines contain what a request causes, and what still escapes
@@ -63,7 +63,7 @@ class GenerationThread(threading.Thread):
         self._options = options
         self._instance_id = instance_id
         self._data = data
-        self._emit = data.send  # each event goes out the moment it is made
+        self._emit = data.send  # goes out at the data plane's next flush: after the step, or the message, at hand
         self._inbox = inbox
         self._drain = drain  # finish what runs, accept nothing new
         self._halt = halt  # abort everything now
@@ -145,6 +145,7 @@ class GenerationThread(threading.Thread):
     def _take_arrived(self, engine: Engine, timeout_ms: int) -> None:
         for message in self._data.read(timeout_ms):
             self._handle_contained(message, engine)
+        self._data.flush()  # refusals and aborts' answers
         while True:
             try:
                 self._handle_contained(self._inbox.get_nowait(), engine)
@@ -165,6 +166,7 @@ class GenerationThread(threading.Thread):
     def _step(self, engine: Engine) -> None:
         try:
             engine.step(self._emit)
+            self._data.flush()  # what the step made, before anything else is done
             self._freed.after_step(engine.busy)
         except EngineFailed:
             raise
@@ -174,6 +176,7 @@ class GenerationThread(threading.Thread):
             engine.abort_all(
                 self._emit, ErrorCode.INTERNAL, "The worker failed while generating; the worker log has the details."
             )
+            self._data.flush()
 
     def _handle_contained(self, message, engine: Engine) -> None:
         try:
