@@ -198,78 +198,76 @@ def test_worker_data_socket_answers_garbage_and_duplicates_and_routes_events_bac
         shutil.rmtree(endpoints, ignore_errors=True)
 
 
-def test_gateway_dealers_drop_garbage_and_take_the_next_reply():
+def with_peer(scenario) -> None:
+    """Run `scenario(ctx, peer, endpoint)` on an asyncio context, `peer` a ROUTER bound at `endpoint`."""
     endpoints = short_run_dir()
 
-    async def scenario():
+    async def run():
         ctx = zmq.asyncio.Context()
         peer = ctx.socket(zmq.ROUTER)
-        peer.bind(f"ipc://{endpoints}/peer.sock")
+        endpoint = f"ipc://{endpoints}/peer.sock"
+        peer.bind(endpoint)
         try:
-            client = SupervisorClient(ctx, f"ipc://{endpoints}/peer.sock")
-            call = asyncio.ensure_future(client.call(lambda call_id: ListModels(call_id=call_id), timeout=30))
-            identity, frame = await peer.recv_multipart()
-            call_id = call_decoder().decode(frame).call_id
-            for frames in GARBAGE:
-                await peer.send_multipart([identity, *frames])
-            await peer.send_multipart([identity, encode(CallFailed(call_id=call_id, code="not_found", message="!"))])
-            with pytest.raises(APIError, match="!"):
-                await call
-            client.close()
-
-            located = Located(call_id="c", model_id="m", endpoint=f"ipc://{endpoints}/peer.sock", instance_id="i")
-            worker = WorkerClient(ctx, located, silence_timeout=30)
-            stream = await worker.open(GenerateRequest(request_id="g", prompt="hi"), connect_timeout=30)
-            identity, _ = await peer.recv_multipart()
-            for frames in GARBAGE:
-                await peer.send_multipart([identity, *frames])
-            done = Finished(request_id="g", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=0))
-            await peer.send_multipart([identity, encode(done)])
-            assert await stream.next() == done
-            worker.close()
+            await scenario(ctx, peer, endpoint)
         finally:
             peer.close(linger=0)
             ctx.term()
 
     try:
-        asyncio.run(scenario())
+        asyncio.run(run())
     finally:
         shutil.rmtree(endpoints, ignore_errors=True)
+
+
+def test_gateway_dealers_drop_garbage_and_take_the_next_reply():
+    async def scenario(ctx, peer, endpoint):
+        client = SupervisorClient(ctx, endpoint)
+        call = asyncio.ensure_future(client.call(lambda call_id: ListModels(call_id=call_id), timeout=30))
+        identity, frame = await peer.recv_multipart()
+        call_id = call_decoder().decode(frame).call_id
+        for frames in GARBAGE:
+            await peer.send_multipart([identity, *frames])
+        await peer.send_multipart([identity, encode(CallFailed(call_id=call_id, code="not_found", message="!"))])
+        with pytest.raises(APIError, match="!"):
+            await call
+        client.close()
+
+        located = Located(call_id="c", model_id="m", endpoint=endpoint, instance_id="i")
+        worker = WorkerClient(ctx, located, silence_timeout=30)
+        stream = await worker.open(GenerateRequest(request_id="g", prompt="hi"), connect_timeout=30)
+        identity, _ = await peer.recv_multipart()
+        for frames in GARBAGE:
+            await peer.send_multipart([identity, *frames])
+        done = Finished(request_id="g", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=0))
+        # One message, a frame per event (as a worker's step sends them): an undecodable frame is dropped alone.
+        await peer.send_multipart([identity, b"\xc1not msgpack", encode(done)])
+        assert await stream.next() == done
+        worker.close()
+
+    with_peer(scenario)
 
 
 def test_a_silent_worker_ends_the_stream_with_a_timeout_and_a_talking_one_does_not():
-    endpoints = short_run_dir()
+    async def scenario(ctx, peer, endpoint):
+        located = Located(call_id="c", model_id="m", endpoint=endpoint, instance_id="i")
+        worker = WorkerClient(ctx, located, silence_timeout=0.5)
+        talking = await worker.open(GenerateRequest(request_id="t", prompt="hi"), connect_timeout=30)
+        silent = await worker.open(GenerateRequest(request_id="s", prompt="hi"), connect_timeout=30)
+        identity, _ = await peer.recv_multipart()
+        await peer.recv_multipart()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(8):  # a token every 0.2s for 1.6s: longer than the timeout, no gap as long
+            chunk = TextChunk(request_id="t", text=str(i), completion_tokens=i + 1)
+            await peer.send_multipart([identity, encode(chunk)])
+            assert await talking.next() == chunk
+            last = loop.time()
+            await asyncio.sleep(0.2)
+        failure = await silent.next()  # waited on only now: its worker has said nothing since it was sent
+        assert (failure.code, loop.time() - started < 5) == ("timeout", True)
+        assert "sent nothing for" in failure.message
+        assert (await talking.next()).code == "timeout"  # now it too stays silent past the timeout
+        assert loop.time() - last >= 0.5  # a timeout counts from the last event heard
+        worker.close()
 
-    async def scenario():
-        ctx = zmq.asyncio.Context()
-        peer = ctx.socket(zmq.ROUTER)
-        peer.bind(f"ipc://{endpoints}/peer.sock")
-        try:
-            located = Located(call_id="c", model_id="m", endpoint=f"ipc://{endpoints}/peer.sock", instance_id="i")
-            worker = WorkerClient(ctx, located, silence_timeout=0.5)
-            talking = await worker.open(GenerateRequest(request_id="t", prompt="hi"), connect_timeout=30)
-            silent = await worker.open(GenerateRequest(request_id="s", prompt="hi"), connect_timeout=30)
-            identity, _ = await peer.recv_multipart()
-            await peer.recv_multipart()
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            for i in range(8):  # a token every 0.2s for 1.6s: longer than the timeout, no gap as long
-                chunk = TextChunk(request_id="t", text=str(i), completion_tokens=i + 1)
-                await peer.send_multipart([identity, encode(chunk)])
-                assert await talking.next() == chunk
-                last = loop.time()
-                await asyncio.sleep(0.2)
-            failure = await silent.next()  # waited on only now: its worker has said nothing since it was sent
-            assert (failure.code, loop.time() - started < 5) == ("timeout", True)
-            assert "sent nothing for" in failure.message
-            assert (await talking.next()).code == "timeout"  # now it too stays silent past the timeout
-            assert loop.time() - last >= 0.5  # a timeout counts from the last event heard
-            worker.close()
-        finally:
-            peer.close(linger=0)
-            ctx.term()
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        shutil.rmtree(endpoints, ignore_errors=True)
+    with_peer(scenario)
