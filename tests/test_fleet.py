@@ -15,7 +15,7 @@ import zmq
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from protocol import encode
+from protocol import PROTOCOL_VERSION, encode
 from protocol.ctl import CallFailed, ListModels, Load, Unload, reply_decoder
 from protocol.curve import KeyPair, fingerprint, secure_client
 from protocol.generation import GenerateRequest
@@ -124,7 +124,7 @@ def test_a_peer_speaking_another_protocol_version_is_refused_clearly(fleet):
         assert dealer.poll(10_000)
         reply = reply_decoder().decode(dealer.recv())
     assert isinstance(reply, CallFailed) and reply.code == "protocol_mismatch"
-    assert reply.message == "the caller speaks protocol version 9, host b's supervisor speaks 1"
+    assert reply.message == f"the caller speaks protocol version 9, host b's supervisor speaks {PROTOCOL_VERSION}"
 
 
 def test_a_session_stays_on_its_replica_and_other_requests_spread(fleet):
