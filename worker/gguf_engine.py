@@ -7,9 +7,12 @@ task on the engine's event loop: render and tokenize the prompt, check it agains
 /completion and turn its chunks into protocol events. The generation thread runs that loop itself, in step(),
 until an event is ready (or EVENT_WAIT_SECONDS pass, to see the worker's inbox): a token crosses no thread
 between llama-server's socket and the worker's, since every wake-up per token takes CPU from llama-server's
-compute threads. A request's failure is its own error event (worker/containment.py). Aborting a request
-cancels its task, which closes its connection; llama-server then stops the sequence and frees its slot. A dead
-llama-server is EngineFailed: the worker exits and the supervisor starts another.
+compute threads. For the same reason a step waits, once one stream's chunk is in, for the chunk of every other
+stream of llama-server's decode step (they arrive a few milliseconds apart, one per slot), up to
+COALESCE_SECONDS: eight streams then make one message to the gateway per step, not eight. A request's failure
+is its own error event (worker/containment.py). Aborting a request cancels its task, which closes its
+connection; llama-server then stops the sequence and frees its slot. A dead llama-server is EngineFailed: the
+worker exits and the supervisor starts another.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from worker.waiting import MAX_WAITING, Waiting
 
 log = logging.getLogger("worker.gguf")
 SERVER_EXIT_SECONDS = 1.0  # a stream broken by llama-server's end: how long its exit may take to be seen
-EVENT_WAIT_SECONDS = 0.02  # step() runs the event loop this long at most without an event, then sees the inbox
+EVENT_WAIT_SECONDS = 0.05  # step() runs the event loop this long at most without an event, then sees the inbox
+COALESCE_SECONDS = 0.015  # after a step's first event, how long it waits for the other streams' chunks
 
 
 @dataclass
@@ -118,6 +122,9 @@ class GGUFEngine:
         self._live: dict[str, _Live] = {}  # handed to llama-server: at most one per slot
         self._loop = asyncio.new_event_loop()  # run by the generation thread, in step() (and abort())
         self._stepping = False  # step() runs the loop: an event stops it
+        self._streaming: set[str] = set()  # requests whose chunks are flowing: one per llama.cpp decode step
+        self._arrived: set[str] = set()  # those whose chunk came in this step
+        self._deadline: asyncio.TimerHandle | None = None  # when the running step stops waiting
         self._http = EventSource(self._server.socket)
 
     @property
@@ -174,15 +181,18 @@ class GGUFEngine:
         while self._waiting and len(self._live) < self._slots:
             request = self._waiting.popleft()
             self._live[request.request_id] = _Live(self._loop.create_task(self._serve(request)))
-        if not self._events:
-            timer = self._loop.call_later(EVENT_WAIT_SECONDS, self._loop.stop)
+        if not self._events or not self._all_arrived():
+            # Events put while an abort ran the loop wait for the others' chunks no longer than any.
+            wait = COALESCE_SECONDS if self._events else EVENT_WAIT_SECONDS
+            self._deadline = self._loop.call_later(wait, self._loop.stop)
             self._stepping = True
             try:
-                self._loop.run_forever()  # until _put() or the timer stops it
+                self._loop.run_forever()  # until every stream's chunk is in, or the deadline
             finally:
                 self._stepping = False
-                timer.cancel()
+                self._deadline.cancel()
         events, self._events = self._events, []
+        self._arrived.clear()
         for event in events:
             live = self._live.get(event.request_id)
             if live is None:  # aborted: it already had its answer
@@ -207,8 +217,25 @@ class GGUFEngine:
 
     def _put(self, event) -> None:
         self._events.append(event)
-        if self._stepping:
+        if not self._stepping:
+            return
+        if self._all_arrived():
             self._loop.stop()  # after this turn of the loop: the events of every chunk ready now go out together
+        elif len(self._events) == 1:  # the step's first: the other streams' chunks get COALESCE_SECONDS
+            self._deadline.cancel()
+            self._deadline = self._loop.call_later(COALESCE_SECONDS, self._loop.stop)
+
+    def _chunk_in(self, request_id: str) -> None:
+        self._streaming.add(request_id)
+        self._arrived.add(request_id)
+        self._check_arrived()
+
+    def _all_arrived(self) -> bool:
+        return self._streaming <= self._arrived
+
+    def _check_arrived(self) -> None:
+        if self._stepping and self._events and self._all_arrived():
+            self._loop.stop()
 
     async def _serve(self, request) -> None:
         try:
@@ -221,6 +248,9 @@ class GGUFEngine:
             self._put(failure(request.request_id, ErrorCode.WORKER_CRASHED, f"llama-server: {exc!r}"))
         except Exception as exc:  # this request's failure (RequestRejected: the client's) ends this request alone
             self._put(failed(request, exc, "generating with llama.cpp"))
+        finally:
+            self._streaming.discard(request.request_id)  # no more chunks: a step does not wait for it
+            self._check_arrived()
 
     async def _generate(self, request) -> None:
         prompt, prefix, schema = await asyncio.to_thread(self._prompt, request)
@@ -240,6 +270,7 @@ class GGUFEngine:
                 self._put(failure(rid, code, f"llama.cpp: {message}"))
                 return
             async for payload in response.events():
+                self._chunk_in(rid)
                 data = decode_chunk(payload)
                 if data.error is not None:
                     self._put(failure(rid, ErrorCode.INTERNAL, f"llama.cpp: {error_message(payload)}"))
