@@ -46,6 +46,7 @@ log = logging.getLogger("worker.gguf")
 SERVER_EXIT_SECONDS = 1.0  # a stream broken by llama-server's end: how long its exit may take to be seen
 EVENT_WAIT_SECONDS = 0.05  # step() runs the event loop this long at most without an event, then sees the inbox
 COALESCE_SECONDS = 0.015  # after a step's first event, how long it waits for the other streams' chunks
+GROUP_SECONDS = 0.1  # how long a rendered prompt waits for the others being rendered, to be prefilled with them
 
 
 @dataclass
@@ -125,6 +126,7 @@ class GGUFEngine:
         self._streaming: set[str] = set()  # requests whose chunks are flowing: one per llama.cpp decode step
         self._arrived: set[str] = set()  # those whose chunk came in this step
         self._deadline: asyncio.TimerHandle | None = None  # when the running step stops waiting
+        self._rendering: set[asyncio.Future] = set()  # prompts being rendered and tokenized: each done when it is
         self._http = EventSource(self._server.socket)
 
     @property
@@ -253,7 +255,7 @@ class GGUFEngine:
             self._check_arrived()
 
     async def _generate(self, request) -> None:
-        prompt, prefix, schema = await asyncio.to_thread(self._prompt, request)
+        prompt, prefix, schema = await self._render(request)
         rid = request.request_id
         if request.count_only:
             usage = Usage(prompt_tokens=len(prompt), completion_tokens=0)
@@ -263,6 +265,7 @@ class GGUFEngine:
         scanner = ToolCallScanner(self._template, request.tools) if _offers_tools(request) else None
         translator = StreamTranslator(request, len(prompt), scanner, prefix)
         body = msgspec.json.encode(completion_body(request, prompt, max_tokens, schema))
+        await self._with_the_others()
         async with self._http.post("/completion", body) as response:
             if response.status != 200:
                 message = error_message(await response.read())
@@ -280,6 +283,22 @@ class GGUFEngine:
                 if data.stop:
                     return
         self._put(failure(rid, ErrorCode.WORKER_CRASHED, "llama-server ended the stream early"))
+
+    async def _render(self, request) -> tuple[list[int], str, dict | None]:
+        rendered = self._loop.create_future()
+        self._rendering.add(rendered)
+        try:
+            return await asyncio.to_thread(self._prompt, request)  # two calls to llama-server: off the loop
+        finally:
+            self._rendering.discard(rendered)
+            rendered.set_result(None)
+
+    async def _with_the_others(self) -> None:
+        """Wait, up to GROUP_SECONDS, for the prompts being rendered now: requests that arrive together then reach
+        llama-server together and are prefilled in one batch. Sent as each is ready, the first would be prefilled
+        alone and the rest one prefill later. Prompts that start rendering later are not waited for."""
+        if self._rendering:
+            await asyncio.wait(set(self._rendering), timeout=GROUP_SECONDS)
 
     def _prompt(self, request) -> tuple[list[int], str, dict | None]:
         """(prompt tokens, text already in the prompt of the answer, JSON schema the answer must follow)."""
