@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import importlib
 import json
+from typing import TYPE_CHECKING
 
-import httpx
+import msgspec
 from mlx_lm.tokenizer_utils import _infer_tool_parser  # the template -> parser table the MLX worker relies on too
+
+if TYPE_CHECKING:
+    from worker.llama_server import LocalHTTP
 
 
 class TemplateError(ValueError):
@@ -21,7 +25,7 @@ class TemplateError(ValueError):
 
 
 class LlamaTemplate:
-    def __init__(self, client: httpx.Client, chat_template: str | None):
+    def __init__(self, client: LocalHTTP, chat_template: str | None):
         self._client = client
         self.chat_template = chat_template
         self.has_tool_calling = False
@@ -56,10 +60,10 @@ class LlamaTemplate:
         return self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True})["tokens"]
 
     def _post(self, path: str, body: dict) -> dict:
-        response = self._client.post(path, json=body)
-        if response.status_code != 200:
-            raise TemplateError(error_message(response.content))
-        return response.json()
+        status, content = self._client.call("POST", path, body)
+        if status != 200:
+            raise TemplateError(error_message(content))
+        return msgspec.json.decode(content)
 
 
 def error_message(body: bytes) -> str:
