@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import uvloop
 from mlx_lm.tool_parsers import json_tools
 
 from protocol.errors import ErrorCode
@@ -121,7 +122,7 @@ class GGUFEngine:
         self._waiting = Waiting(max_waiting)  # accepted, not yet handed to llama-server
         self._events: list = []  # from the tasks, for step()
         self._live: dict[str, _Live] = {}  # handed to llama-server: at most one per slot
-        self._loop = asyncio.new_event_loop()  # run by the generation thread, in step() (and abort())
+        self._loop = uvloop.new_event_loop()  # run by the generation thread, in step() (and abort())
         self._stepping = False  # step() runs the loop: an event stops it
         self._streaming: set[str] = set()  # requests whose chunks are flowing: one per llama.cpp decode step
         self._arrived: set[str] = set()  # those whose chunk came in this step

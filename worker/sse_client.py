@@ -62,7 +62,14 @@ class EventSource:
     async def post(self, target: str, body: bytes) -> AsyncIterator[EventStream]:
         """The response, once its status and headers are in; the connection closes with the block (or the task's
         cancellation)."""
-        reader, writer = await asyncio.open_unix_connection(self._path, limit=READ_BYTES)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # ours, to shut down: uvloop's stand-in cannot
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self._path)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=READ_BYTES)
+        except BaseException:
+            sock.close()
+            raise
         try:
             connection = h11.Connection(h11.CLIENT)
             headers = [("Host", self._host), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
@@ -77,5 +84,5 @@ class EventSource:
         finally:
             # Shut the socket down at once: the server sees it even if this event loop does not turn again.
             with contextlib.suppress(OSError):
-                writer.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             writer.close()
