@@ -124,6 +124,7 @@ class GGUFEngine:
         self._live: dict[str, _Live] = {}  # handed to llama-server: at most one per slot
         self._loop = uvloop.new_event_loop()  # run by the generation thread, in step() (and abort())
         self._stepping = False  # step() runs the loop: an event stops it
+        self._stop_asked = False  # the running step's stop() is called
         self._streaming: set[str] = set()  # requests whose chunks are flowing: one per llama.cpp decode step
         self._arrived: set[str] = set()  # those whose chunk came in this step
         self._deadline: asyncio.TimerHandle | None = None  # when the running step stops waiting
@@ -154,7 +155,13 @@ class GGUFEngine:
         self._loop.add_reader(fd, self._wake)
 
     def _wake(self) -> None:
-        if self._stepping:
+        self._stop_step()
+
+    def _stop_step(self) -> None:
+        """End the running step after this turn of the loop. Once per step: uvloop's stop() queues a callback, and
+        a second one left queued would end the next run of the loop (an abort's included) at its first turn."""
+        if self._stepping and not self._stop_asked:
+            self._stop_asked = True
             self._loop.stop()
 
     def abort(self, request_id: str, emit, code=ErrorCode.ABORTED, reason="aborted by the client") -> bool:
@@ -187,8 +194,8 @@ class GGUFEngine:
         if not self._events or not self._all_arrived():
             # Events put while an abort ran the loop wait for the others' chunks no longer than any.
             wait = COALESCE_SECONDS if self._events else EVENT_WAIT_SECONDS
-            self._deadline = self._loop.call_later(wait, self._loop.stop)
-            self._stepping = True
+            self._deadline = self._loop.call_later(wait, self._stop_step)
+            self._stepping, self._stop_asked = True, False
             try:
                 self._loop.run_forever()  # until every stream's chunk is in, or the deadline
             finally:
@@ -223,10 +230,10 @@ class GGUFEngine:
         if not self._stepping:
             return
         if self._all_arrived():
-            self._loop.stop()  # after this turn of the loop: the events of every chunk ready now go out together
+            self._stop_step()  # the events of every chunk ready now go out together
         elif len(self._events) == 1:  # the step's first: the other streams' chunks get COALESCE_SECONDS
             self._deadline.cancel()
-            self._deadline = self._loop.call_later(COALESCE_SECONDS, self._loop.stop)
+            self._deadline = self._loop.call_later(COALESCE_SECONDS, self._stop_step)
 
     def _chunk_in(self, request_id: str) -> None:
         self._streaming.add(request_id)
@@ -237,8 +244,8 @@ class GGUFEngine:
         return self._streaming <= self._arrived
 
     def _check_arrived(self) -> None:
-        if self._stepping and self._events and self._all_arrived():
-            self._loop.stop()
+        if self._events and self._all_arrived():
+            self._stop_step()
 
     async def _serve(self, request) -> None:
         try:
