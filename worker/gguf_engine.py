@@ -152,10 +152,7 @@ class GGUFEngine:
     def wake_on(self, fd: int) -> None:
         """A descriptor that signals work for the generation thread (the data socket's): step() stops waiting when
         it does, so a request or an abort that arrives mid-step is taken at once, not after EVENT_WAIT_SECONDS."""
-        self._loop.add_reader(fd, self._wake)
-
-    def _wake(self) -> None:
-        self._stop_step()
+        self._loop.add_reader(fd, self._stop_step)
 
     def _stop_step(self) -> None:
         """End the running step after this turn of the loop. Once per step: uvloop's stop() queues a callback, and
@@ -227,11 +224,9 @@ class GGUFEngine:
 
     def _put(self, event) -> None:
         self._events.append(event)
-        if not self._stepping:
-            return
         if self._all_arrived():
-            self._stop_step()  # the events of every chunk ready now go out together
-        elif len(self._events) == 1:  # the step's first: the other streams' chunks get COALESCE_SECONDS
+            self._stop_step()  # after this turn of the loop: the events of every chunk ready now go out together
+        elif self._stepping and len(self._events) == 1:  # the step's first: the others' chunks get COALESCE_SECONDS
             self._deadline.cancel()
             self._deadline = self._loop.call_later(COALESCE_SECONDS, self._stop_step)
 
