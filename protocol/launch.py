@@ -153,12 +153,17 @@ class LlamaCppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     parallel: Annotated[int, _about("llama-server slots: sequences decoded together, each with the whole context")] = 4
     threads: Annotated[int | None, _about("CPU threads; unset: llama.cpp's choice")] = None
     n_gpu_layers: Annotated[int | None, _about("layers on the GPU; unset: all, where a GPU backend is built in")] = None
+    stream_interval_ms: Annotated[
+        int, _about("a flowing stream's tokens go out at most this often, a few at a time; 0: each as it comes")
+    ] = 50
 
     def __post_init__(self) -> None:
         if self.parallel < 1 or (self.threads is not None and self.threads < 1):
             raise ValueError("llama_cpp: parallel and threads must be at least 1")
         if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
             raise ValueError("llama_cpp: n_gpu_layers must be 0 or more")
+        if not 0 <= self.stream_interval_ms <= 1000:
+            raise ValueError("llama_cpp: stream_interval_ms must be between 0 and 1000")
 
 
 LLAMA_CPP_ENGINE_SETTINGS = ("prompt_cache_mb", "num_draft_tokens", "max_waiting")  # what a gguf model's engine takes
@@ -176,7 +181,8 @@ def refuse_mlx_only_settings(engine: EngineSettings) -> None:
     if unused:
         raise ValueError(
             f"{', '.join(unused)}: MLX engine settings that a gguf model (llama.cpp) does not take; it takes "
-            f"engine.{', engine.'.join(LLAMA_CPP_ENGINE_SETTINGS)} and llama_cpp (parallel, threads, n_gpu_layers)"
+            f"engine.{', engine.'.join(LLAMA_CPP_ENGINE_SETTINGS)} and llama_cpp "
+            f"({', '.join(LlamaCppSettings.__struct_fields__)})"
         )
 
 

@@ -63,6 +63,7 @@ def test_a_standalone_gguf_worker_refuses_the_mlx_engines_settings_before_starti
         ("models:\n  - {id: a, source: x, type: music}\n", "not supported"),
         ("models:\n  - {id: a, source: x, llama_cpp: {parallel: 2}}\n", "type gguf only"),
         ("models:\n  - {id: a, source: x.gguf, type: gguf, llama_cpp: {parallel: 0}}\n", "at least 1"),
+        ("models:\n  - {id: a, source: x.gguf, type: gguf, llama_cpp: {stream_interval_ms: -5}}\n", "between 0"),
         ("models:\n  - {id: a, source: x.gguf, type: gguf, engine: {kv_bits: 4}}\n", "engine.kv_bits: MLX engine"),
         ("models:\n  - {id: a, source: x.gguf, type: gguf, engine: {prompt_cache_dir: /c}}\n", "prompt_cache_dir"),
         ("models:\n  - {id: a, source: org/repo}\n", "set memory_gb"),

@@ -1,5 +1,6 @@
 """The gguf engine driven as the worker's generation thread drives it (submit, then step until done), against its
-real llama-server on the bundled GGUF: how the chunks of several streams are grouped into steps."""
+real llama-server on the bundled GGUF: how the chunks of several streams are grouped into steps, and how a stream's
+tokens are paced (llama_cpp.stream_interval_ms)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ from worker.gguf_engine import GGUFEngine, load_gguf
 pytestmark = pytest.mark.needs_tool("llama-server")
 
 
+def _engine(stream_interval_ms: int) -> GGUFEngine:
+    llama = LlamaCppSettings(parallel=4, threads=2, stream_interval_ms=stream_interval_ms)
+    loaded = load_gguf(str(bundled_path(MODEL)), 512, None, llama, EngineSettings())
+    return GGUFEngine(loaded, stream_interval_ms=stream_interval_ms)
+
+
 @pytest.fixture(scope="module")
 def engine():
-    loaded = load_gguf(str(bundled_path(MODEL)), 512, None, LlamaCppSettings(parallel=4, threads=2), EngineSettings())
-    engine = GGUFEngine(loaded)
+    engine = _engine(0)
     yield engine
     engine.close()
 
@@ -32,8 +38,9 @@ def _request(rid: str, topic: str, max_tokens: int) -> GenerateRequest:
     )
 
 
-def _run(engine: GGUFEngine, requests: list[GenerateRequest]) -> list[list]:
-    """The events of each step until every request has finished."""
+def _run(engine: GGUFEngine, requests: list[GenerateRequest], pace: bool = False) -> list[list]:
+    """The events of each step until every request has finished; with `pace`, waiting pause_ms() before each step
+    as the generation thread does (on the data socket, where no request comes here)."""
     for request in requests:
         assert engine.submit(request)
     steps: list[list] = []
@@ -41,6 +48,8 @@ def _run(engine: GGUFEngine, requests: list[GenerateRequest]) -> list[list]:
     while engine.busy:
         assert time.monotonic() < deadline, "the requests did not finish"
         events: list = []
+        if pace:
+            time.sleep(engine.pause_ms() / 1000)
         engine.step(events.append)
         steps.append(events)
     return steps
@@ -65,3 +74,30 @@ def test_a_step_carries_the_token_of_every_stream_llama_server_decoded_together(
     # three streams made about one chunk per step.
     assert sum(ids == {"a", "b", "c"} for ids in together) >= len(together) / 2, chunked
     assert sum(ids == {"b", "c"} for ids in pair) >= len(pair) / 2, chunked
+
+
+@pytest.mark.parametrize("interval_ms", [0, 50])
+def test_a_flowing_stream_goes_out_a_few_tokens_at_a_time_but_not_its_first_or_last(engine, interval_ms):
+    """With a stream interval each step after the first token carries the tokens decoded since the last (a wake-up
+    of the worker, the gateway and the client per few tokens, not per token); the first token goes out at once,
+    and near max_tokens nothing is held, so the answer's end is not late. Interval 0: a token per step."""
+    paced = _engine(interval_ms) if interval_ms else engine
+    try:
+        steps = _run(paced, [_request("a", "a lighthouse", 40)], pace=True)
+    finally:
+        if paced is not engine:
+            paced.close()
+    finished = [e for step in steps for e in step if isinstance(e, Finished)]
+    assert finished[0].usage.completion_tokens == 40
+    reached = [max((e.completion_tokens for e in step if isinstance(e, TextChunk)), default=0) for step in steps]
+    reached = [n for n in reached if n]
+    sizes = [b - a for a, b in zip([0, *reached], reached, strict=False)]  # tokens each chunk-carrying step took
+    assert sizes[0] == 1, sizes  # the first token, not held for the interval
+    grouped = sum(n for n in sizes if n > 1)  # tokens that went out with others
+    if interval_ms:
+        # llama.cpp decodes this model at 75-140 tok/s here: 4-7 tokens per 50 ms, and the last few go out one by
+        # one; half of the answer in groups leaves room for a slow machine.
+        assert grouped >= 20, sizes
+        assert sizes[-1] == 1, sizes  # the last token came as it was decoded
+    else:
+        assert grouped <= 4, sizes  # one by one (a loaded machine may now and then read two in one turn)

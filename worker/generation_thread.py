@@ -134,13 +134,19 @@ class GenerationThread(threading.Thread):
     def _serve(self, engine: Engine) -> None:
         while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
             # Idle: wait briefly for work. Busy: take what has arrived, then produce the next token.
-            self._take_arrived(engine, 0 if engine.busy else IDLE_WAIT_MS)
+            self._take_arrived(engine, self._pause(engine) if engine.busy else IDLE_WAIT_MS)
             if engine.busy:
                 self._step(engine)
         if engine.busy:
             engine.abort_all(self._emit, ErrorCode.SHUTTING_DOWN, "the worker is shutting down")
         self._take_arrived(engine, 0)  # requests that arrived after the loop stopped still get an answer
         self._persist(engine)
+
+    @staticmethod
+    def _pause(engine: Engine) -> int:
+        """Busy, how long to wait for requests before the next step: 0, unless the engine paces its steps (gguf)."""
+        pause_ms = getattr(engine, "pause_ms", None)
+        return pause_ms() if pause_ms is not None else 0
 
     def _take_arrived(self, engine: Engine, timeout_ms: int) -> None:
         for message in self._data.read(timeout_ms):

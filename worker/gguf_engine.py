@@ -9,7 +9,11 @@ until an event is ready (or EVENT_WAIT_SECONDS pass, to see the worker's inbox):
 between llama-server's socket and the worker's, since every wake-up per token takes CPU from llama-server's
 compute threads. For the same reason a step waits, once one stream's chunk is in, for the chunk of every other
 stream of llama-server's decode step (they arrive a few milliseconds apart, one per slot), up to
-COALESCE_SECONDS: eight streams then make one message to the gateway per step, not eight. A request's failure
+COALESCE_SECONDS: eight streams then make one message to the gateway per step, not eight. Nor does the step read
+each chunk as it lands: once the first is in, it leaves the sockets alone for GATHER_SECONDS (the generation thread
+still takes requests and aborts) and then takes the rest in one turn of the loop. And once streams flow, steps are
+at least the stream interval apart (llama_cpp.stream_interval_ms): one stream's tokens then go out a few at a time,
+each wake-up carrying several. The first token of a request is never held. A request's failure
 is its own error event (worker/containment.py). Aborting a request cancels its task, which closes its
 connection; llama-server then stops the sequence and frees its slot. A dead llama-server is EngineFailed: the
 worker exits and the supervisor starts another.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import subprocess
 import time
 from dataclasses import dataclass
@@ -47,6 +52,7 @@ log = logging.getLogger("worker.gguf")
 SERVER_EXIT_SECONDS = 1.0  # a stream broken by llama-server's end: how long its exit may take to be seen
 EVENT_WAIT_SECONDS = 0.05  # step() runs the event loop this long at most without an event, then sees the inbox
 COALESCE_SECONDS = 0.015  # after a step's first event, how long it waits for the other streams' chunks
+GATHER_SECONDS = 0.005  # after a step's first chunk, how long the others are left to land (most do within 5 ms)
 GROUP_SECONDS = 0.1  # how long a rendered prompt waits for the others being rendered, to be prefilled with them
 
 
@@ -110,10 +116,13 @@ def gguf_metadata(path: str) -> tuple[int, int | None]:
 class _Live:
     task: asyncio.Task
     started: bool = False  # its first chunk went out
+    left: int | None = None  # chunks it may still get (max_tokens less those in), once sent to llama-server
+    pending: int = 0  # chunks in since its events last went out
+    burst: int = 0  # the most chunks one of its steps carried: about what a held step brings
 
 
 class GGUFEngine:
-    def __init__(self, loaded: LoadedGGUF, max_waiting: int = MAX_WAITING):
+    def __init__(self, loaded: LoadedGGUF, max_waiting: int = MAX_WAITING, stream_interval_ms: int = 0):
         self._server = loaded.server
         self._template = loaded.template
         self._slots = loaded.slots
@@ -130,6 +139,10 @@ class GGUFEngine:
         self._deadline: asyncio.TimerHandle | None = None  # when the running step stops waiting
         self._rendering: set[asyncio.Future] = set()  # prompts being rendered and tokenized: each done when it is
         self._http = EventSource(self._server.socket)
+        self._interval = stream_interval_ms / 1000
+        self._emitted_at = 0.0  # when the last step's events went out
+        self._gathered = False  # the step's first chunks are in and the others were given GATHER_SECONDS
+        self._first_at = 0.0  # when the step's first event was put
 
     @property
     def in_flight(self) -> int:
@@ -142,6 +155,26 @@ class GGUFEngine:
     @property
     def busy(self) -> bool:
         return bool(self._live or self._waiting)
+
+    def pause_ms(self) -> int:
+        """How long the generation thread leaves llama-server's sockets unread before the next step, waiting on the
+        data socket alone: a chunk that lands meanwhile costs no wake-up, and the next step takes all that landed."""
+        if self._events:  # a step's first chunks: the rest of llama.cpp's decode step is on its way
+            until = self._first_at + GATHER_SECONDS
+        elif self._interval and self._holdable():
+            until = self._emitted_at + self._interval
+        else:
+            return 0
+        return max(0, math.ceil((until - time.monotonic()) * 1000))
+
+    def _holdable(self) -> bool:
+        """Every request handed to llama-server has had its first token and is not near its last (max_tokens: held,
+        its last would be late by up to the interval), and none waits for a free slot."""
+        if self._waiting and len(self._live) < self._slots:
+            return False
+        return bool(self._live) and all(
+            live.started and live.left is not None and live.left > live.burst for live in self._live.values()
+        )
 
     def cache_bytes(self) -> tuple[int, int]:
         return 0, 0  # llama-server's KV and prompt caches are in its resident set, which the report includes
@@ -190,16 +223,24 @@ class GGUFEngine:
             self._live[request.request_id] = _Live(self._loop.create_task(self._serve(request)))
         if not self._events or not self._all_arrived():
             # Events put while an abort ran the loop wait for the others' chunks no longer than any.
-            wait = COALESCE_SECONDS if self._events else EVENT_WAIT_SECONDS
-            self._deadline = self._loop.call_later(wait, self._stop_step)
+            left = self._first_at + COALESCE_SECONDS - time.monotonic() if self._events else EVENT_WAIT_SECONDS
+            self._deadline = self._loop.call_later(max(0.0, left), self._stop_step)
             self._stepping, self._stop_asked = True, False
             try:
-                self._loop.run_forever()  # until every stream's chunk is in, or the deadline
+                self._loop.run_forever()  # until every stream's chunk is in, the first is (see _put), or the deadline
             finally:
                 self._stepping = False
                 self._deadline.cancel()
+            if self._events and not self._gathered and not self._all_arrived():
+                self._gathered = True
+                return  # the generation thread waits pause_ms() for the data socket alone, then steps again
         events, self._events = self._events, []
         self._arrived.clear()
+        self._gathered = False
+        if events:
+            self._emitted_at = time.monotonic()
+        for live in self._live.values():
+            live.burst, live.pending = max(live.burst, live.pending), 0
         for event in events:
             live = self._live.get(event.request_id)
             if live is None:  # aborted: it already had its answer
@@ -218,19 +259,22 @@ class GGUFEngine:
         for live in self._live.values():
             self._cancel(live.task)
         self._server.close()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())  # the streams' generators, finalized
         self._loop.close()
 
     # -- on the event loop, as step() runs it -------------------------------------------------------------------
 
     def _put(self, event) -> None:
         self._events.append(event)
-        if self._all_arrived():
+        if len(self._events) == 1:
+            self._first_at = time.monotonic()  # the others' chunks get COALESCE_SECONDS from now
+        if self._all_arrived() or (self._stepping and not self._gathered):
             self._stop_step()  # after this turn of the loop: the events of every chunk ready now go out together
-        elif self._stepping and len(self._events) == 1:  # the step's first: the others' chunks get COALESCE_SECONDS
-            self._deadline.cancel()
-            self._deadline = self._loop.call_later(COALESCE_SECONDS, self._stop_step)
 
     def _chunk_in(self, request_id: str) -> None:
+        if (live := self._live.get(request_id)) is not None and live.left is not None:
+            live.left -= 1
+            live.pending += 1
         self._streaming.add(request_id)
         self._arrived.add(request_id)
         self._check_arrived()
@@ -268,6 +312,8 @@ class GGUFEngine:
         scanner = ToolCallScanner(self._template, request.tools) if _offers_tools(request) else None
         translator = StreamTranslator(request, len(prompt), scanner, prefix)
         body = msgspec.json.encode(completion_body(request, prompt, max_tokens, schema))
+        if (live := self._live.get(rid)) is not None:
+            live.left = max_tokens
         await self._with_the_others()
         async with self._http.post("/completion", body) as response:
             if response.status != 200:
