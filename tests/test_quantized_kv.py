@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from protocol.generation import GenerateRequest, GenerationError, SamplingParams
+from protocol.generation import GenerateRequest, GenerationError, SamplingParams, TextChunk, TokenLogprob
 from protocol.launch import EngineSettings
 from tests.conftest import MODEL
 from tests.test_engine import PARIS, SYSTEM, chat, finished, run, text_of
@@ -26,6 +26,10 @@ QUESTIONS = [
 ]
 
 BRIEF = SYSTEM[:700]  # a shared system prompt of about 150 tokens
+# A greedy sequence computed two ways (8- against 16-bit cache, another batch shape) can part where its top two
+# tokens are this close in log-probability: rounding flips the choice, and which ones flip depends on the CPU's
+# BLAS kernels (AVX2 or AVX-512). Seen: gaps of 0.03-0.06 nats. A broken cache parts early and far from a tie.
+NEAR_TIE = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +41,34 @@ def engine(loaded, kv_bits=8, **options) -> BatchEngine:
     return BatchEngine(loaded, EngineSettings(decode_concurrency=8, prefill_step_size=128, kv_bits=kv_bits, **options))
 
 
+def tokens_of(events, request_id) -> list[TokenLogprob]:
+    return [lp for e in events if isinstance(e, TextChunk) and e.request_id == request_id for lp in e.logprobs or []]
+
+
+def parts_at_a_near_tie(reference: list[TokenLogprob], text: str) -> bool:
+    """`text` is the reference's greedy text, or leaves it at a near tie: where they part, the token `text` goes
+    on with was within NEAR_TIE of the reference's choice (past that point they are different sequences)."""
+    done = ""
+    for step in reference:
+        if not text.startswith(done + step.token):
+            rest = text[len(done) :]
+            taken = [t for t in step.top_logprobs if t.token and t.token != step.token and rest.startswith(t.token)]
+            return any(step.logprob - t.logprob < NEAR_TIE for t in taken)
+        done += step.token
+    return text == done
+
+
 def test_eight_bit_kv_gives_the_16_bit_greedy_text_in_half_the_memory(loaded):
-    """Eight sequences decoded together for 32 tokens. Measured on the bundled model (CPU), over three runs: seven
-    of the eight texts identical to the 16-bit ones each time; the eighth departs where rounding flips a near-tie,
-    at character 98 of one answer in one run and at the third token of another ("Hola in English" for "Hola in
-    Spanish") in another. So: at least six of eight identical."""
-    texts, kv_bytes = {}, {}
+    """Eight sequences decoded together for 32 tokens. Each 8-bit text is the 16-bit one, or parts from it at a
+    near tie (NEAR_TIE). Measured on the bundled model: seven of eight identical on AVX2 hosts, five of eight on
+    an AVX-512 one (parting at gaps of 0.03-0.06 nats, e.g. "Hola in English" for "Hola in Spanish")."""
+    texts, kv_bytes, reference = {}, {}, []
     for bits in (None, 8):
         batch = engine(loaded, kv_bits=bits, prompt_cache_mb=0)
         for i, question in enumerate(QUESTIONS):
-            batch.submit(chat(f"q{i}", question, temperature=0, max_tokens=32))
+            # The 16-bit run with each step's top tokens, to judge where an 8-bit text parts from it.
+            sampling = dict(logprobs=True, top_logprobs=5) if bits is None else {}
+            batch.submit(chat(f"q{i}", question, temperature=0, max_tokens=32, **sampling))
         events = []
         batch.step(events.append)  # the eight prompts, then the first tokens
         while not any(e.request_id == "q0" for e in events):
@@ -56,9 +78,11 @@ def test_eight_bit_kv_gives_the_16_bit_greedy_text_in_half_the_memory(loaded):
             batch.step(events.append)
         assert not [e for e in events if isinstance(e, GenerationError)]
         texts[bits] = [text_of(events, f"q{i}") for i in range(len(QUESTIONS))]
+        reference = reference or [tokens_of(events, f"q{i}") for i in range(len(QUESTIONS))]
     assert "Paris" in texts[8][0]
-    identical = sum(a == b for a, b in zip(texts[None], texts[8], strict=True))
-    assert identical >= 6, list(zip(texts[None], texts[8], strict=True))
+    pairs = list(zip(texts[None], texts[8], strict=True))
+    assert all(parts_at_a_near_tie(r, text) for r, text in zip(reference, texts[8], strict=True)), pairs
+    assert sum(a == b for a, b in pairs) >= 4, pairs  # most do not part at all
     # 8 bits plus a 16-bit scale and bias per 64 values, against 16 bits: about 0.53 of the bytes.
     assert 0 < kv_bytes[8] <= 0.6 * kv_bytes[None], kv_bytes
 
@@ -92,7 +116,8 @@ def test_a_quantized_batch_takes_joins_leaves_aborts_and_the_prompt_cache(loaded
 
 def test_a_speculative_request_hands_its_quantized_cache_to_the_batch(loaded):
     """The draft is the model itself; the first request starts speculatively, the second moves it into the
-    batch with its 8-bit cache, and both read what a plain 8-bit batch produces."""
+    batch with its 8-bit cache, and both read what a plain 8-bit batch produces (or part from it at a near tie:
+    the batches differ in shape, and so in rounding)."""
     plain = engine(loaded)
     speculative = BatchEngine(
         dataclasses.replace(loaded, draft_model=loaded.model),
@@ -100,7 +125,9 @@ def test_a_speculative_request_hands_its_quantized_cache_to_the_batch(loaded):
     )
     first = dict(content="Name three colours of the rainbow.", temperature=0, max_tokens=24)
     second = dict(content=PARIS, temperature=0, max_tokens=12)
-    alone = run(plain, chat("a", **first), chat("b", **second))
+    alone = run(
+        plain, chat("a", **first, logprobs=True, top_logprobs=5), chat("b", **second, logprobs=True, top_logprobs=5)
+    )
 
     events = []
     speculative.submit(chat("a", **first))
@@ -110,8 +137,11 @@ def test_a_speculative_request_hands_its_quantized_cache_to_the_batch(loaded):
     speculative.submit(chat("b", **second))
     while speculative.busy:
         speculative.step(events.append)
-    assert text_of(events, "a") == text_of(alone, "a")
-    assert text_of(events, "b") == text_of(alone, "b")
+    for rid in ("a", "b"):
+        assert parts_at_a_near_tie(tokens_of(alone, rid), text_of(events, rid)), (
+            text_of(alone, rid),
+            text_of(events, rid),
+        )
     assert finished(events, "a").draft_accepted_tokens > 0
 
 
