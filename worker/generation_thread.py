@@ -133,7 +133,8 @@ class GenerationThread(threading.Thread):
 
     def _serve(self, engine: Engine) -> None:
         while not (self._halt.is_set() or (self._drain.is_set() and not engine.busy)):
-            # Idle: wait briefly for work. Busy: take what has arrived, then produce the next token.
+            # Idle: wait briefly for work. Busy: take what has arrived (waiting for it while the engine paces its
+            # steps), then produce the next token.
             self._take_arrived(engine, self._pause(engine) if engine.busy else IDLE_WAIT_MS)
             if engine.busy:
                 self._step(engine)

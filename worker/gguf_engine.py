@@ -13,7 +13,7 @@ COALESCE_SECONDS: eight streams then make one message to the gateway per step, n
 each chunk as it lands: once the first is in, it leaves the sockets alone for GATHER_SECONDS (the generation thread
 still takes requests and aborts) and then takes the rest in one turn of the loop. And once streams flow, steps are
 at least the stream interval apart (llama_cpp.stream_interval_ms): one stream's tokens then go out a few at a time,
-each wake-up carrying several. The first token of a request is never held. A request's failure
+each wake-up carrying several; a request's first token, and its last ones, are not held. A request's failure
 is its own error event (worker/containment.py). Aborting a request cancels its task, which closes its
 connection; llama-server then stops the sequence and frees its slot. A dead llama-server is EngineFailed: the
 worker exits and the supervisor starts another.
