@@ -20,7 +20,7 @@ pytestmark = pytest.mark.needs_tool("llama-server")
 def _engine(stream_interval_ms: int) -> GGUFEngine:
     llama = LlamaCppSettings(parallel=4, threads=2, stream_interval_ms=stream_interval_ms)
     loaded = load_gguf(str(bundled_path(MODEL)), 512, None, llama, EngineSettings())
-    return GGUFEngine(loaded, stream_interval_ms=stream_interval_ms)
+    return GGUFEngine(loaded)
 
 
 @pytest.fixture(scope="module")

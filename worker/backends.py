@@ -83,7 +83,7 @@ def load_engine(model: ModelToLoad, options: EngineSettings) -> tuple[Engine, ob
         from worker.gguf_engine import GGUFEngine, load_gguf
 
         loaded = load_gguf(model.source, model.context_length, model.draft_source, model.llama_cpp, options)
-        return GGUFEngine(loaded, options.max_waiting, model.llama_cpp.stream_interval_ms), loaded
+        return GGUFEngine(loaded, options.max_waiting), loaded
     if model.model_type == "embedding":
         from worker.embedding_engine import EmbeddingEngine, load_encoder
 

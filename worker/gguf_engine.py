@@ -65,6 +65,7 @@ class LoadedGGUF:
     vocab_size: int | None
     weights_bytes: int  # the GGUF files llama-server maps (the model's and the draft's)
     load_seconds: float
+    stream_interval_ms: int  # llama_cpp.stream_interval_ms: how often a flowing stream's tokens go out
     compute: str
     device: str
 
@@ -97,6 +98,7 @@ def load_gguf(
         weights_bytes=sum(Path(path).stat().st_size for path in (source, draft) if path is not None),
         load_seconds=time.perf_counter() - started,
         compute=compute,
+        stream_interval_ms=llama.stream_interval_ms,
         device="cpu" if backend == "cpu" else "gpu",
     )
 
@@ -122,7 +124,7 @@ class _Live:
 
 
 class GGUFEngine:
-    def __init__(self, loaded: LoadedGGUF, max_waiting: int = MAX_WAITING, stream_interval_ms: int = 0):
+    def __init__(self, loaded: LoadedGGUF, max_waiting: int = MAX_WAITING):
         self._server = loaded.server
         self._template = loaded.template
         self._slots = loaded.slots
@@ -139,7 +141,7 @@ class GGUFEngine:
         self._deadline: asyncio.TimerHandle | None = None  # when the running step stops waiting
         self._rendering: set[asyncio.Future] = set()  # prompts being rendered and tokenized: each done when it is
         self._http = EventSource(self._server.socket)
-        self._interval = stream_interval_ms / 1000
+        self._interval = loaded.stream_interval_ms / 1000
         self._emitted_at = 0.0  # when the last step's events went out
         self._gathered = False  # the step's first chunks are in and the others were given GATHER_SECONDS
         self._first_at = 0.0  # when the step's first event was put
@@ -223,8 +225,8 @@ class GGUFEngine:
             self._live[request.request_id] = _Live(self._loop.create_task(self._serve(request)))
         if not self._events or not self._all_arrived():
             # Events put while an abort ran the loop wait for the others' chunks no longer than any.
-            left = self._first_at + COALESCE_SECONDS - time.monotonic() if self._events else EVENT_WAIT_SECONDS
-            self._deadline = self._loop.call_later(max(0.0, left), self._stop_step)
+            wait = self._first_at + COALESCE_SECONDS - time.monotonic() if self._events else EVENT_WAIT_SECONDS
+            self._deadline = self._loop.call_later(max(0.0, wait), self._stop_step)
             self._stepping, self._stop_asked = True, False
             try:
                 self._loop.run_forever()  # until every stream's chunk is in, the first is (see _put), or the deadline
@@ -268,7 +270,7 @@ class GGUFEngine:
         self._events.append(event)
         if len(self._events) == 1:
             self._first_at = time.monotonic()  # the others' chunks get COALESCE_SECONDS from now
-        if self._all_arrived() or (self._stepping and not self._gathered):
+        if self._all_arrived() or not self._gathered:
             self._stop_step()  # after this turn of the loop: the events of every chunk ready now go out together
 
     def _chunk_in(self, request_id: str) -> None:
