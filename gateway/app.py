@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import dialects, metrics
+from gateway import dialects, metrics, sse
 from gateway.activity import ActivityLog, clear_activity, list_activity
 from gateway.auth import Authenticator, KeyRing, MetricsKeys, TokenIssuer, is_loopback
 from gateway.batches.files import FileStore
@@ -202,6 +202,7 @@ def create_app(settings: GatewaySettings | None = None, config: GatewayConfig | 
         app.state.batches = Batches(app.state, app.state.batch_store, app.state.files, transport.batches.max_in_flight)
         app.state.batches.start()
         system.prime()
+        await sse.prime()
         log.info(
             "gateway on %s://%s:%d, %s at %s; sessions and rate limits in %s",
             "https" if settings.tls_certfile or transport.tls.certfile else "http",

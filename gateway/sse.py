@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import anyio
 import msgspec
 from starlette.responses import StreamingResponse
 
@@ -21,6 +22,13 @@ def sse(payload: dict) -> bytes:
 
 def sse_event(kind: str, payload: dict) -> bytes:
     return f"event: {kind}\ndata: ".encode() + msgspec.json.encode({"type": kind} | payload) + b"\n\n"
+
+
+async def prime() -> None:
+    """StreamingResponse runs each stream in an anyio task group, and anyio imports that lazily, on first use: take
+    the import at startup, not in the first stream's first tokens (about 90 ms of compiling where no .pyc is kept)."""
+    async with anyio.create_task_group():
+        pass
 
 
 class EventStreamResponse(StreamingResponse):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import time
 
 import jwt
@@ -327,3 +329,47 @@ def test_the_shipped_configs_parse_for_gateway_and_supervisor():
     assert KeyRing(production, environ).lookup("vista_k")[0].default_model == "qwen3-14b"
     with pytest.raises(ValueError, match="'fork': its key_env variable FORK_API_KEYS"):
         KeyRing(production, environ | {"FORK_API_KEYS": " "})
+
+
+FIRST_STREAM = """
+import asyncio, sys
+from gateway import sse
+
+async def main():
+    if sys.argv[1] == "primed":
+        await sse.prime()
+    before = set(sys.modules)
+
+    async def events():
+        yield sse.sse({"n": 1})
+
+    async def receive():  # a client that stays
+        await asyncio.Event().wait()
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}}  # as uvicorn sends it
+    await sse.EventStreamResponse(events(), on_close=lambda: None)(scope, receive, send)
+    assert sent[1]["body"] == b'data: {"n":1}\\n\\n', sent
+    print(" ".join(sorted(set(sys.modules) - before)))
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_stream_after_startup_imports_nothing():
+    """A stream runs in an anyio task group that anyio imports on first use; the gateway's startup takes that import,
+    so the first client to stream does not wait on it with its first tokens."""
+
+    def imported_by_first_stream(mode: str) -> set[str]:
+        run = subprocess.run(
+            [sys.executable, "-c", FIRST_STREAM, mode], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        return set(run.stdout.split())
+
+    assert imported_by_first_stream("primed") == set()
+    assert imported_by_first_stream("cold")  # what the priming is for: without it, the first stream imports
