@@ -35,14 +35,13 @@ from worker.cpu_tuning import preload_blas
 
 BLAS = preload_blas()
 
-from bench.serve_clients import InProcess, LlamaServerByHand, PeerServer, single_stream  # noqa: E402
+from bench.serve_clients import CONCURRENCY, InProcess, LlamaServerByHand, PeerServer, single_stream  # noqa: E402
 from protocol.launch import LlamaCppSettings  # noqa: E402
 from supervisor.bundled import bundled_path  # noqa: E402
 from supervisor.model_import import import_model  # noqa: E402
 from tests.harness import Server, free_port, write_config  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-CONCURRENCY = (1, 4, 8, 16)
 # llama.cpp, by hand and in the worker: one slot per stream, room for the ~2,000-token prefix and the answer.
 GGUF_CONTEXT = 2560
 GGUF_OPTIONS = LlamaCppSettings(parallel=max(CONCURRENCY))

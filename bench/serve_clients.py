@@ -16,6 +16,7 @@ import httpx
 
 from tests.harness import terminate
 
+CONCURRENCY = (1, 4, 8, 16)  # streams at once, for the aggregate figures
 ANIMALS = ["dragon", "fox", "whale", "owl", "badger", "otter", "heron", "lynx"]
 SKILLS = ["bake bread", "sail a boat"]
 STORIES = [f"Write a long story about a {a} who learns to {s}." for s in SKILLS for a in ANIMALS]  # 16 prompts
@@ -43,10 +44,15 @@ def single_stream(target, tokens: int) -> dict:
 
 
 class HTTPTarget:
-    """An OpenAI-compatible server: mlx_lm.server or this one."""
+    """An OpenAI-compatible server: mlx_lm.server or this one.
+
+    Called as a service calls it: one client whose connections are kept open. A client made per request costs
+    about 26 ms of CPU here, most of it loading CA certificates with the GIL held, so eight streams started at
+    once reached the server spread over some 200 ms, and the bench measured its own start-up."""
 
     def __init__(self, name: str, url: str, model: str):
         self.name, self.url, self.model = name, url, model
+        self.client = httpx.Client(timeout=900, limits=httpx.Limits(max_connections=max(CONCURRENCY)))
 
     def stream(self, messages: list[dict], max_tokens: int) -> dict:
         body = {
@@ -58,7 +64,7 @@ class HTTPTarget:
             "stream_options": {"include_usage": True},
         }
         start, stamps, usage = time.perf_counter(), [], None
-        with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, timeout=900) as response:
+        with self.client.stream("POST", f"{self.url}/v1/chat/completions", json=body) as response:
             response.raise_for_status()
             for line in response.iter_lines():
                 if not line.startswith("data: {"):
@@ -115,6 +121,7 @@ class PeerServer(HTTPTarget):
         raise RuntimeError(f"{self.name} did not start")
 
     def __exit__(self, *_) -> None:
+        self.client.close()
         terminate(self.proc, grace=20)
 
 
