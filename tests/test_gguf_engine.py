@@ -4,6 +4,7 @@ tokens are paced (llama_cpp.stream_interval_ms)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from protocol.launch import EngineSettings, LlamaCppSettings
 from supervisor.bundled import bundled_path
 from tests.conftest import MODEL
 from worker.gguf_engine import GGUFEngine, load_gguf
+from worker.llama_slots import REUSE_TOKENS, Slots
 
 pytestmark = pytest.mark.needs_tool("llama-server")
 
@@ -101,3 +103,25 @@ def test_a_flowing_stream_goes_out_a_few_tokens_at_a_time_but_not_its_first_or_l
         assert sizes[-1] == 1, sizes  # the last token came as it was decoded
     else:
         assert grouped <= 4, sizes  # one by one (a loaded machine may now and then read two in one turn)
+
+
+def test_requests_take_the_lowest_free_slots_unless_another_holds_a_long_prefix():
+    slots = Slots(4)
+    long = list(range(100, 100 + REUSE_TOKENS + 8))
+    assert [slots.take([1]), slots.take(long), slots.take([2])] == [0, 1, 2]
+    assert slots.take(long) == 3  # 1 holds it whole, but is busy
+    for slot in range(4):
+        slots.release(slot)
+    assert slots.take([*long, 7]) == 1  # 1 and 3 hold REUSE_TOKENS + 8 of its tokens: worth going up for, to 1
+    slots.release(1)
+    assert slots.take([*long[: REUSE_TOKENS - 1], 5]) == 0  # REUSE_TOKENS - 1 of them: not worth it, the lowest
+
+
+def test_concurrent_streams_decode_in_the_lowest_slots(engine):
+    """llama.cpp's decode step spans every slot from the lowest busy to the highest: the engine packs them low."""
+    _run(engine, [_request(f"p{i}", topic, 8) for i, topic in enumerate(["owls", "rain"])])
+    _run(engine, [_request(f"q{i}", topic, 24) for i, topic in enumerate(["ships", "bread", "snow"])])
+    status, body = engine._server.client.call("GET", "/slots")
+    assert status == 200
+    served = sorted((s for s in json.loads(body) if "id_task" in s), key=lambda s: s["id_task"])
+    assert sorted(s["id"] for s in served[-3:]) == [0, 1, 2], served  # the last three requests' slots

@@ -15,7 +15,8 @@ still takes requests and aborts) and then takes the rest in one turn of the loop
 at least the stream interval apart (llama_cpp.stream_interval_ms): one stream's tokens then go out a few at a time,
 each wake-up carrying several; a request's first token, and its last ones, are not held. A request's failure
 is its own error event (worker/containment.py). Aborting a request cancels its task, which closes its
-connection; llama-server then stops the sequence and frees its slot. A dead llama-server is EngineFailed: the
+connection; llama-server then stops the sequence and frees its slot. Each request names its slot, packed low
+(worker/llama_slots.py: a decode step costs the span of its slots). A dead llama-server is EngineFailed: the
 worker exits and the supervisor starts another.
 """
 
@@ -40,6 +41,7 @@ from protocol.launch import EngineSettings, LlamaCppSettings, refuse_mlx_only_se
 from worker.backends import EngineFailed
 from worker.containment import failed
 from worker.llama_server import LlamaServer, build_backend
+from worker.llama_slots import Slots
 from worker.llama_stream import StreamTranslator, completion_body, decode_chunk
 from worker.llama_template import LlamaTemplate, TemplateError, error_message
 from worker.prompt_encoding import RequestRejected, encode_prompt, max_tokens_for
@@ -128,6 +130,7 @@ class GGUFEngine:
         self._server = loaded.server
         self._template = loaded.template
         self._slots = loaded.slots
+        self._slot_ids = Slots(loaded.slots)  # which slot each request takes: packed low (worker/llama_slots.py)
         self.vocab_size = loaded.vocab_size  # the worker's Ready carries it: top_k is checked at the edge
         self.context_length = loaded.context_length
         self._waiting = Waiting(max_waiting)  # accepted, not yet handed to llama-server
@@ -313,10 +316,17 @@ class GGUFEngine:
         max_tokens = max_tokens_for(request, len(prompt), self.context_length)
         scanner = ToolCallScanner(self._template, request.tools) if _offers_tools(request) else None
         translator = StreamTranslator(request, len(prompt), scanner, prefix)
-        body = msgspec.json.encode(completion_body(request, prompt, max_tokens, schema))
+        body = completion_body(request, prompt, max_tokens, schema)
         if (live := self._live.get(rid)) is not None:
             live.left = max_tokens
         await self._with_the_others()
+        body["id_slot"] = slot = self._slot_ids.take(prompt)
+        try:
+            await self._complete(rid, translator, msgspec.json.encode(body))
+        finally:
+            self._slot_ids.release(slot)
+
+    async def _complete(self, rid: str, translator: StreamTranslator, body: bytes) -> None:
         async with self._http.post("/completion", body) as response:
             if response.status != 200:
                 message = error_message(await response.read())
