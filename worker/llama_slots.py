@@ -2,9 +2,9 @@
 
 With a KV cache per slot (--no-kv-unified), llama.cpp's decode step attends over every slot from the lowest one in
 the batch to the highest, idle ones included (llama_kv_cache::get_k views streams s0..s1): four sequences in slots
-1, 2, 11 and 14 cost about what fourteen would. Left to choose, llama-server takes the idle slot whose cached prompt
-shares the most with the new one, else the least recently used, so sequences scatter across the slots. Traced with
-16 slots after 16 streams: 4 streams in slots 1, 2, 11, 14 made 113-128 tok/s, in slots 12-15 163-192.
+1, 2, 11 and 14 are computed over the caches of fourteen. Left to choose, llama-server takes the idle slot whose
+cached prompt shares the most with the new one, else the least recently used, so sequences scatter across the
+slots. Traced with 16 slots after 16 streams: 4 streams in slots 1, 2, 11, 14 made 113-128 tok/s, in 12-15 163-192.
 
 So the worker names the slot (`id_slot`): the lowest free one, unless another free slot holds at least
 REUSE_TOKENS more of the prompt, a prefix worth its place. A slot's content is known by the prompt last sent to it;
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REUSE_TOKENS = 64  # prefill a prefix this long saves: worth decoding with a wider span of slots
+REUSE_TOKENS = 64  # the prefill a held prefix must save to be worth a slot above the lowest free one
 
 
 class Slots:
