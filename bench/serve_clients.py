@@ -64,23 +64,24 @@ class HTTPTarget:
             "stream_options": {"include_usage": True},
         }
         start, stamps, usage = time.perf_counter(), [], None
-        for attempt in range(2):
-            try:
-                with self.client.stream("POST", f"{self.url}/v1/chat/completions", json=body) as response:
-                    response.raise_for_status()
-                    for line in response.iter_lines():
-                        if not line.startswith("data: {"):
-                            continue
-                        event = json.loads(line[6:])
-                        usage = event.get("usage") or usage
-                        if event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
-                            stamps.append(time.perf_counter())
-                break
-            except httpx.RemoteProtocolError:
-                # llama-server closes a kept-alive connection after 100 requests (cpp-httplib's count), and one sent
-                # as it closes gets no answer: sent again on a new one, as the OpenAI SDK would; `start` stays.
-                if stamps or attempt:
-                    raise
+        request = self.client.build_request("POST", f"{self.url}/v1/chat/completions", json=body)
+        try:
+            response = self.client.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            # llama-server closes a kept-alive connection after 100 requests (cpp-httplib's count), and one sent as
+            # it closes gets no answer: sent again on a new one, as the OpenAI SDK would; `start` stays.
+            response = self.client.send(request, stream=True)
+        try:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                usage = event.get("usage") or usage
+                if event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
+                    stamps.append(time.perf_counter())
+        finally:
+            response.close()
         tokens = usage["completion_tokens"] if usage else len(stamps)
         return {"start": start, "end": time.perf_counter(), "stamps": stamps, "tokens": tokens, "usage": usage}
 
